@@ -1,0 +1,143 @@
+//! The configuration file (TOML, `/etc/crius/config.toml` or `--config`).
+//! Every key has a default, so no file is needed.
+
+use std::path::{Path, PathBuf};
+
+use image_store::ImageConfig;
+use image_store::registry::RegistryConfig;
+use serde::{Deserialize, Serialize};
+
+/// Where the config is read from when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/crius/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse config {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("config {path}: {why}")]
+    Invalid { path: PathBuf, why: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent data: images, snapshots, metadata.
+    pub root: PathBuf,
+    /// Runtime state, gone at reboot.
+    pub state: PathBuf,
+    /// The CRI socket.
+    pub socket: PathBuf,
+    /// `tracing` filter, e.g. `info` or `crius=debug`; `RUST_LOG` wins.
+    pub log_level: String,
+    /// The cgroup driver reported to kubelet.
+    pub cgroup_driver: CgroupDriver,
+    pub registry: RegistryConfig,
+    pub image: ImageConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/crius"),
+            state: PathBuf::from("/run/crius"),
+            socket: PathBuf::from("/run/crius/crius.sock"),
+            log_level: "info".to_string(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            registry: RegistryConfig::default(),
+            image: ImageConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the default file if it exists, or the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Config::parse(&text, &path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for (what, p) in [
+            ("root", &c.root),
+            ("state", &c.state),
+            ("socket", &c.socket),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    why: format!("{what} must be an absolute path, not {}", p.display()),
+                });
+            }
+        }
+        Ok(c)
+    }
+
+    /// The effective config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_mirrors() {
+        let c = Config::parse("", Path::new("x")).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/run/crius/crius.sock"));
+        let c = Config::parse(
+            r#"
+root = "/tmp/r"
+[registry.mirrors."registry.k8s.io"]
+endpoints = ["http://127.0.0.1:5000"]
+"#,
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/tmp/r"));
+        assert_eq!(
+            c.registry.mirrors["registry.k8s.io"].endpoints,
+            vec!["http://127.0.0.1:5000".to_string()]
+        );
+        let again = Config::parse(&c.to_toml(), Path::new("x")).unwrap();
+        assert_eq!(again.registry.mirrors.len(), 1);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_relative_paths() {
+        assert!(Config::parse("rooot = \"/x\"", Path::new("x")).is_err());
+        assert!(Config::parse("root = \"x\"", Path::new("x")).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! The one place where errors become gRPC statuses.
+
+use image_store::registry::RegistryError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Image(#[from] image_store::Error),
+}
+
+/// The error and its sources, each once.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+fn code(e: &Error) -> Code {
+    use image_store::Error as I;
+    match e {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::NotFound(_) => Code::NotFound,
+        Error::Image(i) => match i {
+            I::Reference(_) => Code::InvalidArgument,
+            I::NotFound(_) => Code::NotFound,
+            I::Registry(r) => match r {
+                RegistryError::NotFound { .. } => Code::NotFound,
+                RegistryError::Unauthorized { .. } => Code::Unauthenticated,
+                RegistryError::Unreachable { .. } => Code::Unavailable,
+                RegistryError::BadResponse { .. } => Code::Unknown,
+                RegistryError::BadEndpoint(_) => Code::FailedPrecondition,
+            },
+            I::BadImage { .. } | I::Layer { .. } => Code::InvalidArgument,
+            I::Io { .. } | I::Db(_) => Code::Internal,
+        },
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(code(&e), chain(&e))
+    }
+}
+
+/// The answer of an RPC that crius does not implement yet.
+pub fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by crius yet"))
+}

@@ -1,0 +1,77 @@
+//! `crius`: the CRI v1 server. `crius` serves; `crius config` prints the
+//! effective configuration.
+
+mod config;
+mod error;
+mod image;
+mod runtime;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "crius",
+    version,
+    about = "A Kubernetes container runtime (CRI v1)"
+)]
+struct Cli {
+    /// Config file (default /etc/crius/config.toml, if it exists).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve CRI on the socket (the default).
+    Serve,
+    /// Print the effective configuration.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("crius: {}", error::chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("crius: start tokio: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(server::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{}", error::chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

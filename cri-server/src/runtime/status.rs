@@ -1,0 +1,43 @@
+//! Status: the RuntimeReady and NetworkReady conditions and the runtime
+//! handlers crius answers to.
+
+use crius_proto::cri::{
+    RuntimeCondition, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusRequest,
+    StatusResponse,
+};
+
+/// Handlers advertised to kubelet: the default (empty) handler and `runc`
+/// are the namespace sandbox.
+const HANDLERS: &[&str] = &["", "runc"];
+
+pub fn status(_: StatusRequest) -> StatusResponse {
+    let conditions = vec![
+        RuntimeCondition {
+            r#type: "RuntimeReady".to_string(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        RuntimeCondition {
+            r#type: "NetworkReady".to_string(),
+            status: false,
+            reason: "NetworkPluginNotReady".to_string(),
+            message: "crius does not run pods yet: no pod network".to_string(),
+        },
+    ];
+    StatusResponse {
+        status: Some(RuntimeStatus { conditions }),
+        info: Default::default(),
+        runtime_handlers: HANDLERS
+            .iter()
+            .map(|h| RuntimeHandler {
+                name: h.to_string(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect(),
+        features: None,
+    }
+}

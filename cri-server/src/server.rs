@@ -1,0 +1,171 @@
+//! Serving CRI v1 on the Unix socket: the socket's directory is 0700 and the
+//! socket 0600; every request goes through one logging layer.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use crius_proto::cri::image_service_server::ImageServiceServer;
+use crius_proto::cri::runtime_service_server::RuntimeServiceServer;
+use image_store::ImageStore;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::codegen::http;
+
+use crate::config::Config;
+use crate::image::Images;
+use crate::runtime::Runtime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("prepare {path}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listen on {path}")]
+    Listen {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("open image store")]
+    Images(#[source] image_store::Error),
+    #[error("serve")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+fn private_dir(path: &Path) -> Result<(), ServeError> {
+    let err = |source| ServeError::Dir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Binds the socket: a stale socket file is replaced, the mode is 0600.
+pub fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
+    let listen_err = |source| ServeError::Listen {
+        path: socket.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = socket.parent() {
+        private_dir(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(listen_err(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(socket).map_err(listen_err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
+    Ok(listener)
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    private_dir(&config.state)?;
+    let images = ImageStore::open(
+        &config.root.join("images"),
+        config.registry.clone(),
+        config.image.clone(),
+    )
+    .map_err(ServeError::Images)?;
+    let images = Arc::new(images);
+    let listener = bind(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "crius serving CRI v1");
+    let runtime = Runtime::new(&config);
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    let result = tonic::transport::Server::builder()
+        .layer(LogLayer)
+        .add_service(RuntimeServiceServer::new(runtime))
+        .add_service(ImageServiceServer::new(Images::new(images)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServeError::Serve);
+    let _ = std::fs::remove_file(&config.socket);
+    result
+}
+
+/// Logs each RPC with its gRPC code and duration.
+#[derive(Clone, Copy)]
+struct LogLayer;
+
+impl<S> tower::Layer<S> for LogLayer {
+    type Service = Log<S>;
+    fn layer(&self, inner: S) -> Log<S> {
+        Log(inner)
+    }
+}
+
+#[derive(Clone)]
+struct Log<S>(S);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Log<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let rpc = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let start = Instant::now();
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            match &res {
+                Ok(resp) => {
+                    // Errors travel as trailers-only responses: the status
+                    // is in the headers.
+                    let code = resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("0");
+                    if code == "0" {
+                        tracing::debug!(rpc, ms, "ok");
+                    } else {
+                        let msg = resp
+                            .headers()
+                            .get("grpc-message")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info!(rpc, ms, code, msg, "failed");
+                    }
+                }
+                Err(_) => tracing::warn!(rpc, ms, "transport error"),
+            }
+            res
+        })
+    }
+}

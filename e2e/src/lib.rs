@@ -1,0 +1,7 @@
+//! End-to-end harness: a real local registry, test images built from Debian
+//! packages, the real `crius` binary, a CRI client and crictl.
+pub mod crius;
+pub mod fixture;
+pub mod oci_image;
+pub mod registry;
+pub mod test_images;

@@ -1,0 +1,445 @@
+//! The image service end to end: the real crius against a real local
+//! registry holding the test images, through a tonic CRI client and crictl.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use crius_proto::cri::*;
+use e2e::crius::Crius;
+use e2e::fixture::{Fixture, fixture};
+use tonic::Code;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+fn start(f: &Fixture, extra: &str) -> Crius {
+    Crius::start(&f.mirrors(), extra).expect("start crius")
+}
+
+async fn pull(c: &Crius, image: &str) -> Result<String, tonic::Status> {
+    let r = c
+        .images()
+        .await
+        .pull_image(PullImageRequest {
+            image: spec(image),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().image_ref)
+}
+
+async fn status(c: &Crius, image: &str) -> Option<Image> {
+    c.images()
+        .await
+        .image_status(ImageStatusRequest {
+            image: spec(image),
+            verbose: false,
+        })
+        .await
+        .expect("image status")
+        .into_inner()
+        .image
+}
+
+async fn list(c: &Crius) -> Vec<Image> {
+    c.images()
+        .await
+        .list_images(ListImagesRequest::default())
+        .await
+        .expect("list images")
+        .into_inner()
+        .images
+}
+
+async fn fs_info(c: &Crius) -> ImageFsInfoResponse {
+    c.images()
+        .await
+        .image_fs_info(ImageFsInfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn dir_entries(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(p)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn runtime_answers_version_status_config_and_unimplemented() {
+    let f = fixture();
+    let c = start(f, "");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&c.socket), 0o600);
+    assert_eq!(mode(c.socket.parent().unwrap()), 0o700);
+    let mut rt = c.runtime().await;
+    let v = rt
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "crius");
+    assert_eq!(v.runtime_api_version, "v1");
+    let s = rt
+        .status(StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let conds = s.status.unwrap().conditions;
+    assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    assert!(conds.iter().any(|c| c.r#type == "NetworkReady"));
+    assert!(s.runtime_handlers.iter().any(|h| h.name == "runc"));
+    let rc = rt
+        .runtime_config(RuntimeConfigRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        CgroupDriver::Cgroupfs as i32
+    );
+    let e = rt
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("RunPodSandbox"), "{}", e.message());
+    let out = c.crictl_ok(&["version"]);
+    assert!(out.contains("RuntimeName:  crius"), "{out}");
+}
+
+#[tokio::test]
+async fn pull_status_list_remove_through_the_cri() {
+    let f = fixture();
+    let c = start(f, "");
+    let id = pull(&c, BUSYBOX).await.expect("pull busybox");
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let pushed = f.image(BUSYBOX);
+    assert_eq!(id, pushed.config_digest);
+
+    let img = status(&c, BUSYBOX).await.expect("image present");
+    assert_eq!(img.id, id);
+    assert_eq!(img.repo_tags, vec![BUSYBOX.to_string()]);
+    assert_eq!(
+        img.repo_digests,
+        vec![format!(
+            "registry.k8s.io/e2e-test-images/busybox@{}",
+            pushed.manifest_digest
+        )]
+    );
+    assert!(img.size > 0);
+    // The same image by ID, by bare hex ID and by digest reference.
+    for name in [id.clone(), id[7..].to_string(), img.repo_digests[0].clone()] {
+        assert_eq!(
+            status(&c, &name).await.map(|i| i.id),
+            Some(id.clone()),
+            "{name}"
+        );
+    }
+    // Verbose status carries the image config.
+    let verbose = c
+        .images()
+        .await
+        .image_status(ImageStatusRequest {
+            image: spec(BUSYBOX),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["manifestDigest"], pushed.manifest_digest.as_str());
+    assert!(info["imageSpec"]["rootfs"]["diff_ids"].is_array());
+
+    // Listed, and found by the list filter.
+    assert!(list(&c).await.iter().any(|i| i.id == id));
+    let filtered = c
+        .images()
+        .await
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec(BUSYBOX),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(filtered.len(), 1);
+
+    let used = fs_info(&c).await.image_filesystems[0]
+        .used_bytes
+        .unwrap()
+        .value;
+    assert!(
+        used > 1_000_000,
+        "busybox with its libs uses more than 1 MB, got {used}"
+    );
+
+    // A second image sharing the base layer, then remove busybox by tag:
+    // the shared snapshot stays, busybox's own blobs go.
+    let nginx = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
+    pull(&c, nginx).await.expect("pull nginx");
+    c.images()
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec(BUSYBOX),
+        })
+        .await
+        .expect("remove");
+    assert!(status(&c, BUSYBOX).await.is_none());
+    assert!(status(&c, &id).await.is_none());
+    assert!(status(&c, nginx).await.is_some());
+    // Removing again succeeds (idempotent).
+    c.images()
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec(BUSYBOX),
+        })
+        .await
+        .expect("remove again");
+    // Remove nginx by ID: nothing is left on disk.
+    let nginx_id = status(&c, nginx).await.unwrap().id;
+    c.images()
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec(&nginx_id),
+        })
+        .await
+        .unwrap();
+    assert!(list(&c).await.is_empty());
+    let images_root = c.root.join("images");
+    assert_eq!(
+        dir_entries(&images_root.join("snapshots")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        dir_entries(&images_root.join("staging")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        dir_entries(&images_root.join("blobs/sha256")),
+        Vec::<String>::new()
+    );
+    let used = fs_info(&c).await.image_filesystems[0]
+        .used_bytes
+        .unwrap()
+        .value;
+    assert_eq!(used, 0);
+}
+
+#[tokio::test]
+async fn crictl_pull_images_inspecti_rmi_imagefsinfo() {
+    let f = fixture();
+    let c = start(f, "");
+    let image = "registry.k8s.io/e2e-test-images/httpd:2.4.39-4";
+    let out = c.crictl_ok(&["pull", image]);
+    assert!(out.contains("sha256:"), "{out}");
+    let out = c.crictl_ok(&["images"]);
+    assert!(
+        out.contains("registry.k8s.io/e2e-test-images/httpd") && out.contains("2.4.39-4"),
+        "{out}"
+    );
+    let out = c.crictl_ok(&["inspecti", image]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspecti prints JSON");
+    assert_eq!(v["status"]["repoTags"][0], image);
+    let out = c.crictl_ok(&["imagefsinfo"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("imagefsinfo prints JSON");
+    assert!(
+        v["status"]["imageFilesystems"][0]["usedBytes"]["value"]
+            .as_str()
+            .is_some_and(|s| s != "0"),
+        "{out}"
+    );
+    let out = c.crictl_ok(&["rmi", image]);
+    assert!(out.contains("Deleted"), "{out}");
+    let out = c.crictl_ok(&["images", "-q"]);
+    assert!(out.trim().is_empty(), "{out}");
+    // crictl on a missing image: a clear error.
+    let out = c.crictl(&["pull", "registry.k8s.io/e2e-test-images/no-such-image:1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test]
+async fn indexes_schema2_uncompressed_and_whiteouts() {
+    let f = fixture();
+    let c = start(f, "");
+    let host = &f.host;
+    // An OCI index: linux/amd64 is picked although arm64 comes first.
+    let index = format!("{host}/crius-test/index:latest");
+    let id = pull(&c, &index).await.expect("pull index");
+    let img = status(&c, &index).await.unwrap();
+    assert_eq!(img.id, id);
+    // The repo digest is the index's digest, as pulled.
+    assert!(img.repo_digests[0].starts_with(&format!("{host}/crius-test/index@sha256:")));
+    let found = walk_snapshots(&c.root, "platform");
+    assert_eq!(
+        found
+            .iter()
+            .map(|p| fs::read_to_string(p).unwrap().trim().to_string())
+            .collect::<Vec<_>>(),
+        vec!["amd64"]
+    );
+
+    for name in ["docker-schema2", "uncompressed"] {
+        let r = format!("{host}/crius-test/{name}:latest");
+        pull(&c, &r)
+            .await
+            .unwrap_or_else(|e| panic!("pull {r}: {e}"));
+    }
+
+    // Whiteouts arrive in overlayfs form.
+    let ml = format!("{host}/crius-test/multilayer:latest");
+    pull(&c, &ml).await.expect("pull multilayer");
+    let devs: Vec<_> = walk(&c.root.join("images/snapshots"))
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device()))
+        .collect();
+    assert!(!devs.is_empty(), "a .wh. whiteout becomes a char device");
+    let opaque = walk(&c.root.join("images/snapshots"))
+        .into_iter()
+        .any(|p| xattr(&p, "trusted.overlay.opaque").as_deref() == Some(b"y".as_slice()));
+    assert!(
+        opaque,
+        "an opaque whiteout becomes trusted.overlay.opaque=y"
+    );
+    assert!(walk(&c.root.join("images/snapshots")).iter().all(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".wh."))
+    }));
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn walk_snapshots(root: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    walk(&root.join("images/snapshots"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == name))
+        .collect()
+}
+
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and buf is valid for its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| buf[..n as usize].to_vec())
+}
+
+#[tokio::test]
+async fn bad_names_and_missing_images_are_clear_errors() {
+    let f = fixture();
+    let c = start(f, "");
+    let e = pull(&c, "").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = pull(&c, "Not/A/Valid:Name:").await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = pull(&c, "registry.k8s.io/e2e-test-images/missing:1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("missing"), "{}", e.message());
+    // A registry that is not there: Unavailable, naming what was tried.
+    let e = pull(&c, "127.0.0.1:1/nothing:1").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("127.0.0.1:1"), "{}", e.message());
+    assert!(
+        status(&c, "registry.k8s.io/e2e-test-images/missing:1")
+            .await
+            .is_none()
+    );
+    assert!(list(&c).await.is_empty());
+}
+
+#[tokio::test]
+async fn layer_size_cap_refuses_and_leaves_nothing() {
+    let f = fixture();
+    let c = start(f, "[image]\nmax_layer_bytes = 1048576\n");
+    let e = pull(&c, BUSYBOX).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("limit"), "{}", e.message());
+    assert!(list(&c).await.is_empty());
+    assert_eq!(
+        dir_entries(&c.root.join("images/staging")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        dir_entries(&c.root.join("images/snapshots")),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn images_survive_sigkill_and_instances_stay_apart() {
+    let f = fixture();
+    let mut a = start(f, "");
+    let b = start(f, "");
+    let id = pull(&a, BUSYBOX).await.unwrap();
+    assert!(
+        list(&b).await.is_empty(),
+        "the second instance sees nothing of the first"
+    );
+    a.kill_and_restart().unwrap();
+    let img = status(&a, BUSYBOX)
+        .await
+        .expect("image kept across SIGKILL");
+    assert_eq!(img.id, id);
+    // Pulling again after the restart reuses the snapshots.
+    assert_eq!(pull(&a, BUSYBOX).await.unwrap(), id);
+    pull(&b, BUSYBOX).await.unwrap();
+    drop(b);
+    assert_eq!(status(&a, BUSYBOX).await.map(|i| i.id), Some(id));
+}
+
+#[tokio::test]
+async fn concurrent_pulls_share_one_download() {
+    let f = fixture();
+    let c = start(f, "");
+    let image = "registry.k8s.io/e2e-test-images/nonewprivs:1.3";
+    let (a, b) = tokio::join!(pull(&c, image), pull(&c, image));
+    assert_eq!(a.unwrap(), b.unwrap());
+    let img = status(&c, image).await.unwrap();
+    let layers = f.image(image).layers;
+    assert_eq!(dir_entries(&c.root.join("images/snapshots")).len(), layers);
+    assert_eq!(list(&c).await.len(), 1, "{img:?}");
+}
