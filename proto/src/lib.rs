@@ -3,5 +3,7 @@
 //! and later the internal protocols (server <-> pod monitor, host <-> guest
 //! agent).
 
+pub mod monitor;
+
 /// CRI v1: `runtime.v1` messages, `RuntimeService` and `ImageService`.
 pub use k8s_cri::v1 as cri;

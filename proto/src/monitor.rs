@@ -1,0 +1,159 @@
+//! The server <-> pod monitor protocol.
+//!
+//! Each pod has one monitor process (`crius monitor`), listening on
+//! `<pod dir>/monitor.sock` (0600). A connection carries requests and
+//! responses as JSON, one object per line (`\n`-terminated), strictly in
+//! turn: one [`Request`], then its [`Response`]. A monitor serves several
+//! connections at once, so a long `ExecSync` does not hold up others.
+//! The VM sandbox's guest agent will speak the same protocol over vsock.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change; `Hello` reports it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The most output `ExecSync` returns per stream (kubelet's cap).
+pub const EXEC_OUTPUT_LIMIT: usize = 16 << 20;
+
+/// The most bytes one request or response line may have.
+pub const MAX_LINE: usize = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Version and PID of the monitor.
+    Hello,
+    /// Creates a container from an OCI bundle (`config.json` with an
+    /// absolute root path) without starting it. Its stdout and stderr go to
+    /// `log_path` in the CRI log format.
+    CreateContainer {
+        id: String,
+        bundle: PathBuf,
+        log_path: Option<PathBuf>,
+        stdin: bool,
+        stdin_once: bool,
+        tty: bool,
+    },
+    /// Starts a created container.
+    StartContainer { id: String },
+    /// Sends a signal to the container's init process (or, with `all`, to
+    /// every process in it).
+    Signal { id: String, signal: i32, all: bool },
+    /// Forgets an exited container (its runtime state); idempotent.
+    DeleteContainer { id: String },
+    /// The state of one container.
+    ContainerState { id: String },
+    /// Runs a command in a running container and returns its output,
+    /// each stream capped at [`EXEC_OUTPUT_LIMIT`]. On timeout the command
+    /// is killed and `timed_out` set; timeout_ms 0 means none.
+    ExecSync {
+        id: String,
+        cmd: Vec<String>,
+        timeout_ms: u64,
+    },
+    /// Closes and reopens the container's log file (after rotation).
+    ReopenLog { id: String },
+    /// Kills every container (SIGKILL), reaps them, records their exits,
+    /// answers, then exits.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Hello { version: u32, pid: u32 },
+    Created { pid: u32 },
+    State(ContainerState),
+    Exec(ExecResult),
+    Error { kind: ErrorKind, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    NotFound,
+    InvalidArgument,
+    FailedPrecondition,
+    DeadlineExceeded,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Created,
+    Running,
+    Exited,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub phase: Phase,
+    /// The container's init process on the host, 0 once exited.
+    pub pid: u32,
+    pub exit: Option<ExitRecord>,
+}
+
+/// How a container ended. The monitor writes it to `<bundle>/exit.json`
+/// (temp file, fsync, rename) as soon as it reaps the container, before
+/// anything else can miss it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// The exit status, or 128 + signal number when killed by a signal.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// Unix nanoseconds.
+    pub finished_at: i64,
+    /// `Completed` (exit 0), `Error`, or `OOMKilled`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    #[serde(with = "b64")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "b64")]
+    pub stderr: Vec<u8>,
+    pub timed_out: bool,
+}
+
+/// Bytes as base64 strings.
+mod b64 {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_as_one_json_line() {
+        let r = Response::Exec(ExecResult {
+            exit_code: 1,
+            stdout: b"a\nb".to_vec(),
+            stderr: vec![0, 255],
+            timed_out: false,
+        });
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), r);
+        let q: Request = serde_json::from_str(r#"{"op":"start_container","id":"x"}"#).unwrap();
+        assert_eq!(q, Request::StartContainer { id: "x".into() });
+    }
+}
