@@ -1,3 +1,5 @@
 //! The namespace sandbox, runtime handler `runc` (and the empty handler):
 //! pods as Linux namespaces and cgroups, containers created by a per-pod
 //! monitor process. Not built yet: see issue "The namespace sandbox".
+
+pub mod cni;
