@@ -50,6 +50,29 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     pub registry: RegistryConfig,
     pub image: ImageConfig,
+    pub cni: CniConfig,
+}
+
+/// `[cni]`: where pod network configs and plugins are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Network config dirs; the first valid file (by name) is used.
+    pub conf_dirs: Vec<PathBuf>,
+    /// Plugin dirs, searched in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Seconds one plugin call may take.
+    pub plugin_timeout: u64,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dirs: vec![PathBuf::from("/etc/cni/net.d")],
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout: 30,
+        }
+    }
 }
 
 impl Default for Config {
@@ -62,6 +85,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
+            cni: CniConfig::default(),
         }
     }
 }

@@ -9,8 +9,16 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Image(#[from] image_store::Error),
+    #[error("state store")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The error and its sources, each once.
@@ -33,6 +41,9 @@ fn code(e: &Error) -> Code {
     match e {
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::NotFound(_) => Code::NotFound,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Internal(_) | Error::Store(_) => Code::Internal,
         Error::Image(i) => match i {
             I::Reference(_) => Code::InvalidArgument,
             I::NotFound(_) => Code::NotFound,

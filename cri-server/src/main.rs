@@ -5,7 +5,9 @@ mod config;
 mod error;
 mod image;
 mod runtime;
+mod sandbox;
 mod server;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The pod monitor forks: it must start before any thread does, so it
+    // is dispatched before argument parsing, config, tracing or tokio.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new("monitor")) {
+        return match args.next() {
+            Some(dir) if args.next().is_none() => {
+                sandbox_container::monitor::main(std::path::Path::new(&dir))
+            }
+            _ => {
+                eprintln!("usage: crius monitor POD_DIR");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     let config = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,

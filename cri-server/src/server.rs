@@ -19,6 +19,8 @@ use tonic::codegen::http;
 use crate::config::Config;
 use crate::image::Images;
 use crate::runtime::Runtime;
+use crate::sandbox::runc::RuncSandbox;
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -36,6 +38,10 @@ pub enum ServeError {
     },
     #[error("open image store")]
     Images(#[source] image_store::Error),
+    #[error("open state store")]
+    Store(#[source] crate::store::StoreError),
+    #[error("set up the runc sandbox")]
+    Sandbox(#[source] crate::error::Error),
     #[error("serve")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -79,7 +85,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let images = Arc::new(images);
     let listener = bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "crius serving CRI v1");
-    let runtime = Runtime::new(&config);
+    let store = Arc::new(Store::open(&config.state.join("cri")).map_err(ServeError::Store)?);
+    let runc = Arc::new(RuncSandbox::new(&config, images.clone()).map_err(ServeError::Sandbox)?);
+    let runtime = Runtime::new(&config, store, images.clone(), runc);
+    runtime.recover().await;
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -69,13 +69,15 @@ impl Crius {
     /// Starts crius with `mirrors` (registry host -> endpoint URL) and any
     /// extra TOML appended to the config.
     pub fn start(mirrors: &[(&str, &str)], extra: &str) -> io::Result<Crius> {
-        let dir = tempfile::Builder::new().prefix("crius-e2e-").tempdir()?;
+        // Short: Unix socket paths under it (pod monitors, libcontainer's
+        // notify sockets with 64-digit IDs) must fit in 107 bytes.
+        let dir = tempfile::Builder::new().prefix("cr").tempdir()?;
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = state.join("crius.sock");
         let config = dir.path().join("config.toml");
         let mut text = format!(
-            "root = {:?}\nstate = {:?}\nsocket = {:?}\nlog_level = \"debug\"\n{extra}\n",
+            "root = {:?}\nstate = {:?}\nsocket = {:?}\nlog_level = \"info,crius=debug,sandbox_container=debug\"\n{extra}\n",
             root, state, socket
         );
         for (host, endpoint) in mirrors {

@@ -2,6 +2,7 @@
 //! packages, the real `crius` binary, a CRI client and crictl.
 pub mod crius;
 pub mod fixture;
+pub mod network;
 pub mod oci_image;
 pub mod registry;
 pub mod test_images;

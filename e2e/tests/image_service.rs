@@ -82,7 +82,7 @@ fn dir_entries(p: &Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn runtime_answers_version_status_config_and_unimplemented() {
+async fn runtime_answers_version_status_config_and_errors() {
     let f = fixture();
     let c = start(f, "");
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -115,11 +115,17 @@ async fn runtime_answers_version_status_config_and_unimplemented() {
         CgroupDriver::Cgroupfs as i32
     );
     let e = rt
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .container_stats(ContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("RunPodSandbox"), "{}", e.message());
+    assert!(e.message().contains("ContainerStats"), "{}", e.message());
+    // A pod without metadata is refused with a reason.
+    let e = rt
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     let out = c.crictl_ok(&["version"]);
     assert!(out.contains("RuntimeName:  crius"), "{out}");
 }

@@ -3,3 +3,5 @@
 //! monitor process. Not built yet: see issue "The namespace sandbox".
 
 pub mod cni;
+pub mod monitor;
+pub mod spec;

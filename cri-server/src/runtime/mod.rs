@@ -2,27 +2,115 @@
 //! the sandboxes (pods, containers, streaming, stats) answer Unimplemented
 //! until those exist.
 
+mod container_create;
+mod container_remove;
+mod container_start;
+mod container_status;
+mod container_stop;
+mod events;
+mod exec_sync;
+mod pod_remove;
+mod pod_run;
+mod pod_status;
+mod pod_stop;
+mod recover;
+mod reopen_log;
 mod runtime_config;
 mod status;
 mod version;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crius_proto::cri::runtime_service_server::RuntimeService;
 use crius_proto::cri::*;
+use image_store::ImageStore;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use crate::config::{CgroupDriver, Config};
-use crate::error::unimplemented;
+use crate::error::{Error, unimplemented};
+use crate::sandbox::SandboxController;
+use crate::store::{ContainerPhase, ContainerRecord, PodRecord, Store};
+use events::EventStream;
 
 pub struct Runtime {
     cgroup_driver: CgroupDriver,
+    store: Arc<Store>,
+    images: Arc<ImageStore>,
+    /// The namespace sandbox: handlers "" and "runc".
+    runc: Arc<dyn SandboxController>,
+    events: broadcast::Sender<ContainerEventResponse>,
 }
 
 impl Runtime {
-    pub fn new(config: &Config) -> Runtime {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        images: Arc<ImageStore>,
+        runc: Arc<dyn SandboxController>,
+    ) -> Runtime {
         Runtime {
             cgroup_driver: config.cgroup_driver,
+            store,
+            images,
+            runc,
+            events: broadcast::channel(1024).0,
         }
     }
+
+    fn controller(&self, handler: &str) -> Result<&dyn SandboxController, Error> {
+        match handler {
+            "" | "runc" => Ok(&*self.runc),
+            h => Err(Error::InvalidArgument(format!(
+                "unknown runtime handler {h:?}: crius has \"runc\" (also the empty handler)"
+            ))),
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerRecord, Error> {
+        self.store
+            .container(id)
+            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
+    }
+
+    fn pod_of(&self, c: &ContainerRecord) -> Result<PodRecord, Error> {
+        self.store.pod(&c.pod_id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "pod sandbox {} of container {} not found",
+                c.pod_id, c.id
+            ))
+        })
+    }
+
+    /// Picks up an exit the sandbox recorded since we last looked.
+    fn refresh(&self, mut c: ContainerRecord) -> Result<ContainerRecord, Error> {
+        if !matches!(c.phase, ContainerPhase::Created | ContainerPhase::Running) {
+            return Ok(c);
+        }
+        let handler = self
+            .store
+            .pod(&c.pod_id)
+            .map(|p| p.runtime_handler)
+            .unwrap_or_default();
+        if let Some(exit) = self.controller(&handler)?.container_exit(&c) {
+            c.phase = ContainerPhase::Exited;
+            c.pid = 0;
+            c.exit = Some(exit);
+            self.store.put_container(&c)?;
+        }
+        Ok(c)
+    }
+}
+
+/// Whether `labels` has every key/value of `selector`.
+fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Answers an RPC from a handler's result.
+fn reply<T>(r: Result<T, Error>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
 }
 
 /// Methods that answer Unimplemented, naming the RPC.
@@ -47,10 +135,6 @@ macro_rules! not_yet {
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-type EventStream = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>,
->;
-
 #[tonic::async_trait]
 impl RuntimeService for Runtime {
     async fn version(
@@ -64,7 +148,10 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(status::status(req.into_inner())))
+        Ok(Response::new(status::status(
+            req.into_inner(),
+            self.runc.network_status(),
+        )))
     }
 
     async fn runtime_config(
@@ -82,24 +169,102 @@ impl RuntimeService for Runtime {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        Ok(Response::new(self.subscribe()))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        reply(self.run_pod_sandbox(req.into_inner()).await)
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        reply(self.stop_pod_sandbox(req.into_inner()).await)
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        reply(self.remove_pod_sandbox(req.into_inner()).await)
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        reply(self.pod_sandbox_status(req.into_inner()).await)
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        reply(self.list_pod_sandbox(req.into_inner()).await)
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        reply(self.create_container(req.into_inner()).await)
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        reply(self.start_container(req.into_inner()).await)
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        reply(self.stop_container(req.into_inner()).await)
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        reply(self.remove_container(req.into_inner()).await)
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        reply(self.list_containers(req.into_inner()).await)
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        reply(self.container_status(req.into_inner()).await)
+    }
+
+    async fn exec_sync(
+        &self,
+        req: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        reply(self.exec_sync(req.into_inner()).await)
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        reply(self.reopen_container_log(req.into_inner()).await)
     }
 
     not_yet! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

@@ -10,7 +10,7 @@ use crius_proto::cri::{
 /// are the namespace sandbox.
 const HANDLERS: &[&str] = &["", "runc"];
 
-pub fn status(_: StatusRequest) -> StatusResponse {
+pub fn status(_: StatusRequest, network: Result<(), String>) -> StatusResponse {
     let conditions = vec![
         RuntimeCondition {
             r#type: "RuntimeReady".to_string(),
@@ -18,11 +18,19 @@ pub fn status(_: StatusRequest) -> StatusResponse {
             reason: String::new(),
             message: String::new(),
         },
-        RuntimeCondition {
-            r#type: "NetworkReady".to_string(),
-            status: false,
-            reason: "NetworkPluginNotReady".to_string(),
-            message: "crius does not run pods yet: no pod network".to_string(),
+        match network {
+            Ok(()) => RuntimeCondition {
+                r#type: "NetworkReady".to_string(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err(why) => RuntimeCondition {
+                r#type: "NetworkReady".to_string(),
+                status: false,
+                reason: "NetworkPluginNotReady".to_string(),
+                message: why,
+            },
         },
     ];
     StatusResponse {

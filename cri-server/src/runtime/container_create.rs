@@ -1,0 +1,104 @@
+//! CreateContainer: validate, record the container (phase Creating) before
+//! any work, let the pod's sandbox prepare and create it, then mark it
+//! Created. A retry with the same pod and metadata gets the same container.
+
+use crius_proto::cri::{ContainerEventType, CreateContainerRequest, CreateContainerResponse};
+
+use super::Runtime;
+use crate::error::Error;
+use crate::store::{ContainerPhase, ContainerRecord, PodState, new_id, now_ns};
+
+impl Runtime {
+    pub(super) async fn create_container(
+        &self,
+        req: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse, Error> {
+        let config = req
+            .config
+            .ok_or_else(|| Error::InvalidArgument("the container config is missing".into()))?;
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("the container metadata is missing".into()))?;
+        if meta.name.is_empty() {
+            return Err(Error::InvalidArgument("the container needs a name".into()));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| Error::InvalidArgument("the container config names no image".into()))?;
+        let pod = self.store.pod(&req.pod_sandbox_id).ok_or_else(|| {
+            Error::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+        })?;
+        let pod_lock = self.store.lock(&pod.id);
+        let _pod_held = pod_lock.lock().await;
+        let pod = self.store.pod(&pod.id).ok_or_else(|| {
+            Error::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
+        })?;
+        if pod.state != PodState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        if let Some(existing) = self
+            .store
+            .containers_of(&pod.id)
+            .into_iter()
+            .find(|c| c.config.metadata.as_ref() == Some(&meta))
+        {
+            tracing::info!(container = %existing.id, "CreateContainer retried: returning the existing container");
+            return Ok(CreateContainerResponse {
+                container_id: existing.id,
+            });
+        }
+        let image = self.images.get(&image_name)?.ok_or_else(|| {
+            Error::NotFound(format!("image {image_name:?} not found: pull it first"))
+        })?;
+        let log_path = if config.log_path.is_empty() {
+            String::new()
+        } else {
+            let dir = &pod.config.log_directory;
+            if dir.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "the container has a log_path but its pod has no log_directory".into(),
+                ));
+            }
+            std::path::Path::new(dir)
+                .join(&config.log_path)
+                .display()
+                .to_string()
+        };
+        let mut c = ContainerRecord {
+            id: new_id(),
+            pod_id: pod.id.clone(),
+            image_name,
+            image_id: image.id.to_string(),
+            config,
+            phase: ContainerPhase::Creating,
+            created_at: now_ns(),
+            started_at: 0,
+            pid: 0,
+            exit: None,
+            log_path,
+            bundle: Default::default(),
+            rootfs_mounted: false,
+        };
+        self.store.put_container(&c)?;
+        let controller = self.controller(&pod.runtime_handler)?;
+        if let Err(e) = controller.create_container(&pod, &mut c, &image).await {
+            tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "create failed, rolling back");
+            if let Err(e2) = controller.remove_container(Some(&pod), &c).await {
+                tracing::warn!(container = %c.id, error = %crate::error::chain(&e2), "rollback failed");
+            }
+            self.store.remove_container(&c.id)?;
+            return Err(e);
+        }
+        c.phase = ContainerPhase::Created;
+        self.store.put_container(&c)?;
+        self.emit(&c, ContainerEventType::ContainerCreatedEvent);
+        Ok(CreateContainerResponse { container_id: c.id })
+    }
+}

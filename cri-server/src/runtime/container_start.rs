@@ -1,0 +1,34 @@
+//! StartContainer: only a created container can start.
+
+use crius_proto::cri::{ContainerEventType, StartContainerRequest, StartContainerResponse};
+
+use super::Runtime;
+use crate::error::Error;
+use crate::store::{ContainerPhase, now_ns};
+
+impl Runtime {
+    pub(super) async fn start_container(
+        &self,
+        req: StartContainerRequest,
+    ) -> Result<StartContainerResponse, Error> {
+        let c = self.container(&req.container_id)?;
+        let lock = self.store.lock(&c.id);
+        let _held = lock.lock().await;
+        let mut c = self.container(&c.id)?;
+        if c.phase != ContainerPhase::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                c.id, c.phase
+            )));
+        }
+        let pod = self.pod_of(&c)?;
+        self.controller(&pod.runtime_handler)?
+            .start_container(&pod, &c)
+            .await?;
+        c.phase = ContainerPhase::Running;
+        c.started_at = now_ns();
+        self.store.put_container(&c)?;
+        self.emit(&c, ContainerEventType::ContainerStartedEvent);
+        Ok(StartContainerResponse {})
+    }
+}

@@ -1,0 +1,121 @@
+//! ContainerStatus and ListContainers: container records as the CRI
+//! reports them, with exits picked up from the sandbox as they happen.
+
+use std::collections::HashMap;
+
+use crius_proto::cri::{
+    Container, ContainerState, ContainerStatus, ContainerStatusRequest, ContainerStatusResponse,
+    ImageSpec, ListContainersRequest, ListContainersResponse,
+};
+
+use super::{Runtime, labels_match};
+use crate::error::Error;
+use crate::store::{ContainerPhase, ContainerRecord};
+
+pub(super) fn state(c: &ContainerRecord) -> ContainerState {
+    match c.phase {
+        ContainerPhase::Creating => ContainerState::ContainerUnknown,
+        ContainerPhase::Created => ContainerState::ContainerCreated,
+        ContainerPhase::Running => ContainerState::ContainerRunning,
+        ContainerPhase::Exited => ContainerState::ContainerExited,
+    }
+}
+
+fn image_spec(c: &ContainerRecord) -> ImageSpec {
+    ImageSpec {
+        image: c.image_name.clone(),
+        ..c.config.image.clone().unwrap_or_default()
+    }
+}
+
+pub(super) fn container_status(c: &ContainerRecord) -> ContainerStatus {
+    let (finished_at, exit_code, reason) = match &c.exit {
+        Some(e) => (e.finished_at, e.exit_code, e.reason.clone()),
+        None => (0, 0, String::new()),
+    };
+    ContainerStatus {
+        id: c.id.clone(),
+        metadata: c.config.metadata.clone(),
+        state: state(c) as i32,
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at,
+        exit_code,
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        reason,
+        message: String::new(),
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+        mounts: c.config.mounts.clone(),
+        log_path: c.log_path.clone(),
+        resources: None,
+        image_id: c.image_id.clone(),
+        user: None,
+    }
+}
+
+impl Runtime {
+    pub(super) async fn container_status(
+        &self,
+        req: ContainerStatusRequest,
+    ) -> Result<ContainerStatusResponse, Error> {
+        let c = self.container(&req.container_id)?;
+        let c = self.refresh(c)?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = serde_json::json!({
+                "id": c.id,
+                "pid": c.pid,
+                "bundle": c.bundle,
+                "sandboxID": c.pod_id,
+                "config": c.config,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok(ContainerStatusResponse {
+            status: Some(container_status(&c)),
+            info,
+        })
+    }
+
+    pub(super) async fn list_containers(
+        &self,
+        req: ListContainersRequest,
+    ) -> Result<ListContainersResponse, Error> {
+        let filter = req.filter.unwrap_or_default();
+        let mut containers = Vec::new();
+        for c in self.store.containers() {
+            if !filter.id.is_empty() && !c.id.starts_with(&filter.id) {
+                continue;
+            }
+            if !filter.pod_sandbox_id.is_empty() && !c.pod_id.starts_with(&filter.pod_sandbox_id) {
+                continue;
+            }
+            if !labels_match(&c.config.labels, &filter.label_selector) {
+                continue;
+            }
+            let c = self.refresh(c)?;
+            if filter
+                .state
+                .as_ref()
+                .is_some_and(|s| s.state != state(&c) as i32)
+            {
+                continue;
+            }
+            containers.push(Container {
+                id: c.id.clone(),
+                pod_sandbox_id: c.pod_id.clone(),
+                metadata: c.config.metadata.clone(),
+                image: Some(image_spec(&c)),
+                image_ref: c.image_id.clone(),
+                state: state(&c) as i32,
+                created_at: c.created_at,
+                labels: c.config.labels.clone(),
+                annotations: c.config.annotations.clone(),
+                image_id: c.image_id.clone(),
+            });
+        }
+        Ok(ListContainersResponse { containers })
+    }
+}

@@ -1,0 +1,44 @@
+//! GetContainerEvents: a stream of created, started, stopped and deleted
+//! events, from the moment the client subscribes.
+
+use std::pin::Pin;
+
+use crius_proto::cri::{ContainerEventResponse, ContainerEventType};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::BroadcastStream;
+use tonic::Status;
+
+use super::Runtime;
+use super::container_status::container_status;
+use super::pod_status::pod_status;
+use crate::store::{ContainerRecord, now_ns};
+
+pub type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+
+impl Runtime {
+    /// Publishes an event to the current subscribers.
+    pub(super) fn emit(&self, c: &ContainerRecord, kind: ContainerEventType) {
+        let ev = ContainerEventResponse {
+            container_id: c.id.clone(),
+            container_event_type: kind as i32,
+            created_at: now_ns(),
+            pod_sandbox_status: self.store.pod(&c.pod_id).map(|p| pod_status(&p)),
+            containers_statuses: vec![container_status(c)],
+        };
+        // No subscriber is not an error.
+        let _ = self.events.send(ev);
+    }
+
+    pub(super) fn subscribe(&self) -> EventStream {
+        let stream = BroadcastStream::new(self.events.subscribe()).filter_map(|r| match r {
+            Ok(ev) => Some(Ok(ev)),
+            // A slow client missed events: say so, and go on.
+            Err(e) => {
+                tracing::warn!(error = %e, "container event subscriber lagging");
+                None
+            }
+        });
+        Box::pin(stream)
+    }
+}

@@ -1,0 +1,42 @@
+//! ExecSync: run a command in a running container and return its output.
+//! The timeout (seconds, 0 = none) is enforced by the sandbox, which kills
+//! the command; kubelet expects DeadlineExceeded then.
+
+use crius_proto::cri::{ExecSyncRequest, ExecSyncResponse};
+
+use super::Runtime;
+use crate::error::Error;
+use crate::store::ContainerPhase;
+
+impl Runtime {
+    pub(super) async fn exec_sync(&self, req: ExecSyncRequest) -> Result<ExecSyncResponse, Error> {
+        if req.cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec needs a command".into()));
+        }
+        let c = self.container(&req.container_id)?;
+        let c = self.refresh(c)?;
+        if c.phase != ContainerPhase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let pod = self.pod_of(&c)?;
+        let timeout_ms = (req.timeout.max(0) as u64).saturating_mul(1000);
+        let r = self
+            .controller(&pod.runtime_handler)?
+            .exec_sync(&pod, &c, req.cmd, timeout_ms)
+            .await?;
+        if r.timed_out {
+            return Err(Error::DeadlineExceeded(format!(
+                "command timed out after {} s",
+                req.timeout
+            )));
+        }
+        Ok(ExecSyncResponse {
+            stdout: r.stdout,
+            stderr: r.stderr,
+            exit_code: r.exit_code,
+        })
+    }
+}

@@ -1,0 +1,41 @@
+//! StopPodSandbox: stop every container of the pod, then the pod itself
+//! (monitor, network). Stopping an unknown or stopped pod succeeds.
+
+use crius_proto::cri::{StopPodSandboxRequest, StopPodSandboxResponse};
+
+use super::Runtime;
+use crate::error::Error;
+use crate::store::PodState;
+
+impl Runtime {
+    pub(super) async fn stop_pod_sandbox(
+        &self,
+        req: StopPodSandboxRequest,
+    ) -> Result<StopPodSandboxResponse, Error> {
+        let Some(pod) = self.store.pod(&req.pod_sandbox_id) else {
+            return Ok(StopPodSandboxResponse {});
+        };
+        self.stop_pod(&pod.id).await?;
+        Ok(StopPodSandboxResponse {})
+    }
+
+    /// Stops a pod by exact ID (also used by RemovePodSandbox).
+    pub(super) async fn stop_pod(&self, id: &str) -> Result<(), Error> {
+        let lock = self.store.lock(id);
+        let _held = lock.lock().await;
+        let Some(mut pod) = self.store.pod(id) else {
+            return Ok(());
+        };
+        let controller = self.controller(&pod.runtime_handler)?;
+        for c in self.store.containers_of(&pod.id) {
+            // A grace period of 0: the pod is going away.
+            self.stop_container_now(&c.id, 0).await?;
+        }
+        controller.stop_pod(&mut pod).await?;
+        pod.state = PodState::NotReady;
+        pod.monitor_pid = None;
+        self.store.put_pod(&pod)?;
+        tracing::info!(pod = %pod.id, "pod stopped");
+        Ok(())
+    }
+}

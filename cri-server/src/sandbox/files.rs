@@ -1,0 +1,216 @@
+//! Per-pod files and mounts made on the host: the hostname, hosts and
+//! resolv.conf files bind-mounted into containers, the pod's /dev/shm
+//! tmpfs, and the container rootfs overlay. Unmounting never follows
+//! symlinks and detaches lazily, so a busy mount cannot wedge a removal.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crius_proto::cri::{DnsConfig, PodSandboxConfig};
+use nix::mount::{MntFlags, MsFlags};
+
+/// Creates a directory (and parents) with `mode`.
+pub fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
+    fs::create_dir_all(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+/// resolv.conf from the pod's DNS config, or the host's when it has none.
+pub fn resolv_conf(dns: Option<&DnsConfig>) -> io::Result<String> {
+    match dns {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            let mut s = String::new();
+            for srv in &d.servers {
+                s.push_str(&format!("nameserver {}\n", one_line(srv)));
+            }
+            if !d.searches.is_empty() {
+                s.push_str(&format!(
+                    "search {}\n",
+                    d.searches
+                        .iter()
+                        .map(|x| one_line(x))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+            if !d.options.is_empty() {
+                s.push_str(&format!(
+                    "options {}\n",
+                    d.options
+                        .iter()
+                        .map(|x| one_line(x))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+            Ok(s)
+        }
+        _ => match fs::read_to_string("/etc/resolv.conf") {
+            Ok(s) => Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// The hosts file of a pod.
+pub fn hosts(hostname: &str, ips: &[String]) -> String {
+    let mut s = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    for ip in ips {
+        s.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    s
+}
+
+/// The pod's hostname: the configured one, else the pod name.
+pub fn hostname(config: &PodSandboxConfig) -> String {
+    if !config.hostname.is_empty() {
+        return one_line(&config.hostname);
+    }
+    config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default()
+}
+
+/// Mounts a 64 MiB tmpfs for the pod's /dev/shm.
+pub fn mount_shm(target: &Path) -> nix::Result<()> {
+    nix::mount::mount(
+        Some("shm"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+}
+
+/// Mounts the overlay rootfs of a container: `layers` bottom first.
+pub fn mount_overlay(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> io::Result<()> {
+    if layers.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the image has no layers",
+        ));
+    }
+    let lower = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    if data.len() >= 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} layers make overlay options longer than a page",
+                layers.len()
+            ),
+        ));
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Lazily unmounts `target`; not mounted is fine.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    match nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unmounts everything mounted at or below `dir`, deepest first.
+pub fn unmount_all_under(dir: &Path) -> io::Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut targets: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    targets.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for t in targets {
+        unmount(&t)?;
+    }
+    Ok(())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes a directory tree that holds no mounts any more; absent is fine.
+pub fn remove_tree(dir: &Path) -> io::Result<()> {
+    unmount_all_under(dir)?;
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_from_dns_config_cannot_inject_lines() {
+        let d = DnsConfig {
+            servers: vec!["198.18.0.10".into()],
+            searches: vec!["a.svc".into(), "b\nnameserver 6.6.6.6".into()],
+            options: vec!["ndots:5".into()],
+        };
+        let s = resolv_conf(Some(&d)).unwrap();
+        assert_eq!(s.lines().count(), 3, "{s}");
+        assert!(s.starts_with("nameserver 198.18.0.10\n"));
+        assert!(s.contains("options ndots:5"));
+    }
+
+    #[test]
+    fn mountinfo_paths_unescape() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/end\04"), r"/end\04");
+    }
+}

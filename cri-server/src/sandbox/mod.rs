@@ -1,0 +1,61 @@
+//! The seam between the CRI edge and the sandboxes: [`SandboxController`],
+//! implemented once per runtime handler family (`runc`: the namespace
+//! sandbox; `vm` later). The RuntimeService handlers record state and call
+//! these; a controller does the work on the host or in the guest.
+
+pub mod files;
+pub mod runc;
+
+use crius_proto::monitor::{ExecResult, ExitRecord};
+use image_store::Image;
+
+use crate::error::Error;
+use crate::store::{ContainerRecord, PodRecord};
+
+#[tonic::async_trait]
+pub trait SandboxController: Send + Sync {
+    /// Sets the pod up (namespaces, network, monitor) and fills in its
+    /// IPs, netns and monitor PID. On error it leaves nothing behind.
+    async fn run_pod(&self, pod: &mut PodRecord) -> Result<(), Error>;
+    /// Kills the pod's containers and tears down its network; idempotent,
+    /// and it works for a pod whose set-up was interrupted.
+    async fn stop_pod(&self, pod: &mut PodRecord) -> Result<(), Error>;
+    /// Deletes what remains of a stopped pod; idempotent.
+    async fn remove_pod(&self, pod: &PodRecord) -> Result<(), Error>;
+    /// Prepares the rootfs and bundle and creates the (not started)
+    /// container; fills in its pid and bundle. On error it leaves nothing.
+    async fn create_container(
+        &self,
+        pod: &PodRecord,
+        c: &mut ContainerRecord,
+        image: &Image,
+    ) -> Result<(), Error>;
+    async fn start_container(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error>;
+    /// Sends `signal` to the container (to every process with `all`).
+    async fn signal_container(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), Error>;
+    /// How the container ended, if it has.
+    fn container_exit(&self, c: &ContainerRecord) -> Option<ExitRecord>;
+    /// Deletes an exited or never-started container's runtime state, rootfs
+    /// and bundle; idempotent.
+    async fn remove_container(
+        &self,
+        pod: Option<&PodRecord>,
+        c: &ContainerRecord,
+    ) -> Result<(), Error>;
+    async fn exec_sync(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        cmd: Vec<String>,
+        timeout_ms: u64,
+    ) -> Result<ExecResult, Error>;
+    async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error>;
+    /// Why pods cannot get a network now, if they cannot.
+    fn network_status(&self) -> Result<(), String>;
+}

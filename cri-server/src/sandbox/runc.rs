@@ -1,0 +1,432 @@
+//! The namespace sandbox (handlers "" and "runc"), server side: pod
+//! directories and files, the pod's network through CNI, container rootfs
+//! overlays and OCI bundles. Everything that forks (namespaces, container
+//! processes) happens in the pod's monitor, which this talks to.
+//!
+//! Layout: `<state>/pods/<pod>/` (0700: hostname, hosts, resolv.conf, shm/,
+//! ns/, monitor.json, monitor.sock), `<state>/containers/<c>/` (the bundle:
+//! config.json, rootfs/, exit.json) and `<root>/containers/<c>/` (the
+//! overlay's upper and work dirs).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crius_proto::cri::NamespaceMode;
+use crius_proto::monitor::{ErrorKind, ExecResult, ExitRecord, Request, Response};
+use image_store::{Image, ImageStore};
+use sandbox_container::cni::{self, Cni, CniOptions, PodNetwork};
+use sandbox_container::monitor::{MonitorClient, MonitorConfig};
+use sandbox_container::spec;
+
+use super::SandboxController;
+use super::files;
+use crate::config::Config;
+use crate::error::Error;
+use crate::store::{ContainerRecord, PodRecord};
+
+pub struct RuncSandbox {
+    state: PathBuf,
+    root: PathBuf,
+    cni: Cni,
+    images: Arc<ImageStore>,
+    host: spec::HostLimits,
+    seccomp_root: PathBuf,
+}
+
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+fn monitor_error(e: sandbox_container::monitor::MonitorError) -> Error {
+    Error::Internal(format!("pod monitor: {}", crate::error::chain(&e)))
+}
+
+fn cni_error(e: cni::Error) -> Error {
+    match e {
+        cni::Error::NoConfig { .. } => {
+            Error::FailedPrecondition(format!("pod network: {}", crate::error::chain(&e)))
+        }
+        e => Error::Internal(format!("pod network: {}", crate::error::chain(&e))),
+    }
+}
+
+/// A monitor's error answer as ours.
+fn answer_error(kind: ErrorKind, message: String) -> Error {
+    match kind {
+        ErrorKind::NotFound => Error::NotFound(message),
+        ErrorKind::InvalidArgument => Error::InvalidArgument(message),
+        ErrorKind::FailedPrecondition => Error::FailedPrecondition(message),
+        ErrorKind::DeadlineExceeded => Error::DeadlineExceeded(message),
+        ErrorKind::Internal => Error::Internal(message),
+    }
+}
+
+impl RuncSandbox {
+    pub fn new(config: &Config, images: Arc<ImageStore>) -> Result<RuncSandbox, Error> {
+        let mut opts = CniOptions::new(config.state.join("cni-cache"));
+        opts.conf_dirs = config.cni.conf_dirs.clone();
+        opts.bin_dirs = config.cni.bin_dirs.clone();
+        opts.plugin_timeout = Duration::from_secs(config.cni.plugin_timeout.max(1));
+        let cni = Cni::new(opts).map_err(cni_error)?;
+        for d in [config.state.join("pods"), config.state.join("containers")] {
+            files::make_dir(&d, 0o700).map_err(internal("create state dirs"))?;
+        }
+        files::make_dir(&config.root.join("containers"), 0o700)
+            .map_err(internal("create root dirs"))?;
+        Ok(RuncSandbox {
+            state: config.state.clone(),
+            root: config.root.clone(),
+            cni,
+            images,
+            host: spec::HostLimits::detect(),
+            seccomp_root: config.root.join("seccomp"),
+        })
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.state.join("pods").join(id)
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.state.join("containers").join(id)
+    }
+
+    fn layer_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+
+    fn pod_network(pod: &PodRecord, netns: &Path) -> PodNetwork {
+        let meta = pod.config.metadata.clone().unwrap_or_default();
+        PodNetwork {
+            id: pod.id.clone(),
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            netns: netns.to_path_buf(),
+            port_mappings: pod
+                .config
+                .port_mappings
+                .iter()
+                .filter_map(|p| {
+                    Some(cni::PortMapping {
+                        host_port: u16::try_from(p.host_port).ok().filter(|h| *h != 0)?,
+                        container_port: u16::try_from(p.container_port).ok()?,
+                        protocol: match p.protocol {
+                            1 => cni::Protocol::Udp,
+                            2 => cni::Protocol::Sctp,
+                            _ => cni::Protocol::Tcp,
+                        },
+                        host_ip: p.host_ip.parse().ok(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    async fn client(&self, pod: &PodRecord) -> Result<MonitorClient, Error> {
+        MonitorClient::connect(&self.pod_dir(&pod.id))
+            .await
+            .map_err(monitor_error)
+    }
+
+    /// Sends one request to the pod's monitor; an error answer becomes ours.
+    async fn ask(&self, pod: &PodRecord, req: Request) -> Result<Response, Error> {
+        let mut client = self.client(pod).await?;
+        match client.request(&req).await.map_err(monitor_error)? {
+            Response::Error { kind, message } => Err(answer_error(kind, message)),
+            r => Ok(r),
+        }
+    }
+
+    /// What the spec builder needs of this container.
+    fn spec_input<'a>(
+        &'a self,
+        pod: &'a PodRecord,
+        c: &'a ContainerRecord,
+        image: &'a Image,
+        pod_dir: &Path,
+        rootfs: &'a Path,
+    ) -> spec::SpecInput<'a> {
+        let (host_net, host_ipc, pod_pid) = Self::namespaces(pod);
+        let ns = pod_dir.join("ns");
+        let pid_init = fs::read_to_string(ns.join("pid-init")).ok();
+        let parent = pod
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.trim_end_matches('/').to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/crius".to_string());
+        spec::SpecInput {
+            sandbox_id: &pod.id,
+            pod: &pod.config,
+            container: &c.config,
+            image_name: &c.image_name,
+            image: &image.config,
+            rootfs,
+            pod_namespaces: spec::PodNamespaces {
+                net: (!host_net).then(|| ns.join("net")),
+                ipc: (!host_ipc).then(|| ns.join("ipc")),
+                uts: (!host_net).then(|| ns.join("uts")),
+                pid: pid_init
+                    .filter(|_| pod_pid)
+                    .map(|p| PathBuf::from(format!("/proc/{}/ns/pid", p.trim()))),
+                pid_target: None,
+            },
+            cgroups_path: format!("{parent}/crius-{}", c.id),
+            hostname: fs::read_to_string(pod_dir.join("hostname"))
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            etc_files: spec::EtcFiles {
+                hosts: Some(pod_dir.join("hosts")),
+                resolv_conf: Some(pod_dir.join("resolv.conf")),
+                hostname: Some(pod_dir.join("hostname")),
+                shm: (!host_ipc).then(|| pod_dir.join("shm")),
+            },
+            host: self.host.clone(),
+            seccomp_profile_root: &self.seccomp_root,
+            seccomp_default_when_unset: false,
+        }
+    }
+
+    fn namespaces(pod: &PodRecord) -> (bool, bool, bool) {
+        let ns = pod.namespace_options();
+        let host_net = ns.network == NamespaceMode::Node as i32;
+        let host_ipc = ns.ipc == NamespaceMode::Node as i32;
+        let pod_pid = ns.pid == NamespaceMode::Pod as i32;
+        (host_net, host_ipc, pod_pid)
+    }
+}
+
+#[tonic::async_trait]
+impl SandboxController for RuncSandbox {
+    async fn run_pod(&self, pod: &mut PodRecord) -> Result<(), Error> {
+        let dir = self.pod_dir(&pod.id);
+        files::make_dir(&dir, 0o700).map_err(internal("create pod dir"))?;
+        let (host_net, host_ipc, pod_pid) = Self::namespaces(pod);
+        let hostname = if host_net {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            files::hostname(&pod.config)
+        };
+        fs::write(dir.join("hostname"), format!("{hostname}\n"))
+            .map_err(internal("write hostname"))?;
+        let resolv = files::resolv_conf(pod.config.dns_config.as_ref())
+            .map_err(internal("read resolv.conf"))?;
+        fs::write(dir.join("resolv.conf"), resolv).map_err(internal("write resolv.conf"))?;
+        fs::write(dir.join("hosts"), files::hosts(&hostname, &[]))
+            .map_err(internal("write hosts"))?;
+        if !host_ipc {
+            let shm = dir.join("shm");
+            files::make_dir(&shm, 0o755).map_err(internal("create shm dir"))?;
+            files::mount_shm(&shm).map_err(|e| Error::Internal(format!("mount pod shm: {e}")))?;
+        }
+        let monitor = MonitorConfig {
+            hostname: hostname.clone(),
+            net: !host_net,
+            ipc: !host_ipc,
+            uts: !host_net,
+            pid: pod_pid,
+            runtime_root: self.state.join("runc"),
+        };
+        let pid = sandbox_container::monitor::spawn_pod_monitor(&dir, &monitor)
+            .await
+            .map_err(monitor_error)?;
+        pod.monitor_pid = Some(pid);
+        if !host_net {
+            let netns = dir.join("ns").join("net");
+            pod.netns = Some(netns.clone());
+            let net = Self::pod_network(pod, &netns);
+            let cni = self.cni.clone();
+            // Mark the attachment before the ADD: a crash in between still
+            // owes the DEL.
+            pod.network_attached = true;
+            let result = tokio::task::spawn_blocking(move || cni.add(&net))
+                .await
+                .map_err(|e| Error::Internal(format!("CNI task: {e}")))?
+                .map_err(cni_error)?;
+            pod.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+            fs::write(dir.join("hosts"), files::hosts(&hostname, &pod.ips))
+                .map_err(internal("write hosts"))?;
+        }
+        Ok(())
+    }
+
+    async fn stop_pod(&self, pod: &mut PodRecord) -> Result<(), Error> {
+        let dir = self.pod_dir(&pod.id);
+        if pod.network_attached {
+            let netns = pod
+                .netns
+                .clone()
+                .unwrap_or_else(|| dir.join("ns").join("net"));
+            let net = Self::pod_network(pod, &netns);
+            let cni = self.cni.clone();
+            tokio::task::spawn_blocking(move || cni.del(&net))
+                .await
+                .map_err(|e| Error::Internal(format!("CNI task: {e}")))?
+                .map_err(cni_error)?;
+            pod.network_attached = false;
+        }
+        if dir.join("monitor.sock").exists() {
+            match self.ask(pod, Request::Shutdown).await {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(pod = %pod.id, error = %crate::error::chain(&e), "monitor shutdown")
+                }
+            }
+        }
+        if let Some(pid) = pod.monitor_pid.take() {
+            sandbox_container::monitor::kill_stale(&dir, pid);
+        }
+        files::unmount_all_under(&dir).map_err(internal("unmount pod mounts"))?;
+        Ok(())
+    }
+
+    async fn remove_pod(&self, pod: &PodRecord) -> Result<(), Error> {
+        files::remove_tree(&self.pod_dir(&pod.id)).map_err(internal("remove pod dir"))
+    }
+
+    async fn create_container(
+        &self,
+        pod: &PodRecord,
+        c: &mut ContainerRecord,
+        image: &Image,
+    ) -> Result<(), Error> {
+        let bundle = self.bundle(&c.id);
+        let rootfs = bundle.join("rootfs");
+        let layer = self.layer_dir(&c.id);
+        c.bundle = bundle.clone();
+        files::make_dir(&rootfs, 0o700).map_err(internal("create bundle"))?;
+        files::make_dir(&layer.join("upper"), 0o755).map_err(internal("create upper dir"))?;
+        files::make_dir(&layer.join("work"), 0o700).map_err(internal("create work dir"))?;
+        files::mount_overlay(
+            &self.images.layer_dirs(image),
+            &layer.join("upper"),
+            &layer.join("work"),
+            &rootfs,
+        )
+        .map_err(internal("mount rootfs"))?;
+        c.rootfs_mounted = true;
+        if !c.log_path.is_empty()
+            && let Some(parent) = Path::new(&c.log_path).parent()
+        {
+            fs::create_dir_all(parent).map_err(internal("create log dir"))?;
+        }
+        let pod_dir = self.pod_dir(&pod.id);
+        let spec = spec::build(&self.spec_input(pod, c, image, &pod_dir, &rootfs)).map_err(
+            |e| match e {
+                spec::SpecError::Invalid(m) => Error::InvalidArgument(m),
+                spec::SpecError::NotFound(m) => Error::NotFound(m),
+                e => Error::Internal(crate::error::chain(&e)),
+            },
+        )?;
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
+        crate::store::write_atomic(&bundle.join("config.json"), &json)
+            .map_err(internal("write config.json"))?;
+        let resp = self
+            .ask(
+                pod,
+                Request::CreateContainer {
+                    id: c.id.clone(),
+                    bundle,
+                    log_path: (!c.log_path.is_empty()).then(|| PathBuf::from(&c.log_path)),
+                    stdin: c.config.stdin,
+                    stdin_once: c.config.stdin_once,
+                    tty: c.config.tty,
+                },
+            )
+            .await?;
+        if let Response::Created { pid } = resp {
+            c.pid = pid;
+        }
+        Ok(())
+    }
+
+    async fn start_container(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error> {
+        self.ask(pod, Request::StartContainer { id: c.id.clone() })
+            .await
+            .map(|_| ())
+    }
+
+    async fn signal_container(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), Error> {
+        self.ask(
+            pod,
+            Request::Signal {
+                id: c.id.clone(),
+                signal,
+                all,
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn container_exit(&self, c: &ContainerRecord) -> Option<ExitRecord> {
+        let bytes = fs::read(self.bundle(&c.id).join("exit.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn remove_container(
+        &self,
+        pod: Option<&PodRecord>,
+        c: &ContainerRecord,
+    ) -> Result<(), Error> {
+        if let Some(pod) = pod
+            && self.pod_dir(&pod.id).join("monitor.sock").exists()
+            && let Err(e) = self
+                .ask(pod, Request::DeleteContainer { id: c.id.clone() })
+                .await
+        {
+            tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "monitor delete");
+        }
+        files::remove_tree(&self.bundle(&c.id)).map_err(internal("remove bundle"))?;
+        files::remove_tree(&self.layer_dir(&c.id)).map_err(internal("remove container layer"))?;
+        Ok(())
+    }
+
+    async fn exec_sync(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        cmd: Vec<String>,
+        timeout_ms: u64,
+    ) -> Result<ExecResult, Error> {
+        match self
+            .ask(
+                pod,
+                Request::ExecSync {
+                    id: c.id.clone(),
+                    cmd,
+                    timeout_ms,
+                },
+            )
+            .await?
+        {
+            Response::Exec(r) => Ok(r),
+            other => Err(Error::Internal(format!(
+                "pod monitor answered {other:?} to ExecSync"
+            ))),
+        }
+    }
+
+    async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error> {
+        self.ask(pod, Request::ReopenLog { id: c.id.clone() })
+            .await
+            .map(|_| ())
+    }
+
+    fn network_status(&self) -> Result<(), String> {
+        self.cni.status().map_err(|e| crate::error::chain(&e))
+    }
+}

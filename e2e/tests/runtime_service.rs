@@ -1,0 +1,593 @@
+//! Pods and containers of the namespace sandbox end to end: the real crius
+//! with real CNI plugins, real libcontainer containers from the test
+//! images, driven through the CRI and crictl.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crius_proto::cri::*;
+use e2e::crius::Crius;
+use e2e::fixture::fixture;
+use e2e::network::TestNetwork;
+use tonic::Code;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+struct Env {
+    c: Crius,
+    _net: TestNetwork,
+    logs: tempfile::TempDir,
+    /// The cgroup parent of this test's pods, removed at the end.
+    cgroup_parent: String,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Remove whatever pods a failed test left, then stop crius:
+        // nothing may be left in the cgroups then.
+        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
+        let _ = self.c.stop();
+        for ctl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+async fn env() -> Env {
+    let f = fixture();
+    let net = TestNetwork::create().unwrap();
+    let c = Crius::start(&f.mirrors(), &net.toml()).unwrap();
+    let mut images = c.images().await;
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let n = NEXT_ENV.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Env {
+        c,
+        _net: net,
+        logs: tempfile::tempdir().unwrap(),
+        cgroup_parent: format!("/crius-e2e-{}-{n}", std::process::id()),
+    }
+}
+
+fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
+    let logs = e.logs.path();
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: format!("host-{name}"),
+        log_directory: logs.join(name).display().to_string(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: e.cgroup_parent.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
+    c.runtime()
+        .await
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn create(
+    c: &Crius,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    c.runtime()
+        .await
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("create container: {e:?}\n{}", c.log()))
+        .into_inner()
+        .container_id
+}
+
+async fn start(c: &Crius, id: &str) {
+    c.runtime()
+        .await
+        .start_container(StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
+}
+
+async fn status(c: &Crius, id: &str) -> ContainerStatus {
+    c.runtime()
+        .await
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn wait_exited(c: &Crius, id: &str) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(c, id).await;
+        if s.state == ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} did not exit: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn exec(
+    c: &Crius,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<ExecSyncResponse, tonic::Status> {
+    c.runtime()
+        .await
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn stop_remove_pod(c: &Crius, id: &str) {
+    let mut rt = c.runtime().await;
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
+
+/// Whether a process runs (a zombie waiting for this host's PID 1 to reap
+/// it does not).
+fn alive(pid: &str) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn pod_lifecycle_with_network() {
+    let e = env().await;
+    let config = pod_config(&e, "lifecycle");
+    let id = run_pod(&e.c, &config).await;
+    // A retried RunPodSandbox gets the same pod.
+    assert_eq!(run_pod(&e.c, &config).await, id);
+    let mut rt = e.c.runtime().await;
+    let s = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.state, PodSandboxState::SandboxReady as i32);
+    let ip = s.network.unwrap().ip;
+    assert!(
+        ip.starts_with("198.1"),
+        "pod IP {ip} comes from the test subnet"
+    );
+    // The pod answers on its own network namespace: ping it through the bridge.
+    let ping = std::process::Command::new("ping")
+        .args(["-c1", "-W2", &ip])
+        .output();
+    if let Ok(out) = ping {
+        assert!(
+            out.status.success(),
+            "ping {ip}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let list = rt
+        .list_pod_sandbox(ListPodSandboxRequest {
+            filter: Some(PodSandboxFilter {
+                label_selector: HashMap::from([("app".into(), "lifecycle".into())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(list.len(), 1);
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let s = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(s.state, PodSandboxState::SandboxNotready as i32);
+    stop_remove_pod(&e.c, &id).await;
+    // Unknown IDs: stop and remove succeed, status is NotFound.
+    stop_remove_pod(&e.c, "0123456789").await;
+    let err = rt
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        mounts_under(&e.c.state).is_empty(),
+        "{:?}",
+        mounts_under(&e.c.state)
+    );
+    assert!(!e.c.state.join("pods").join(&id).exists());
+}
+
+#[tokio::test]
+async fn container_lifecycle_logs_exec_and_exit_codes() {
+    let e = env().await;
+    let pc = pod_config(&e, "containers");
+    let pod = run_pod(&e.c, &pc).await;
+
+    // Exit code and logs of a short-lived container.
+    let quick = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config("quick", &["sh", "-c", "echo out; echo err >&2; exit 3"]),
+    )
+    .await;
+    assert_eq!(
+        status(&e.c, &quick).await.state,
+        ContainerState::ContainerCreated as i32
+    );
+    start(&e.c, &quick).await;
+    let s = wait_exited(&e.c, &quick).await;
+    assert_eq!(s.exit_code, 3);
+    assert_eq!(s.reason, "Error");
+    assert!(s.finished_at >= s.started_at && s.started_at > 0);
+    assert_eq!(s.image_id, s.image_ref);
+    let log = fs::read_to_string(&s.log_path).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines.iter().any(|l| l.ends_with(" stdout F out")), "{log}");
+    assert!(lines.iter().any(|l| l.ends_with(" stderr F err")), "{log}");
+
+    // A long-running one: exec, then stop after a grace period.
+    let long = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config(
+            "long",
+            &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+        ),
+    )
+    .await;
+    start(&e.c, &long).await;
+    assert_eq!(
+        status(&e.c, &long).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let r = exec(
+        &e.c,
+        &long,
+        &["sh", "-c", "echo hi; hostname; ls /proc/self/fd"],
+        10,
+    )
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.exit_code, 0);
+    assert!(out.starts_with("hi\nhost-containers\n"), "{out}");
+    let fds: Vec<&str> = out.lines().skip(2).collect();
+    assert_eq!(fds, vec!["0", "1", "2", "3"], "no fd leaks into an exec");
+    let r = exec(&e.c, &long, &["sh", "-c", "exit 7"], 10)
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 7);
+    let t = Instant::now();
+    let err = exec(&e.c, &long, &["sleep", "10"], 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // ExecSync on a missing container is NotFound.
+    assert_eq!(
+        exec(&e.c, "nope", &["true"], 1).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    let mut rt = e.c.runtime().await;
+    rt.stop_container(StopContainerRequest {
+        container_id: long.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let s = status(&e.c, &long).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137, "SIGKILL after the timeout: {s:?}");
+    // Stop again and stop unknown: fine.
+    rt.stop_container(StopContainerRequest {
+        container_id: long.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    rt.stop_container(StopContainerRequest {
+        container_id: "unknown".into(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let listed = rt
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2);
+    for id in [&quick, &long] {
+        rt.remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    rt.remove_container(RemoveContainerRequest {
+        container_id: quick.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rt.container_status(ContainerStatusRequest {
+            container_id: quick.clone(),
+            verbose: false
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    stop_remove_pod(&e.c, &pod).await;
+    assert!(mounts_under(&e.c.state).is_empty());
+}
+
+#[tokio::test]
+async fn containers_survive_a_crius_sigkill() {
+    let mut e = env().await;
+    let pc = pod_config(&e, "survivor");
+    let pod = run_pod(&e.c, &pc).await;
+    let id = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config("s", &["sh", "-c", "sleep 2; echo done; exit 5"]),
+    )
+    .await;
+    start(&e.c, &id).await;
+    e.c.kill_and_restart().unwrap();
+    // The container finishes while crius restarts; its exit is kept.
+    let s = wait_exited(&e.c, &id).await;
+    assert_eq!(s.exit_code, 5);
+    let log = fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains("stdout F done"), "{log}");
+    stop_remove_pod(&e.c, &pod).await;
+    assert!(mounts_under(&e.c.state).is_empty());
+}
+
+#[tokio::test]
+async fn crictl_runs_a_pod_and_a_container() {
+    let e = env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pod_json = dir.path().join("pod.json");
+    let ctr_json = dir.path().join("ctr.json");
+    fs::write(
+        &pod_json,
+        serde_json::json!({
+            "metadata": {"name": "crictl-pod", "namespace": "e2e", "uid": "crictl-uid", "attempt": 0},
+            "hostname": "crictl-host",
+            "log_directory": e.logs.path().join("crictl").display().to_string(),
+            "linux": {"cgroup_parent": e.cgroup_parent}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    fs::write(
+        &ctr_json,
+        serde_json::json!({
+            "metadata": {"name": "c"},
+            "image": {"image": BUSYBOX},
+            "command": ["sh", "-c", "echo from-crictl; sleep 1000"],
+            "log_path": "c.log"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pod =
+        e.c.crictl_ok(&["runp", pod_json.to_str().unwrap()])
+            .trim()
+            .to_string();
+    let ctr =
+        e.c.crictl_ok(&[
+            "create",
+            &pod,
+            ctr_json.to_str().unwrap(),
+            pod_json.to_str().unwrap(),
+        ])
+        .trim()
+        .to_string();
+    e.c.crictl_ok(&["start", &ctr]);
+    let out = e.c.crictl_ok(&["exec", "-s", &ctr, "cat", "/etc/hostname"]);
+    assert_eq!(out.trim(), "crictl-host");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = e.c.crictl(&["logs", &ctr]);
+        if String::from_utf8_lossy(&logs.stdout).contains("from-crictl") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "crictl logs never showed the output"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ps = e.c.crictl_ok(&["ps", "-q"]);
+    assert!(ps.contains(&ctr[..13]) || ps.contains(&ctr), "{ps}");
+    e.c.crictl_ok(&["stop", "-t", "0", &ctr]);
+    e.c.crictl_ok(&["rm", &ctr]);
+    e.c.crictl_ok(&["stopp", &pod]);
+    e.c.crictl_ok(&["rmp", &pod]);
+    assert!(e.c.crictl_ok(&["pods", "-q"]).trim().is_empty());
+}
+
+#[tokio::test]
+async fn twenty_pods_leave_nothing_behind() {
+    let e = env().await;
+    let links_before = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap()
+        .stdout;
+    let mut monitors = Vec::new();
+    for i in 0..20 {
+        let pc = pod_config(&e, &format!("leak{i}"));
+        let pod = run_pod(&e.c, &pc).await;
+        let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+        start(&e.c, &id).await;
+        if let Ok(p) = fs::read_to_string(e.c.state.join("pods").join(&pod).join("monitor.pid")) {
+            monitors.push(p.trim().to_string());
+        }
+        stop_remove_pod(&e.c, &pod).await;
+    }
+    assert!(
+        mounts_under(&e.c.state).is_empty(),
+        "{:?}",
+        mounts_under(&e.c.state)
+    );
+    assert!(mounts_under(&e.c.root).is_empty());
+    let left: Vec<_> = fs::read_dir(e.c.state.join("pods"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "pod dirs left: {left:?}");
+    let left: Vec<_> = fs::read_dir(e.c.state.join("containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    for pid in &monitors {
+        assert!(!alive(pid), "monitor {pid} still runs");
+    }
+    let links_after = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&links_before)
+            .lines()
+            .filter(|l| l.contains("veth"))
+            .count(),
+        String::from_utf8_lossy(&links_after)
+            .lines()
+            .filter(|l| l.contains("veth"))
+            .count(),
+        "veths left"
+    );
+    let cg = format!("/sys/fs/cgroup/pids{}", e.cgroup_parent);
+    let children: Vec<_> = fs::read_dir(&cg)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).collect())
+        .unwrap_or_default();
+    assert!(children.is_empty(), "container cgroups left: {children:?}");
+}

@@ -1,0 +1,287 @@
+//! What the monitor reads and does in a container's cgroup itself: the OOM
+//! kill counter, and signalling every process (real-time signals too,
+//! which libcontainer's kill does not take, and without marking the
+//! container stopped as libcontainer's kill does).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::sys;
+
+/// The cgroup filesystems of this host, from /proc/self/mountinfo.
+#[derive(Debug, Default, Clone)]
+pub struct CgroupMounts {
+    /// cgroup v1 hierarchies: controllers and mount point.
+    v1: Vec<(Vec<String>, PathBuf)>,
+    /// A cgroup2 mount.
+    v2: Option<PathBuf>,
+}
+
+impl CgroupMounts {
+    pub fn detect() -> CgroupMounts {
+        match std::fs::read_to_string("/proc/self/mountinfo") {
+            Ok(s) => Self::parse(&s),
+            Err(e) => {
+                tracing::warn!("reading mountinfo: {e}");
+                CgroupMounts::default()
+            }
+        }
+    }
+
+    fn parse(mountinfo: &str) -> CgroupMounts {
+        let mut m = CgroupMounts::default();
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mut lf = left.split(' ');
+            let Some(mount_point) = lf.nth(4) else {
+                continue;
+            };
+            let mut rf = right.split(' ');
+            let (Some(fstype), Some(_src), Some(opts)) = (rf.next(), rf.next(), rf.next()) else {
+                continue;
+            };
+            let mount_point = PathBuf::from(unescape(mount_point));
+            match fstype {
+                "cgroup" => {
+                    let controllers = opts
+                        .split(',')
+                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
+                        .map(str::to_owned)
+                        .collect();
+                    m.v1.push((controllers, mount_point));
+                }
+                "cgroup2" if m.v2.is_none() => m.v2 = Some(mount_point),
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Whether containers' cgroups are v1 ones (legacy or hybrid hosts).
+    fn is_v1(&self) -> bool {
+        self.v1.iter().any(|(c, _)| !c.is_empty())
+    }
+
+    fn v1_dir(&self, controller: &str, cgroup: &Path) -> Option<PathBuf> {
+        self.v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|x| x == controller))
+            .map(|(_, mnt)| mnt.join(relative(cgroup)))
+    }
+
+    fn v2_dir(&self, cgroup: &Path) -> Option<PathBuf> {
+        self.v2.as_ref().map(|mnt| mnt.join(relative(cgroup)))
+    }
+
+    /// Whether the memory controller of `cgroup` recorded an OOM kill.
+    pub fn oom_killed(&self, cgroup: &Path) -> bool {
+        if !is_container_cgroup(cgroup) {
+            return false;
+        }
+        let (file, dir) = if self.is_v1() {
+            ("memory.oom_control", self.v1_dir("memory", cgroup))
+        } else {
+            ("memory.events", self.v2_dir(cgroup))
+        };
+        let Some(dir) = dir else { return false };
+        match std::fs::read_to_string(dir.join(file)) {
+            Ok(s) => oom_kill_count(&s) > 0,
+            Err(e) => {
+                tracing::debug!("reading {file} of {}: {e}", cgroup.display());
+                false
+            }
+        }
+    }
+
+    /// Sends `signal` to every process in `cgroup`, freezing it meanwhile
+    /// where a freezer is available (so nothing forks past the signal).
+    pub fn kill_all(&self, cgroup: &Path, signal: i32) -> io::Result<()> {
+        if !is_container_cgroup(cgroup) {
+            return Err(io::Error::other(format!(
+                "refusing cgroup path {}",
+                cgroup.display()
+            )));
+        }
+        if self.is_v1() {
+            let freezer = self.v1_dir("freezer", cgroup);
+            let procs_dir = freezer
+                .clone()
+                .or_else(|| self.v1_dir("pids", cgroup))
+                .or_else(|| self.v1_dir("memory", cgroup))
+                .ok_or_else(|| io::Error::other("no cgroup v1 hierarchy for the container"))?;
+            let frozen = freezer.as_deref().is_some_and(|f| freeze_v1(f, true));
+            let r = signal_procs(&procs_dir, signal, frozen);
+            if frozen && let Some(f) = &freezer {
+                freeze_v1(f, false);
+            }
+            r
+        } else {
+            let dir = self
+                .v2_dir(cgroup)
+                .ok_or_else(|| io::Error::other("no cgroup2 mount"))?;
+            if signal == libc::SIGKILL && std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                return Ok(());
+            }
+            let frozen = freeze_v2(&dir, true);
+            let r = signal_procs(&dir, signal, frozen);
+            if frozen {
+                freeze_v2(&dir, false);
+            }
+            r
+        }
+    }
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash
+/// as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Never act on a hierarchy's root (an empty path would signal every
+/// process of the host) nor outside it.
+fn is_container_cgroup(cgroup: &Path) -> bool {
+    use std::path::Component;
+    let rel = relative(cgroup);
+    rel.components().next().is_some() && rel.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn relative(cgroup: &Path) -> &Path {
+    cgroup.strip_prefix("/").unwrap_or(cgroup)
+}
+
+fn oom_kill_count(s: &str) -> u64 {
+    s.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_procs(dir: &Path) -> io::Result<Vec<i32>> {
+    Ok(std::fs::read_to_string(dir.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// Signals the processes of `dir`; when not frozen, repeats a few times
+/// to catch processes forked meanwhile.
+fn signal_procs(dir: &Path, signal: i32, frozen: bool) -> io::Result<()> {
+    let rounds = if frozen { 1 } else { 3 };
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..rounds {
+        let mut new = false;
+        for pid in read_procs(dir)? {
+            if seen.insert(pid) {
+                new = true;
+                match sys::kill_raw(pid, signal) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !new {
+            break;
+        }
+    }
+    Ok(())
+}
+
+const FREEZE_WAIT: Duration = Duration::from_millis(500);
+
+fn freeze_v1(dir: &Path, freeze: bool) -> bool {
+    let state = dir.join("freezer.state");
+    let want = if freeze { "FROZEN" } else { "THAWED" };
+    if std::fs::write(&state, want).is_err() {
+        return false;
+    }
+    let start = Instant::now();
+    while start.elapsed() < FREEZE_WAIT {
+        match std::fs::read_to_string(&state) {
+            Ok(s) if s.trim() == want => return true,
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return false,
+        }
+    }
+    if freeze {
+        // Do not leave it half frozen.
+        let _ = std::fs::write(&state, "THAWED");
+    }
+    false
+}
+
+fn freeze_v2(dir: &Path, freeze: bool) -> bool {
+    if std::fs::write(dir.join("cgroup.freeze"), if freeze { "1" } else { "0" }).is_err() {
+        return false;
+    }
+    let want = if freeze { "frozen 1" } else { "frozen 0" };
+    let start = Instant::now();
+    while start.elapsed() < FREEZE_WAIT {
+        match std::fs::read_to_string(dir.join("cgroup.events")) {
+            Ok(s) if s.lines().any(|l| l == want) => return true,
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return false,
+        }
+    }
+    if freeze {
+        let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo() {
+        let m = CgroupMounts::parse(
+            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+             40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
+             41 31 0:38 / /sys/fs/cgroup/uni\\040fied rw,relatime - cgroup2 cgroup2 rw\n",
+        );
+        assert!(m.is_v1());
+        assert_eq!(
+            m.v1_dir("memory", Path::new("/a/b")),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/a/b"))
+        );
+        assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/uni fied")));
+        let m = CgroupMounts::parse("1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        assert!(!m.is_v1());
+        assert_eq!(
+            oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            2
+        );
+        assert_eq!(
+            oom_kill_count("low 0\nhigh 0\nmax 1\noom 1\noom_kill 0\n"),
+            0
+        );
+        for bad in ["", "/", "/a/../..", "./.."] {
+            assert!(!is_container_cgroup(Path::new(bad)), "{bad:?}");
+        }
+        assert!(is_container_cgroup(Path::new("/kubepods/pod1/c1")));
+        assert!(m.kill_all(Path::new("/"), libc::SIGKILL).is_err());
+    }
+}

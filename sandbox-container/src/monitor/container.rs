@@ -1,0 +1,464 @@
+//! One container of the pod: its libcontainer handle, stdio pipes, log
+//! file and exit record.
+
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crius_proto::monitor::{ContainerState, ErrorKind, ExitRecord, Phase};
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::error::LibcontainerError;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::WaitStatus;
+
+use super::cgroups::CgroupMounts;
+use super::logfmt::{LineSplitter, StreamKind, format_line};
+use super::{EXIT_FILE, sys, write_atomic};
+
+/// Why a request failed: an error kind of the protocol and a short message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Fail {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Fail {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Fail {
+        let mut message = message.into();
+        if message.len() > 2048 {
+            let mut end = 2048;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Fail { kind, message }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Fail {
+        Fail::new(ErrorKind::Internal, message)
+    }
+
+    /// A libcontainer error, with its chain of causes.
+    pub fn libcontainer(what: &str, e: LibcontainerError) -> Fail {
+        let kind = match &e {
+            LibcontainerError::IncorrectStatus(_) | LibcontainerError::Exist => {
+                ErrorKind::FailedPrecondition
+            }
+            LibcontainerError::NoDirectory => ErrorKind::NotFound,
+            LibcontainerError::InvalidInput(_)
+            | LibcontainerError::InvalidID(_)
+            | LibcontainerError::MissingSpec(_)
+            | LibcontainerError::InvalidSpec(_)
+            | LibcontainerError::Spec(_) => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Internal,
+        };
+        Fail::new(kind, format!("{what}: {}", chain(&e)))
+    }
+}
+
+/// An error and its sources, joined by `: `.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Where a container's output goes.
+#[derive(Debug, Default)]
+pub struct LogSink {
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+impl LogSink {
+    pub fn open(path: Option<PathBuf>) -> io::Result<LogSink> {
+        let file = match &path {
+            Some(p) => Some(open_log(p)?),
+            None => None,
+        };
+        Ok(LogSink { path, file })
+    }
+
+    /// Closes and reopens the file (after rotation).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        if let Some(p) = &self.path {
+            let f = open_log(p)?;
+            self.file = Some(f);
+        }
+        Ok(())
+    }
+
+    /// Writes lines, formatted by `fill` into one buffer, with one write.
+    fn write_lines(&mut self, fill: impl FnOnce(&mut dyn FnMut(bool, &[u8])), stream: StreamKind) {
+        let now = SystemTime::now();
+        let mut buf = Vec::new();
+        let keep = self.file.is_some();
+        fill(&mut |partial, msg| {
+            if keep {
+                buf.extend_from_slice(&format_line(now, stream, partial, msg));
+            }
+        });
+        if let Some(f) = &mut self.file
+            && !buf.is_empty()
+            && let Err(e) = f.write_all(&buf)
+        {
+            tracing::warn!("writing container log: {e}");
+        }
+    }
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// The read end of a container's stdout or stderr.
+#[derive(Debug)]
+pub struct OutPipe {
+    pub fd: OwnedFd,
+    pub kind: StreamKind,
+    split: LineSplitter,
+}
+
+/// How much one readiness event may read from one pipe.
+const READ_BUDGET: usize = 1 << 20;
+/// How much is drained from a pipe when its process has exited.
+pub const DRAIN_BUDGET: usize = 4 << 20;
+
+pub struct Ctr {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The init process on the host; 0 once reaped.
+    pub pid: i32,
+    pub phase: Phase,
+    pub exit: Option<ExitRecord>,
+    /// The resolved cgroup path (libcontainer's), for OOM and signal-all.
+    pub cgroup: PathBuf,
+    lc: Container,
+    /// The write end of the container's stdin, when it has one (kept for
+    /// attach; nothing writes to it yet).
+    _stdin: Option<OwnedFd>,
+    pub stdout: Option<OutPipe>,
+    pub stderr: Option<OutPipe>,
+    pub log: LogSink,
+}
+
+pub struct CreateArgs<'a> {
+    pub state_root: &'a Path,
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub log_path: Option<PathBuf>,
+    pub stdin: bool,
+}
+
+/// Container IDs are file names under the runtime root.
+pub fn validate_id(id: &str) -> Result<(), Fail> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Fail::new(ErrorKind::InvalidArgument, "bad container id"))
+    }
+}
+
+impl Ctr {
+    pub fn create(a: CreateArgs<'_>) -> Result<Ctr, Fail> {
+        validate_id(a.id)?;
+        if !a.bundle.is_absolute() {
+            return Err(Fail::new(
+                ErrorKind::InvalidArgument,
+                "bundle must be an absolute path",
+            ));
+        }
+        if a.log_path.as_deref().is_some_and(|p| !p.is_absolute()) {
+            return Err(Fail::new(
+                ErrorKind::InvalidArgument,
+                "log path must be absolute",
+            ));
+        }
+        let notify = a.state_root.join(a.id).join("notify.sock");
+        if notify.as_os_str().len() > 107 {
+            return Err(Fail::new(
+                ErrorKind::InvalidArgument,
+                "runtime root path too long",
+            ));
+        }
+        let log = LogSink::open(a.log_path)
+            .map_err(|e| Fail::internal(format!("opening log file: {e}")))?;
+        let io = |e: io::Error| Fail::internal(format!("making stdio pipes: {e}"));
+        let (out_r, out_w) = sys::pipe(true, false).map_err(io)?;
+        let (err_r, err_w) = sys::pipe(true, false).map_err(io)?;
+        let (stdin_r, stdin_w) = if a.stdin {
+            let (r, w) = sys::pipe(false, true).map_err(io)?;
+            (r, Some(w))
+        } else {
+            (dev_null().map_err(io)?, None)
+        };
+
+        let mut builder = ContainerBuilder::new(a.id.to_owned(), SyscallType::default())
+            .with_root_path(a.state_root)
+            .map_err(|e| Fail::libcontainer("runtime root", e))?;
+        builder.stdin = Some(stdin_r);
+        builder.stdout = Some(out_w);
+        builder.stderr = Some(err_w);
+        let built = builder
+            .as_init(a.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build();
+        let lc = match built {
+            Ok(c) => c,
+            Err(e) => {
+                let fail = Fail::libcontainer("creating container", e);
+                cleanup_failed_create(a.state_root, a.id);
+                return Err(fail);
+            }
+        };
+        let pid = lc.pid().map(|p| p.as_raw()).unwrap_or(0);
+        let cgroup = lc.spec().map(|s| s.cgroup_path).unwrap_or_default();
+        Ok(Ctr {
+            id: a.id.to_owned(),
+            bundle: a.bundle.to_owned(),
+            pid,
+            phase: Phase::Created,
+            exit: None,
+            cgroup,
+            lc,
+            _stdin: stdin_w,
+            stdout: Some(OutPipe {
+                fd: out_r,
+                kind: StreamKind::Stdout,
+                split: LineSplitter::default(),
+            }),
+            stderr: Some(OutPipe {
+                fd: err_r,
+                kind: StreamKind::Stderr,
+                split: LineSplitter::default(),
+            }),
+            log,
+        })
+    }
+
+    pub fn start(&mut self) -> Result<(), Fail> {
+        match self.phase {
+            Phase::Created => {}
+            Phase::Running => {
+                return Err(Fail::new(
+                    ErrorKind::FailedPrecondition,
+                    "container is already running",
+                ));
+            }
+            Phase::Exited => {
+                return Err(Fail::new(
+                    ErrorKind::FailedPrecondition,
+                    "container has exited",
+                ));
+            }
+        }
+        self.lc
+            .start()
+            .map_err(|e| Fail::libcontainer("starting container", e))?;
+        self.phase = Phase::Running;
+        Ok(())
+    }
+
+    pub fn state(&self) -> ContainerState {
+        ContainerState {
+            id: self.id.clone(),
+            phase: self.phase,
+            pid: u32::try_from(self.pid).unwrap_or(0),
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// Sends `signal` to the init process, or to every process of the
+    /// container.
+    pub fn signal(&self, cgroups: &CgroupMounts, signal: i32, all: bool) -> Result<(), Fail> {
+        if !sys::valid_signal(signal) {
+            return Err(Fail::new(ErrorKind::InvalidArgument, "bad signal number"));
+        }
+        if all && let Err(e) = cgroups.kill_all(&self.cgroup, signal) {
+            let msg = format!("signalling the container's processes: {e}");
+            if self.pid == 0 {
+                return Err(Fail::internal(msg));
+            }
+            // The init still gets it, below.
+            tracing::warn!(id = %self.id, "{msg}");
+        }
+        // The init is our unreaped child while pid != 0: no pid reuse race.
+        if self.pid > 0 {
+            match sys::kill_raw(self.pid, signal) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(Fail::internal(format!("kill: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what a pipe has (up to `budget` bytes) into the log; at EOF
+    /// flushes the last line and closes the pipe.
+    pub fn read_pipe(&mut self, kind: StreamKind, budget: usize) {
+        let slot = match kind {
+            StreamKind::Stdout => &mut self.stdout,
+            StreamKind::Stderr => &mut self.stderr,
+        };
+        let Some(pipe) = slot else { return };
+        let log = &mut self.log;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0;
+        let mut eof = false;
+        while total < budget {
+            match sys::read_some(pipe.fd.as_fd(), &mut buf) {
+                Ok(Some(0)) => {
+                    eof = true;
+                    break;
+                }
+                Ok(Some(n)) => {
+                    total += n;
+                    let split = &mut pipe.split;
+                    log.write_lines(|out| split.feed(&buf[..n], out), kind);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(id = %self.id, "reading container {}: {e}", kind.as_str());
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            let split = &mut pipe.split;
+            log.write_lines(|out| split.finish(out), kind);
+            *slot = None;
+        }
+    }
+
+    pub fn read_ready(&mut self, kind: StreamKind) {
+        self.read_pipe(kind, READ_BUDGET);
+    }
+
+    /// The init process was reaped: drains its pipes to the log, then
+    /// records the exit in `<bundle>/exit.json` before anything else.
+    pub fn exited(&mut self, status: WaitStatus, cgroups: &CgroupMounts) {
+        self.read_pipe(StreamKind::Stdout, DRAIN_BUDGET);
+        self.read_pipe(StreamKind::Stderr, DRAIN_BUDGET);
+        let (exit_code, signal) = match status {
+            WaitStatus::Exited(_, code) => (code, None),
+            WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+            _ => (255, None),
+        };
+        let reason = if cgroups.oom_killed(&self.cgroup) {
+            "OOMKilled"
+        } else if exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        let rec = ExitRecord {
+            exit_code,
+            signal,
+            finished_at: unix_nanos(SystemTime::now()),
+            reason: reason.to_owned(),
+        };
+        match serde_json::to_vec(&rec) {
+            Ok(bytes) => {
+                if let Err(e) = write_atomic(&self.bundle.join(EXIT_FILE), &bytes, 0o600) {
+                    tracing::error!(id = %self.id, "writing exit.json: {e}");
+                }
+            }
+            Err(e) => tracing::error!(id = %self.id, "encoding exit record: {e}"),
+        }
+        tracing::info!(id = %self.id, exit_code, ?signal, reason, "container exited");
+        self.exit = Some(rec);
+        self.phase = Phase::Exited;
+        self.pid = 0;
+        self._stdin = None;
+    }
+
+    pub fn reopen_log(&mut self) -> Result<(), Fail> {
+        if self.phase != Phase::Running {
+            return Err(Fail::new(
+                ErrorKind::FailedPrecondition,
+                "container is not running",
+            ));
+        }
+        self.log
+            .reopen()
+            .map_err(|e| Fail::internal(format!("reopening log file: {e}")))
+    }
+
+    /// Removes libcontainer's state and the container's cgroup. The init
+    /// must have been reaped.
+    pub fn delete_state(&mut self, state_root: &Path) -> Result<(), Fail> {
+        // Flush what is left in the pipes.
+        for kind in [StreamKind::Stdout, StreamKind::Stderr] {
+            self.read_pipe(kind, DRAIN_BUDGET);
+            let slot = match kind {
+                StreamKind::Stdout => &mut self.stdout,
+                StreamKind::Stderr => &mut self.stderr,
+            };
+            if let Some(mut pipe) = slot.take() {
+                self.log.write_lines(|out| pipe.split.finish(out), kind);
+            }
+        }
+        let r = self.lc.delete(true);
+        let dir = state_root.join(&self.id);
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        r.map_err(|e| Fail::libcontainer("deleting container", e))
+    }
+}
+
+fn dev_null() -> io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")?
+        .into())
+}
+
+/// Removes what a failed create may have left: libcontainer's state
+/// directory and the container's cgroup.
+fn cleanup_failed_create(state_root: &Path, id: &str) {
+    let dir = state_root.join(id);
+    if let Ok(mut c) = Container::load(dir.clone())
+        && let Err(e) = c.delete(true)
+    {
+        tracing::warn!(id, "cleaning up after a failed create: {}", chain(&e));
+    }
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}

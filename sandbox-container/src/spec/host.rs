@@ -1,0 +1,190 @@
+//! What the host allows: facts about this machine and this process that
+//! change the spec, detected once by the caller and passed in, so that
+//! spec generation itself stays a pure function.
+
+use std::io::Read;
+use std::path::Path;
+
+use oci_spec::runtime::Capabilities;
+
+use super::caps::{self, ALL_KNOWN, CapMask};
+
+/// The cgroup layout of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupMode {
+    /// cgroup v1, including the hybrid layout (v1 controllers plus a
+    /// cgroup2 mount at `/sys/fs/cgroup/unified`): no cgroup namespace,
+    /// no `unified` resources.
+    V1,
+    /// The unified hierarchy only.
+    #[default]
+    V2,
+}
+
+/// Host facts that shape a container's spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLimits {
+    /// The lowest `oom_score_adj` a container may get: this process's own
+    /// value, since lowering it needs CAP_SYS_RESOURCE.
+    pub min_oom_score_adj: i32,
+    /// cgroup v1 (or hybrid) or v2.
+    pub cgroup: CgroupMode,
+    /// Whether memory+swap limits can be set.
+    pub swap_controller: bool,
+    /// Whether the hugetlb controller is there (else hugepage limits are
+    /// skipped, as containerd's `tolerate_missing_hugetlb_controller`).
+    pub hugetlb: bool,
+    /// The capabilities this process holds and can hand out; `None` means
+    /// all capabilities known to oci-spec.
+    pub capabilities: Option<Capabilities>,
+    /// The running kernel's `(major, minor)`, for `minKernel` in seccomp
+    /// profiles; `None` when unknown (rules are then kept).
+    pub kernel: Option<(u32, u32)>,
+}
+
+impl Default for HostLimits {
+    /// A permissive host: no oom floor below -1000, cgroup v2, hugetlb,
+    /// no swap controller, every capability.
+    fn default() -> Self {
+        HostLimits {
+            min_oom_score_adj: -1000,
+            cgroup: CgroupMode::V2,
+            swap_controller: false,
+            hugetlb: true,
+            capabilities: None,
+            kernel: None,
+        }
+    }
+}
+
+/// Reads a small procfs or sysfs file, at most 64 KiB.
+fn read_small(path: &Path) -> Option<String> {
+    let mut s = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+impl HostLimits {
+    /// Detects the limits of this host and process from `/proc/self` and
+    /// `/sys/fs/cgroup`. Never fails: what cannot be read gets a
+    /// conservative value (oom floor 0, no swap controller, no hugetlb,
+    /// all capabilities, unknown kernel).
+    pub fn detect() -> HostLimits {
+        let min_oom_score_adj = read_small(Path::new("/proc/self/oom_score_adj"))
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .unwrap_or_else(|| {
+                tracing::warn!("cannot read /proc/self/oom_score_adj; assuming 0");
+                0
+            });
+
+        let cgroup = match nix::sys::statfs::statfs("/sys/fs/cgroup") {
+            Ok(st) if st.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => {
+                CgroupMode::V2
+            }
+            _ => CgroupMode::V1,
+        };
+
+        let (hugetlb, swap_controller) = match cgroup {
+            CgroupMode::V1 => (
+                Path::new("/sys/fs/cgroup/hugetlb").is_dir(),
+                Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            ),
+            CgroupMode::V2 => {
+                let controllers =
+                    read_small(Path::new("/sys/fs/cgroup/cgroup.controllers")).unwrap_or_default();
+                let hugetlb = controllers.split_whitespace().any(|c| c == "hugetlb");
+                (hugetlb, v2_swap_available())
+            }
+        };
+
+        let capabilities = read_small(Path::new("/proc/self/status")).and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(caps::parse_hex_mask)
+                .map(caps::to_set)
+        });
+
+        let kernel = read_small(Path::new("/proc/sys/kernel/osrelease")).and_then(|s| {
+            let mut it = s.trim().split(['.', '-']);
+            let major = it.next()?.parse().ok()?;
+            let minor = it.next()?.parse().ok()?;
+            Some((major, minor))
+        });
+
+        HostLimits {
+            min_oom_score_adj,
+            cgroup,
+            swap_controller,
+            hugetlb,
+            capabilities,
+            kernel,
+        }
+    }
+
+    /// The capability mask this host can hand out.
+    pub(crate) fn cap_mask(&self) -> CapMask {
+        match &self.capabilities {
+            None => ALL_KNOWN,
+            Some(set) => caps::from_set(set),
+        }
+    }
+}
+
+/// Whether `memory.swap.max` exists in this process's cgroup (or the
+/// nearest non-root parent): the swap controller is enabled there.
+fn v2_swap_available() -> bool {
+    let Some(own) = read_small(Path::new("/proc/self/cgroup")).and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .map(|p| p.trim().to_string())
+    }) else {
+        return false;
+    };
+    let mut p = Path::new(&own);
+    loop {
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return false;
+        }
+        if rel.as_os_str().is_empty() {
+            return false;
+        }
+        if Path::new("/sys/fs/cgroup")
+            .join(rel)
+            .join("memory.swap.max")
+            .exists()
+        {
+            return true;
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_never_fails() {
+        let h = HostLimits::detect();
+        assert!((-1000..=1000).contains(&h.min_oom_score_adj));
+        assert!(h.cap_mask() & !ALL_KNOWN == 0);
+    }
+
+    #[test]
+    fn default_is_permissive() {
+        let h = HostLimits::default();
+        assert_eq!(h.cap_mask(), ALL_KNOWN);
+        assert_eq!(h.cgroup, CgroupMode::V2);
+    }
+}
