@@ -591,3 +591,43 @@ async fn twenty_pods_leave_nothing_behind() {
         .unwrap_or_default();
     assert!(children.is_empty(), "container cgroups left: {children:?}");
 }
+
+/// RuntimeDefault seccomp without no_new_privs (kubelet's usual request)
+/// loads, and the container runs filtered with no inheritable capabilities.
+#[tokio::test]
+async fn runtime_default_seccomp_and_no_inheritable_caps() {
+    let e = env().await;
+    let pc = pod_config(&e, "seccomp");
+    let pod = run_pod(&e.c, &pc).await;
+    let mut cc = container_config("s", &["sleep", "100"]);
+    cc.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = create(&e.c, &pod, &pc, cc).await;
+    start(&e.c, &id).await;
+    // The container's own process (PID 1 is the pod's init here).
+    let r = exec(
+        &e.c,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "grep -E '^(Seccomp|CapInh|NoNewPrivs):' /proc/$(pidof sleep)/status",
+        ],
+        10,
+    )
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("CapInh:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    stop_remove_pod(&e.c, &pod).await;
+}

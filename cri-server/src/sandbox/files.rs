@@ -70,16 +70,26 @@ pub fn hosts(hostname: &str, ips: &[String]) -> String {
     s
 }
 
-/// The pod's hostname: the configured one, else the pod name.
-pub fn hostname(config: &PodSandboxConfig) -> String {
-    if !config.hostname.is_empty() {
-        return one_line(&config.hostname);
+/// The most bytes a hostname may have (the kernel's HOST_NAME_MAX).
+const HOST_NAME_MAX: usize = 64;
+
+/// The pod's hostname: the configured one, else the host's (as containerd
+/// does). A hostname the kernel would refuse is an error a person can act on.
+pub fn hostname(config: &PodSandboxConfig) -> Result<String, String> {
+    let h = if config.hostname.is_empty() {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .map_err(|e| format!("read the host's hostname: {e}"))?
+    } else {
+        config.hostname.clone()
+    };
+    if h.is_empty() || h.len() > HOST_NAME_MAX || h.contains(['\0', '\n', '\r', '/']) {
+        return Err(format!(
+            "pod hostname {:?} is not valid: 1 to {HOST_NAME_MAX} bytes, no NUL, newline or '/'",
+            h.chars().take(80).collect::<String>()
+        ));
     }
-    config
-        .metadata
-        .as_ref()
-        .map(|m| m.name.clone())
-        .unwrap_or_default()
+    Ok(h)
 }
 
 /// Mounts a 64 MiB tmpfs for the pod's /dev/shm.

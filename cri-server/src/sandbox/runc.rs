@@ -211,7 +211,7 @@ impl SandboxController for RuncSandbox {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default()
         } else {
-            files::hostname(&pod.config)
+            files::hostname(&pod.config).map_err(Error::InvalidArgument)?
         };
         fs::write(dir.join("hostname"), format!("{hostname}\n"))
             .map_err(internal("write hostname"))?;

@@ -353,7 +353,10 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     process.set_cwd(PathBuf::from(cwd));
     process.set_capabilities(Some(cap_sets.to_oci()));
     process.set_rlimits(None);
-    process.set_no_new_privileges(Some(sc.is_some_and(|s| s.no_new_privs)));
+    // Unset rather than false: libcontainer loads a seccomp filter before
+    // dropping capabilities only when the flag is absent, and a filter
+    // loaded after the drop fails without no_new_privs.
+    process.set_no_new_privileges(sc.is_some_and(|s| s.no_new_privs).then_some(true));
     process.set_apparmor_profile(None);
     process.set_oom_score_adj(oom_score_adj);
     process.set_selinux_label(None);

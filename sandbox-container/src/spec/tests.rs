@@ -193,7 +193,7 @@ fn full_spec_round_trips_through_json() {
     assert_eq!(p.cwd(), Path::new("/"));
     assert_eq!((p.user().uid(), p.user().gid()), (33, 33));
     assert_eq!(p.user().additional_gids().as_ref().unwrap(), &[4, 33]);
-    assert_eq!(p.no_new_privileges(), Some(false));
+    assert_eq!(p.no_new_privileges(), None, "unset, not false (see mod.rs)");
     assert_eq!(p.oom_score_adj(), Some(0), "clamped to the host's floor");
     assert!(p.rlimits().is_none());
     assert_eq!(p.terminal(), Some(false));
