@@ -449,3 +449,126 @@ async fn concurrent_pulls_share_one_download() {
     assert_eq!(dir_entries(&c.root.join("images/snapshots")).len(), layers);
     assert_eq!(list(&c).await.len(), 1, "{img:?}");
 }
+
+/// Pushes a one-layer image of `entries` (with the layer's diff ID replaced
+/// by `diff_id` when given) and returns its name.
+fn push_hostile(
+    f: &e2e::fixture::Fixture,
+    tag: &str,
+    entries: Vec<e2e::oci_image::Entry>,
+    diff_id: Option<&str>,
+) -> String {
+    use e2e::oci_image::{Compression, Image as OciImage, ImageConfigJson, Layer};
+    let mut blob = Layer::new(entries).build(Compression::Gzip).unwrap();
+    if let Some(d) = diff_id {
+        blob.diff_id = d.to_string();
+    }
+    OciImage::new(vec![blob], ImageConfigJson::default())
+        .push(&f.url, "crius-test/hostile", tag)
+        .unwrap();
+    format!("{}/crius-test/hostile:{tag}", f.host)
+}
+
+/// A one-file ustar archive with any name, bypassing every check.
+fn raw_tar(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
+}
+
+/// Pushes an image whose one layer is `tar`, gzipped.
+fn push_raw_layer(f: &e2e::fixture::Fixture, tag: &str, tar: &[u8]) -> String {
+    use e2e::oci_image::{
+        Compression, Image as OciImage, ImageConfigJson, LayerBlob, sha256_digest,
+    };
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(tar).unwrap();
+    let data = gz.finish().unwrap();
+    let blob = LayerBlob {
+        digest: sha256_digest(&data),
+        diff_id: sha256_digest(tar),
+        data: std::sync::Arc::new(data),
+        compression: Compression::Gzip,
+        comment: None,
+    };
+    OciImage::new(vec![blob], ImageConfigJson::default())
+        .push(&f.url, "crius-test/hostile", tag)
+        .unwrap();
+    format!("{}/crius-test/hostile:{tag}", f.host)
+}
+
+#[tokio::test]
+async fn hostile_layers_are_refused_or_contained_and_leave_nothing() {
+    use e2e::oci_image::Entry;
+    let f = fixture();
+    let c = start(f, "");
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().display().to_string();
+
+    // A `..` name (written by hand: our image builder refuses it): refused,
+    // nothing listed, nothing staged.
+    let dotdot = push_raw_layer(f, "dotdot", &raw_tar("../../escape", b"x"));
+    let e = pull(&c, &dotdot).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("layer"), "{}", e.message());
+
+    // A symlink to a host directory, then a write through it: contained
+    // (or refused); the host directory stays empty.
+    let through = push_hostile(
+        f,
+        "symlink",
+        vec![
+            Entry::symlink("link", &target),
+            Entry::file("link/owned", b"x".to_vec(), 0o644),
+        ],
+        None,
+    );
+    let _ = pull(&c, &through).await;
+    assert_eq!(
+        dir_entries(outside.path()),
+        Vec::<String>::new(),
+        "nothing written outside"
+    );
+
+    // A config whose diff ID does not match the layer: refused after the
+    // unpack, and the staged snapshot is gone.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let lying = push_hostile(
+        f,
+        "diffid",
+        vec![Entry::file("f", b"data".to_vec(), 0o644)],
+        Some(&wrong),
+    );
+    let e = pull(&c, &lying).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("uncompressed digest"),
+        "{}",
+        e.message()
+    );
+
+    for name in [&dotdot, &lying] {
+        assert!(status(&c, name).await.is_none(), "{name} is not listed");
+    }
+    let images_root = c.root.join("images");
+    assert_eq!(
+        dir_entries(&images_root.join("staging")),
+        Vec::<String>::new()
+    );
+    assert!(!images_root.join("escape").exists() && !c.root.join("escape").exists());
+}
