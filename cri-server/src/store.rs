@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crius_proto::cri::{ContainerConfig, NamespaceOption, PodSandboxConfig};
+use crius_proto::cri::{ContainerConfig, LinuxContainerUser, NamespaceOption, PodSandboxConfig};
 use crius_proto::monitor::ExitRecord;
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +99,11 @@ pub struct ContainerRecord {
     pub bundle: PathBuf,
     /// Whether the rootfs overlay is mounted.
     pub rootfs_mounted: bool,
+    /// The uid, gid and supplementary groups of the container's process,
+    /// from its spec (ContainerStatus.user); `None` before the spec is
+    /// built and in records written before this was kept.
+    #[serde(default)]
+    pub user: Option<LinuxContainerUser>,
 }
 
 pub struct Store {
@@ -353,5 +358,29 @@ mod tests {
         let s = Store::open(t.path()).unwrap();
         assert_eq!(s.pods().len(), 2);
         assert_eq!(new_id().len(), 64);
+    }
+
+    #[test]
+    fn container_records_without_user_still_load() {
+        let old = serde_json::json!({
+            "id": "c1", "pod_id": "p1", "config": ContainerConfig::default(),
+            "image_name": "busybox", "image_id": "sha256:x", "phase": "running",
+            "created_at": 1, "started_at": 2, "pid": 3, "exit": null,
+            "log_path": "", "bundle": "/b", "rootfs_mounted": true,
+        });
+        let c: ContainerRecord = serde_json::from_value(old).unwrap();
+        assert!(c.user.is_none());
+        let user = LinuxContainerUser {
+            uid: 1000,
+            gid: 1000,
+            supplemental_groups: vec![1000, 1234],
+        };
+        let c = ContainerRecord {
+            user: Some(user.clone()),
+            ..c
+        };
+        let back: ContainerRecord =
+            serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(back.user, Some(user));
     }
 }

@@ -85,6 +85,7 @@ impl Runtime {
             log_path,
             bundle: Default::default(),
             rootfs_mounted: false,
+            user: None,
         };
         self.store.put_container(&c)?;
         let controller = self.controller(&pod.runtime_handler)?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crius_proto::cri::{
     Container, ContainerState, ContainerStatus, ContainerStatusRequest, ContainerStatusResponse,
-    ImageSpec, ListContainersRequest, ListContainersResponse,
+    ContainerUser, ImageSpec, ListContainersRequest, ListContainersResponse,
 };
 
 use super::{Runtime, labels_match};
@@ -51,7 +51,10 @@ pub(super) fn container_status(c: &ContainerRecord) -> ContainerStatus {
         log_path: c.log_path.clone(),
         resources: None,
         image_id: c.image_id.clone(),
-        user: None,
+        user: c
+            .user
+            .clone()
+            .map(|linux| ContainerUser { linux: Some(linux) }),
     }
 }
 

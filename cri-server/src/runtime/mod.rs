@@ -1,6 +1,6 @@
-//! RuntimeService: one file per implemented call; the calls that belong to
-//! the sandboxes (pods, containers, streaming, stats) answer Unimplemented
-//! until those exist.
+//! RuntimeService: one file per implemented call (or family of calls);
+//! those not built yet (streaming, resource updates, checkpoints) answer
+//! Unimplemented.
 
 mod container_create;
 mod container_remove;
@@ -9,6 +9,7 @@ mod container_status;
 mod container_stop;
 mod events;
 mod exec_sync;
+mod metrics;
 mod pod_remove;
 mod pod_run;
 mod pod_status;
@@ -16,6 +17,7 @@ mod pod_stop;
 mod recover;
 mod reopen_log;
 mod runtime_config;
+mod stats;
 mod status;
 mod version;
 
@@ -41,6 +43,8 @@ pub struct Runtime {
     /// The namespace sandbox: handlers "" and "runc".
     runc: Arc<dyn SandboxController>,
     events: broadcast::Sender<ContainerEventResponse>,
+    /// The last CPU sample of each container and pod, for CPU rates.
+    cpu_samples: stats::CpuSamples,
 }
 
 impl Runtime {
@@ -56,6 +60,7 @@ impl Runtime {
             images,
             runc,
             events: broadcast::channel(1024).0,
+            cpu_samples: stats::CpuSamples::default(),
         }
     }
 
@@ -263,18 +268,54 @@ impl RuntimeService for Runtime {
         reply(self.reopen_container_log(req.into_inner()).await)
     }
 
+    async fn container_stats(
+        &self,
+        req: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        reply(self.container_stats(req.into_inner()).await)
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        reply(self.list_container_stats(req.into_inner()).await)
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        reply(self.pod_sandbox_stats(req.into_inner()).await)
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        reply(self.list_pod_sandbox_stats(req.into_inner()).await)
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        req: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        reply(self.list_metric_descriptors(req.into_inner()).await)
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        req: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        reply(self.list_pod_sandbox_metrics(req.into_inner()).await)
+    }
+
     not_yet! {
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
     }
 }

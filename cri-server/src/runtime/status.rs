@@ -1,9 +1,11 @@
-//! Status: the RuntimeReady and NetworkReady conditions and the runtime
-//! handlers crius answers to.
+//! Status: the RuntimeReady and NetworkReady conditions, the runtime
+//! handlers crius answers to with their features (recursive read-only
+//! mounts when the kernel has mount_setattr), and the runtime's features
+//! (SupplementalGroupsPolicy).
 
 use crius_proto::cri::{
-    RuntimeCondition, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusRequest,
-    StatusResponse,
+    RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
+    StatusRequest, StatusResponse,
 };
 
 /// Handlers advertised to kubelet: the default (empty) handler and `runc`
@@ -41,11 +43,17 @@ pub fn status(_: StatusRequest, network: Result<(), String>) -> StatusResponse {
             .map(|h| RuntimeHandler {
                 name: h.to_string(),
                 features: Some(RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    // libcontainer applies "rro" with mount_setattr.
+                    recursive_read_only_mounts:
+                        sandbox_container::spec::recursive_read_only_supported(),
                     user_namespaces: false,
                 }),
             })
             .collect(),
-        features: None,
+        // The spec module implements Merge and Strict, and ContainerStatus
+        // reports the user.
+        features: Some(RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
     }
 }

@@ -5,12 +5,14 @@
 
 pub mod files;
 pub mod runc;
+pub mod usage;
 
 use crius_proto::monitor::{ExecResult, ExitRecord};
 use image_store::Image;
 
 use crate::error::Error;
 use crate::store::{ContainerRecord, PodRecord};
+pub use usage::{ContainerUsage, PodUsage};
 
 #[tonic::async_trait]
 pub trait SandboxController: Send + Sync {
@@ -58,4 +60,14 @@ pub trait SandboxController: Send + Sync {
     async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error>;
     /// Why pods cannot get a network now, if they cannot.
     fn network_status(&self) -> Result<(), String>;
+    /// The container's resource usage: its cgroup, its writable layer and,
+    /// with `processes`, the threads and open files of its processes.
+    async fn container_stats(
+        &self,
+        c: &ContainerRecord,
+        processes: bool,
+    ) -> Result<ContainerUsage, Error>;
+    /// The pod's own usage: its cgroup (`cgroup_parent`) when
+    /// `own_cgroup` says no other pod shares it, and its network.
+    async fn pod_stats(&self, pod: &PodRecord, own_cgroup: bool) -> Result<PodUsage, Error>;
 }

@@ -52,6 +52,16 @@ fn cni_error(e: cni::Error) -> Error {
     }
 }
 
+/// A spec generation error as ours.
+fn spec_error(e: spec::SpecError) -> Error {
+    match e {
+        spec::SpecError::Invalid(m) => Error::InvalidArgument(m),
+        spec::SpecError::NotFound(m) => Error::NotFound(m),
+        spec::SpecError::FailedPrecondition(m) => Error::FailedPrecondition(m),
+        e => Error::Internal(crate::error::chain(&e)),
+    }
+}
+
 /// A monitor's error answer as ours.
 fn answer_error(kind: ErrorKind, message: String) -> Error {
     match kind {
@@ -317,13 +327,29 @@ impl SandboxController for RuncSandbox {
             fs::create_dir_all(parent).map_err(internal("create log dir"))?;
         }
         let pod_dir = self.pod_dir(&pod.id);
-        let spec = spec::build(&self.spec_input(pod, c, image, &pod_dir, &rootfs)).map_err(
-            |e| match e {
-                spec::SpecError::Invalid(m) => Error::InvalidArgument(m),
-                spec::SpecError::NotFound(m) => Error::NotFound(m),
-                e => Error::Internal(crate::error::chain(&e)),
-            },
-        )?;
+        // As containerd: missing host paths created, symlinks resolved,
+        // propagation checked against the host mount; the record keeps
+        // the paths as asked for.
+        let config = crius_proto::cri::ContainerConfig {
+            mounts: spec::prepare_host_paths(&c.config.mounts).map_err(spec_error)?,
+            ..c.config.clone()
+        };
+        let mut input = self.spec_input(pod, c, image, &pod_dir, &rootfs);
+        input.container = &config;
+        let spec = spec::build(&input).map_err(spec_error)?;
+        if let Some(p) = spec.process() {
+            let u = p.user();
+            c.user = Some(crius_proto::cri::LinuxContainerUser {
+                uid: u.uid().into(),
+                gid: u.gid().into(),
+                supplemental_groups: u
+                    .additional_gids()
+                    .iter()
+                    .flatten()
+                    .map(|g| (*g).into())
+                    .collect(),
+            });
+        }
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
         crate::store::write_atomic(&bundle.join("config.json"), &json)
@@ -428,5 +454,35 @@ impl SandboxController for RuncSandbox {
 
     fn network_status(&self) -> Result<(), String> {
         self.cni.status().map_err(|e| crate::error::chain(&e))
+    }
+
+    async fn container_stats(
+        &self,
+        c: &ContainerRecord,
+        processes: bool,
+    ) -> Result<super::ContainerUsage, Error> {
+        let bundle = self.bundle(&c.id);
+        let upper = self.layer_dir(&c.id).join("upper");
+        let layers = self.root.join("containers");
+        tokio::task::spawn_blocking(move || {
+            super::usage::read_container(&bundle, &upper, &layers, processes)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats task: {e}")))
+    }
+
+    async fn pod_stats(&self, pod: &PodRecord, own_cgroup: bool) -> Result<super::PodUsage, Error> {
+        let parent = pod
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.trim_end_matches('/').to_string())
+            .filter(|p| own_cgroup && !p.is_empty());
+        let netns = pod.netns.clone();
+        tokio::task::spawn_blocking(move || {
+            super::usage::read_pod(parent.as_deref(), netns.as_deref())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats task: {e}")))
     }
 }

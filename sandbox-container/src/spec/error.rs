@@ -3,7 +3,8 @@
 /// Why a container's OCI spec could not be built.
 ///
 /// The variants are chosen for the gRPC edge: [`SpecError::Invalid`] maps to
-/// `InvalidArgument`, [`SpecError::NotFound`] to `NotFound`, and
+/// `InvalidArgument`, [`SpecError::NotFound`] to `NotFound`,
+/// [`SpecError::FailedPrecondition`] to `FailedPrecondition`, and
 /// [`SpecError::Io`] to `Internal` (or `Unknown`). Messages are short, and
 /// untrusted strings in them are quoted and truncated (see [`quote`]); the
 /// `Io` variant keeps its cause in [`std::error::Error::source`] instead of
@@ -17,7 +18,12 @@ pub enum SpecError {
     /// A named user, group, device or seccomp profile does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// A file could not be read for another reason.
+    /// The host is not set up for the request: a bidirectional mount whose
+    /// host path is not on a shared mount, for instance.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A file could not be read (or a host path created) for another
+    /// reason.
     #[error("{context}")]
     Io {
         /// What was being done, without the cause.
@@ -35,6 +41,10 @@ impl SpecError {
 
     pub(crate) fn not_found(msg: impl Into<String>) -> Self {
         SpecError::NotFound(msg.into())
+    }
+
+    pub(crate) fn failed_precondition(msg: impl Into<String>) -> Self {
+        SpecError::FailedPrecondition(msg.into())
     }
 
     pub(crate) fn io(context: impl Into<String>, source: impl Into<std::io::Error>) -> Self {

@@ -134,6 +134,31 @@ impl HostLimits {
     }
 }
 
+/// Whether the kernel has `mount_setattr(2)` (Linux 5.12), which
+/// libcontainer uses for `rro` (recursive read-only) bind mounts: what the
+/// runtime handlers advertise as `recursive_read_only_mounts`. Probed once,
+/// with an invalid call: EINVAL or EBADF when the call exists, ENOSYS (or
+/// EPERM from a seccomp filter) when it cannot be used.
+pub fn recursive_read_only_supported() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        // SAFETY: a null attribute pointer with size 0 is refused by the
+        // kernel before anything is read or changed.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                std::ptr::null_mut::<libc::c_void>(),
+                0usize,
+            )
+        };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        r == -1 && matches!(errno, Some(libc::EINVAL) | Some(libc::EBADF))
+    })
+}
+
 /// Whether `memory.swap.max` exists in this process's cgroup (or the
 /// nearest non-root parent): the swap controller is enabled there.
 fn v2_swap_available() -> bool {
@@ -179,6 +204,18 @@ mod tests {
         let h = HostLimits::detect();
         assert!((-1000..=1000).contains(&h.min_oom_score_adj));
         assert!(h.cap_mask() & !ALL_KNOWN == 0);
+    }
+
+    #[test]
+    fn rro_probe_matches_the_kernel() {
+        // mount_setattr arrived in 5.12 (a seccomp filter may still hide
+        // it from a newer kernel's processes).
+        let h = HostLimits::detect();
+        if let Some(k) = h.kernel
+            && recursive_read_only_supported()
+        {
+            assert!(k >= (5, 12), "{k:?}");
+        }
     }
 
     #[test]

@@ -23,23 +23,28 @@
 //! | args, env, cwd | `process` |
 //! | uid, gid, supplementary groups | `user` (+ `rootfs` for the reads) |
 //! | capabilities (inheritable always empty) | `caps` |
-//! | mounts, masked / read-only paths | `mounts` |
+//! | mounts, masked / read-only paths | `mounts` (host side: `host_paths`) |
 //! | devices and the device cgroup | `devices` |
 //! | seccomp (selection, Localhost profiles) | `seccomp`, RuntimeDefault in `seccomp_default` |
 //! | sysctls | `sysctl` ([`validate_sysctls`] is public for the pod side) |
 //! | cgroup resources, `oom_score_adj` | `resources` |
 //!
+//! The host side of CRI mounts is [`prepare_host_paths`], called before
+//! [`build`]: it creates missing host paths, resolves symlinks in them and
+//! checks that bidirectional (host-to-container) mounts sit on shared
+//! (shared or slave) host mounts.
+//!
 //! Not handled here: image volumes (the image config's `Volumes` are
 //! ignored, and CRI image mounts are refused), user namespaces and
 //! id-mapped mounts (refused), SELinux (ignored), AppArmor (a Localhost
-//! profile is refused; the host has none), CDI devices (ignored), creating
-//! missing host paths of mounts, checking that bidirectional mounts sit on
-//! shared mounts, and enumerating host devices for privileged containers.
+//! profile is refused; the host has none), CDI devices (ignored), and
+//! enumerating host devices for privileged containers.
 
 mod caps;
 mod devices;
 mod error;
 mod host;
+mod host_paths;
 mod mounts;
 mod process;
 mod resources;
@@ -63,7 +68,8 @@ use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{Linux, LinuxNamespace, LinuxNamespaceType, Process, Root, Spec, User};
 
 pub use error::SpecError;
-pub use host::{CgroupMode, HostLimits};
+pub use host::{CgroupMode, HostLimits, recursive_read_only_supported};
+pub use host_paths::prepare_host_paths;
 pub use mounts::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
 pub use process::DEFAULT_PATH;
 pub use sysctl::validate_sysctls;

@@ -129,6 +129,9 @@ struct Bind {
     propagation: Propagation,
 }
 
+/// Checks a CRI mount's host path: absolute, no NUL, no `..` component
+/// (kubelet never sends one; refusing it keeps a path that climbs out of
+/// a volume directory from being created or resolved).
 fn check_host_path(p: &str) -> Result<PathBuf, SpecError> {
     if !p.starts_with('/') || p.contains('\0') || p.len() > MAX_PATH {
         return Err(SpecError::invalid(format!(
@@ -136,7 +139,18 @@ fn check_host_path(p: &str) -> Result<PathBuf, SpecError> {
             quote(p)
         )));
     }
+    if p.split('/').any(|c| c == "..") {
+        return Err(SpecError::invalid(format!(
+            "mount host path {} has a \"..\" component",
+            quote(p)
+        )));
+    }
     Ok(PathBuf::from(p))
+}
+
+/// Checks a CRI mount as [`build`] does, without building anything.
+pub(crate) fn check_cri_mount(m: &CriMount) -> Result<(), SpecError> {
+    cri_bind(m).map(|_| ())
 }
 
 fn cri_bind(m: &CriMount) -> Result<Bind, SpecError> {
@@ -199,7 +213,18 @@ pub(crate) struct Mounts {
 /// `rslave` for host-to-container, `rshared` for bidirectional) and `ro`,
 /// `rro` or `rw`. The pod's `/etc` files are read-only when the rootfs is;
 /// `/dev/shm` is the pod's shm directory, or the host's `/dev/shm` for a
-/// host-IPC pod. Host paths are not created or resolved here.
+/// host-IPC pod. The rootfs propagation is `shared` when a bind is
+/// bidirectional, else `slave` when one is host-to-container, else unset
+/// (libcontainer then makes the container's mounts slaves), as containerd
+/// sets it.
+///
+/// libcontainer 0.7 ignores the per-mount propagation options (runc
+/// honours them): a bind is a copy of the host mount in the container's
+/// namespace after the rootfs propagation was applied, so it is a slave of
+/// a shared host mount under `slave` and its peer under `shared`.
+///
+/// Host paths are not created or resolved here: see
+/// [`super::prepare_host_paths`].
 pub(crate) fn build(
     cri_mounts: &[CriMount],
     etc: &EtcFiles,
@@ -252,18 +277,21 @@ pub(crate) fn build(
         })
         .collect();
 
+    // The rootfs propagation in the OCI spec's words ("shared", "slave"):
+    // libcontainer refuses runc's "rshared" and "rslave" aliases ("failed
+    // to prepare rootfs") and always applies it recursively.
     let mut rootfs_propagation: Option<&str> = None;
     for b in binds {
         let prop = match b.propagation {
             Propagation::Private => "rprivate",
             Propagation::Slave => {
-                if rootfs_propagation != Some("rshared") {
-                    rootfs_propagation = Some("rslave");
+                if rootfs_propagation != Some("shared") {
+                    rootfs_propagation = Some("slave");
                 }
                 "rslave"
             }
             Propagation::Shared => {
-                rootfs_propagation = Some("rshared");
+                rootfs_propagation = Some("shared");
                 "rshared"
             }
         };
@@ -442,13 +470,24 @@ mod tests {
         let m = build(&[a, b.clone()], &EtcFiles::default(), false, false, false).unwrap();
         assert_eq!(opts(find(&m, "/a")[0]), ["rbind", "rprivate", "rw"]);
         assert_eq!(opts(find(&m, "/b")[0]), ["rbind", "rslave", "ro"]);
-        assert_eq!(m.rootfs_propagation.as_deref(), Some("rslave"));
+        // the OCI name: libcontainer refuses "rslave"
+        assert_eq!(m.rootfs_propagation.as_deref(), Some("slave"));
 
         let mut c = cri("/c", "/h/c");
         c.propagation = MountPropagation::PropagationBidirectional as i32;
-        let m = build(&[c, b], &EtcFiles::default(), false, false, false).unwrap();
+        let m = build(
+            &[c.clone(), b.clone()],
+            &EtcFiles::default(),
+            false,
+            false,
+            false,
+        )
+        .unwrap();
         assert_eq!(opts(find(&m, "/c")[0]), ["rbind", "rshared", "rw"]);
-        assert_eq!(m.rootfs_propagation.as_deref(), Some("rshared"));
+        assert_eq!(m.rootfs_propagation.as_deref(), Some("shared"));
+        // bidirectional wins whatever the order
+        let m = build(&[b, c], &EtcFiles::default(), false, false, false).unwrap();
+        assert_eq!(m.rootfs_propagation.as_deref(), Some("shared"));
 
         let mut d = cri("/d", "/h/d");
         d.propagation = 42;
@@ -470,8 +509,16 @@ mod tests {
             Err(SpecError::Invalid(_))
         ));
         a.readonly = true;
-        a.propagation = MountPropagation::PropagationHostToContainer as i32;
-        assert!(build(&[a], &EtcFiles::default(), false, false, false).is_err());
+        for p in [
+            MountPropagation::PropagationHostToContainer,
+            MountPropagation::PropagationBidirectional,
+        ] {
+            a.propagation = p as i32;
+            assert!(matches!(
+                build(&[a.clone()], &EtcFiles::default(), false, false, false),
+                Err(SpecError::Invalid(_))
+            ));
+        }
     }
 
     #[test]
@@ -520,12 +567,25 @@ mod tests {
             cri("/", "/h"),
             cri("/a", ""),
             cri("/a", "rel"),
+            cri("/a", "/h/../etc"),
+            cri("/a", "/h/.."),
         ] {
             assert!(matches!(
                 build(&[m], &EtcFiles::default(), false, false, false),
                 Err(SpecError::Invalid(_))
             ));
         }
+        // ".." inside a name is not a component
+        assert!(
+            build(
+                &[cri("/a", "/h/..x")],
+                &EtcFiles::default(),
+                false,
+                false,
+                false
+            )
+            .is_ok()
+        );
         let mut img = cri("/a", "");
         img.image = Some(Default::default());
         assert!(build(&[img], &EtcFiles::default(), false, false, false).is_err());

@@ -1,0 +1,484 @@
+//! CRI mounts end to end: read-only and recursive read-only host paths,
+//! mount propagation against the host's mount table, missing host paths,
+//! and the user ContainerStatus reports. The real crius with real
+//! libcontainer containers from the test images.
+//!
+//! Every mount a test makes on the host has a guard that detaches it, and
+//! every host directory lives in a temporary directory.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use crius_proto::cri::*;
+use e2e::crius::Crius;
+use e2e::fixture::fixture;
+use e2e::network::TestNetwork;
+use nix::mount::{MntFlags, MsFlags};
+use tonic::Code;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+struct Env {
+    c: Crius,
+    _net: TestNetwork,
+    logs: tempfile::TempDir,
+    /// The cgroup parent of this test's pods, removed at the end.
+    cgroup_parent: String,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
+        let _ = self.c.stop();
+        for ctl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+async fn env() -> Env {
+    let f = fixture();
+    let net = TestNetwork::create().unwrap();
+    let c = Crius::start(&f.mirrors(), &net.toml()).unwrap();
+    let mut images = c.images().await;
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let n = NEXT_ENV.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Env {
+        c,
+        _net: net,
+        logs: tempfile::tempdir().unwrap(),
+        cgroup_parent: format!("/crius-e2e-mounts-{}-{n}", std::process::id()),
+    }
+}
+
+fn pod_config(e: &Env, name: &str, privileged: bool) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: format!("host-{name}"),
+        log_directory: e.logs.path().join(name).display().to_string(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: e.cgroup_parent.clone(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                privileged,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, mounts: Vec<Mount>) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "1000".into()],
+        mounts,
+        ..Default::default()
+    }
+}
+
+fn mount(host: &Path, container: &str) -> Mount {
+    Mount {
+        host_path: host.display().to_string(),
+        container_path: container.into(),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
+    c.runtime()
+        .await
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn try_create(
+    c: &Crius,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    c.runtime()
+        .await
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn create(
+    c: &Crius,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    try_create(c, pod, pod_config, config)
+        .await
+        .unwrap_or_else(|e| panic!("create container: {e:?}\n{}", c.log()))
+}
+
+async fn start(c: &Crius, id: &str) {
+    c.runtime()
+        .await
+        .start_container(StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
+}
+
+async fn status(c: &Crius, id: &str) -> ContainerStatus {
+    c.runtime()
+        .await
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+/// Runs `sh -c script` in the container: (exit code, stdout + stderr).
+async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String) {
+    let r = c
+        .runtime()
+        .await
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
+    out.push_str(&String::from_utf8_lossy(&r.stderr));
+    (r.exit_code, out)
+}
+
+async fn stop_remove_pod(c: &Crius, id: &str) {
+    let mut rt = c.runtime().await;
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
+
+/// The mount points of this process's mount table.
+fn mount_points() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// A host mount this test made, detached (with whatever is under it) when
+/// dropped.
+struct MountGuard(PathBuf);
+
+impl MountGuard {
+    /// A tmpfs at `dir`.
+    fn tmpfs(dir: &Path) -> MountGuard {
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        MountGuard(dir.to_path_buf())
+    }
+
+    /// `dir` bind-mounted on itself with the propagation `flag`
+    /// (MS_PRIVATE, MS_SHARED): a mount of its own, whatever the host's
+    /// `/` is.
+    fn bind_self(dir: &Path, flag: MsFlags) -> MountGuard {
+        nix::mount::mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        let g = MountGuard(dir.to_path_buf());
+        nix::mount::mount(None::<&str>, dir, None::<&str>, flag, None::<&str>).unwrap();
+        g
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(&self.0, MntFlags::MNT_DETACH) {
+            eprintln!("unmount {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// A temporary directory with a resolved path (mount tables show those).
+fn host_dir() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let p = fs::canonicalize(t.path()).unwrap();
+    (t, p)
+}
+
+/// A read-only host path is read-only inside, but a mount under it stays
+/// writable; with `recursive_read_only` the mount under it is read-only
+/// too. Status advertises both features.
+#[tokio::test]
+async fn read_only_and_recursive_read_only_host_paths() {
+    let e = env().await;
+    let st =
+        e.c.runtime()
+            .await
+            .status(StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+    for h in ["", "runc"] {
+        let f = st
+            .runtime_handlers
+            .iter()
+            .find(|x| x.name == h)
+            .and_then(|x| x.features)
+            .unwrap();
+        assert!(f.recursive_read_only_mounts, "handler {h:?}");
+    }
+    assert!(st.features.unwrap().supplemental_groups_policy);
+
+    let (_t, dir) = host_dir();
+    fs::create_dir(dir.join("sub")).unwrap();
+    let _sub = MountGuard::tmpfs(&dir.join("sub"));
+
+    let pc = pod_config(&e, "ro", false);
+    let pod = run_pod(&e.c, &pc).await;
+    let ro = Mount {
+        readonly: true,
+        ..mount(&dir, "/ro")
+    };
+    let rro = Mount {
+        readonly: true,
+        recursive_read_only: true,
+        ..mount(&dir, "/rro")
+    };
+    let id = create(&e.c, &pod, &pc, container_config("c", vec![ro, rro])).await;
+    start(&e.c, &id).await;
+
+    let (code, out) = sh(&e.c, &id, "touch /ro/f").await;
+    assert_ne!(code, 0, "a read-only mount was written: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    let (code, out) = sh(&e.c, &id, "touch /ro/sub/from-ro").await;
+    assert_eq!(code, 0, "a plain ro mount leaves submounts writable: {out}");
+    let (code, out) = sh(&e.c, &id, "touch /rro/sub/from-rro").await;
+    assert_ne!(code, 0, "an rro submount was written: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(dir.join("sub/from-ro").exists());
+    assert!(!dir.join("sub/from-rro").exists());
+
+    // rro without readonly is refused.
+    let bad = Mount {
+        recursive_read_only: true,
+        ..mount(&dir, "/bad")
+    };
+    let err = try_create(&e.c, &pod, &pc, container_config("bad", vec![bad]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    stop_remove_pod(&e.c, &pod).await;
+}
+
+/// Bidirectional and host-to-container mounts need the host path on a
+/// shared (or slave) mount: refused with FailedPrecondition naming the
+/// path otherwise; on a shared mount, mounts made in a privileged
+/// container show up on the host.
+#[tokio::test]
+async fn propagation_needs_shared_host_mounts() {
+    let e = env().await;
+    let pc = pod_config(&e, "prop", true);
+    let pod = run_pod(&e.c, &pc).await;
+    let privileged = |name: &str, m: Mount| ContainerConfig {
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..container_config(name, vec![m])
+    };
+
+    let (_t1, private) = host_dir();
+    let _private = MountGuard::bind_self(&private, MsFlags::MS_PRIVATE);
+    for (prop, kind) in [
+        (MountPropagation::PropagationBidirectional, "a shared mount"),
+        (
+            MountPropagation::PropagationHostToContainer,
+            "a shared or slave mount",
+        ),
+    ] {
+        let m = Mount {
+            propagation: prop as i32,
+            ..mount(&private, "/data")
+        };
+        let err = try_create(&e.c, &pod, &pc, privileged("p", m))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        let msg = err.message();
+        assert!(
+            msg.contains(&private.display().to_string()) && msg.contains(kind),
+            "{msg}"
+        );
+    }
+
+    let (_t2, shared) = host_dir();
+    let _shared = MountGuard::bind_self(&shared, MsFlags::MS_SHARED);
+    fs::create_dir(shared.join("inner")).unwrap();
+    let m = Mount {
+        propagation: MountPropagation::PropagationBidirectional as i32,
+        ..mount(&shared, "/data")
+    };
+    let id = create(&e.c, &pod, &pc, privileged("b", m)).await;
+    start(&e.c, &id).await;
+    // A guard for what the container mounts, in case the test fails
+    // between the two; the outer guard's detach would take it too.
+    let inner = shared.join("inner");
+    let _inner = MountGuard(inner.clone());
+    let (code, out) = sh(&e.c, &id, "mount -t tmpfs tmpfs /data/inner").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        mount_points().contains(&inner),
+        "the container's mount did not reach the host"
+    );
+    stop_remove_pod(&e.c, &pod).await;
+}
+
+/// A missing host path is created as a directory (0755) and shared with
+/// the container; a host path with a ".." component is refused and
+/// creates nothing.
+#[tokio::test]
+async fn missing_host_paths_are_created() {
+    let e = env().await;
+    let pc = pod_config(&e, "missing", false);
+    let pod = run_pod(&e.c, &pc).await;
+    let (_t, dir) = host_dir();
+
+    let bad = dir.join("x/../y");
+    let err = try_create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config("bad", vec![mount(&bad, "/data")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(!dir.join("x").exists() && !dir.join("y").exists());
+
+    let missing = dir.join("a/b/c");
+    let id = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config("c", vec![mount(&missing, "/data")]),
+    )
+    .await;
+    let meta = fs::metadata(&missing).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    start(&e.c, &id).await;
+    let (code, out) = sh(&e.c, &id, "echo hi > /data/f").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(fs::read_to_string(missing.join("f")).unwrap(), "hi\n");
+    // The status keeps the path as asked for.
+    let s = status(&e.c, &id).await;
+    assert_eq!(s.mounts[0].host_path, missing.display().to_string());
+    stop_remove_pod(&e.c, &pod).await;
+}
+
+/// ContainerStatus.user is the uid, gid and supplementary groups the
+/// container's process got.
+#[tokio::test]
+async fn container_status_reports_the_user() {
+    let e = env().await;
+    let pc = pod_config(&e, "user", false);
+    let pod = run_pod(&e.c, &pc).await;
+    let cc = ContainerConfig {
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                run_as_user: Some(Int64Value { value: 1000 }),
+                run_as_group: Some(Int64Value { value: 2000 }),
+                supplemental_groups: vec![5678, 1234],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..container_config("c", vec![])
+    };
+    let id = create(&e.c, &pod, &pc, cc).await;
+    let user = status(&e.c, &id).await.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (1000, 2000));
+    let mut groups = user.supplemental_groups.clone();
+    groups.sort();
+    assert_eq!(groups, [1234, 2000, 5678]);
+
+    start(&e.c, &id).await;
+    let (code, out) = sh(&e.c, &id, "id -u; id -g; id -G").await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["1000", "2000"], "{out}");
+    let mut inside: Vec<i64> = lines[2]
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    inside.sort();
+    inside.dedup();
+    assert_eq!(inside, groups, "{out}");
+    stop_remove_pod(&e.c, &pod).await;
+}
