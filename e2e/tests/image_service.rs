@@ -115,11 +115,15 @@ async fn runtime_answers_version_status_config_and_errors() {
         CgroupDriver::Cgroupfs as i32
     );
     let e = rt
-        .container_stats(ContainerStatsRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("ContainerStats"), "{}", e.message());
+    assert!(
+        e.message().contains("CheckpointContainer"),
+        "{}",
+        e.message()
+    );
     // A pod without metadata is refused with a reason.
     let e = rt
         .run_pod_sandbox(RunPodSandboxRequest::default())

@@ -482,3 +482,38 @@ async fn container_status_reports_the_user() {
     assert_eq!(inside, groups, "{out}");
     stop_remove_pod(&e.c, &pod).await;
 }
+
+/// A private mount of a shared host path receives nothing the host mounts
+/// under it later (libcontainer applies only the rootfs propagation, so
+/// crius makes the whole tree private when no mount asks for propagation).
+#[tokio::test]
+async fn private_mounts_do_not_receive_host_mounts() {
+    let e = env().await;
+    let pc = pod_config(&e, "private", false);
+    let pod = run_pod(&e.c, &pc).await;
+    let (_t, shared) = host_dir();
+    let _shared = MountGuard::bind_self(&shared, MsFlags::MS_SHARED);
+    fs::create_dir(shared.join("later")).unwrap();
+    let id = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config("p", vec![mount(&shared, "/data")]),
+    )
+    .await;
+    start(&e.c, &id).await;
+    let _later = MountGuard::tmpfs(&shared.join("later"));
+    let (code, out) = sh(
+        &e.c,
+        &id,
+        "grep -c ' /data/later ' /proc/self/mountinfo || true",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "0",
+        "a host mount reached a private container mount"
+    );
+    stop_remove_pod(&e.c, &pod).await;
+}

@@ -304,9 +304,14 @@ pub(crate) fn build(
         };
         mounts.push(mount(&b.dst, "bind", b.src, &["rbind", prop, access]));
     }
+    // libcontainer 0.7 ignores the per-mount propagation options and gives
+    // every bind the rootfs's (its default is a recursive slave, so a
+    // "private" bind would receive host mounts): with no bind asking for
+    // propagation, make the whole tree private, which is what each bind
+    // asked for.
     Ok(Mounts {
         mounts,
-        rootfs_propagation: rootfs_propagation.map(String::from),
+        rootfs_propagation: Some(rootfs_propagation.unwrap_or("private").to_string()),
     })
 }
 
@@ -433,7 +438,7 @@ mod tests {
         assert_eq!(shm.source().as_deref(), Some(Path::new("/pod/shm")));
         assert_eq!(opts(shm), ["rbind", "rprivate", "rw"]);
         assert_eq!(opts(find(&m, "/etc/hosts")[0]), ["rbind", "rprivate", "rw"]);
-        assert!(m.rootfs_propagation.is_none());
+        assert_eq!(m.rootfs_propagation.as_deref(), Some("private"));
 
         let m = build(&[], &etc(), true, false, false).unwrap();
         assert_eq!(
