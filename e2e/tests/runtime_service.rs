@@ -623,3 +623,66 @@ async fn runtime_default_seccomp_and_no_inheritable_caps() {
     assert!(out.contains("NoNewPrivs:\t0"), "{out}");
     stop_remove_pod(&e.c, &pod).await;
 }
+
+/// UpdateContainerResources writes the new limits to the container's
+/// cgroup, and ContainerStatus reports them.
+#[tokio::test]
+async fn update_container_resources_reaches_the_cgroup() {
+    let e = env().await;
+    let pc = pod_config(&e, "update");
+    let pod = run_pod(&e.c, &pc).await;
+    let id = create(&e.c, &pod, &pc, container_config("u", &["sleep", "1000"])).await;
+    start(&e.c, &id).await;
+    let mut rt = e.c.runtime().await;
+    let linux = LinuxContainerResources {
+        cpu_shares: 512,
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(linux.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mem = fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{}/crius-{id}/memory.limit_in_bytes",
+        e.cgroup_parent
+    ))
+    .unwrap();
+    assert_eq!(mem.trim(), (64u64 << 20).to_string());
+    let shares = fs::read_to_string(format!(
+        "/sys/fs/cgroup/cpu{}/crius-{id}/cpu.shares",
+        e.cgroup_parent
+    ))
+    .unwrap();
+    assert_eq!(shares.trim(), "512");
+    let s = status(&e.c, &id).await;
+    assert_eq!(
+        s.resources.unwrap().linux.unwrap().memory_limit_in_bytes,
+        64 << 20
+    );
+    let err = rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                cpu_shares: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = rt
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: "missing".into(),
+            linux: Some(linux),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    stop_remove_pod(&e.c, &pod).await;
+}

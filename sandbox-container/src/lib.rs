@@ -2,6 +2,7 @@
 //! pods as Linux namespaces and cgroups, containers created by a per-pod
 //! monitor process. Not built yet: see issue "The namespace sandbox".
 
+pub mod cgroup_update;
 pub mod cni;
 pub mod monitor;
 pub mod spec;

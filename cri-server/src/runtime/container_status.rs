@@ -49,7 +49,7 @@ pub(super) fn container_status(c: &ContainerRecord) -> ContainerStatus {
         annotations: c.config.annotations.clone(),
         mounts: c.config.mounts.clone(),
         log_path: c.log_path.clone(),
-        resources: None,
+        resources: super::container_update::resources(c),
         image_id: c.image_id.clone(),
         user: c
             .user

@@ -7,6 +7,7 @@ mod container_remove;
 mod container_start;
 mod container_status;
 mod container_stop;
+mod container_update;
 mod events;
 mod exec_sync;
 mod metrics;
@@ -261,6 +262,13 @@ impl RuntimeService for Runtime {
         reply(self.exec_sync(req.into_inner()).await)
     }
 
+    async fn update_container_resources(
+        &self,
+        req: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        reply(self.update_container_resources(req.into_inner()).await)
+    }
+
     async fn reopen_container_log(
         &self,
         req: Request<ReopenContainerLogRequest>,
@@ -311,7 +319,6 @@ impl RuntimeService for Runtime {
     }
 
     not_yet! {
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

@@ -58,6 +58,12 @@ pub trait SandboxController: Send + Sync {
         timeout_ms: u64,
     ) -> Result<ExecResult, Error>;
     async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error>;
+    /// Applies new resource limits to a created or running container.
+    async fn update_resources(
+        &self,
+        c: &ContainerRecord,
+        r: &crius_proto::cri::LinuxContainerResources,
+    ) -> Result<(), Error>;
     /// Why pods cannot get a network now, if they cannot.
     fn network_status(&self) -> Result<(), String>;
     /// The container's resource usage: its cgroup, its writable layer and,

@@ -452,6 +452,54 @@ impl SandboxController for RuncSandbox {
             .map(|_| ())
     }
 
+    async fn update_resources(
+        &self,
+        c: &ContainerRecord,
+        r: &crius_proto::cri::LinuxContainerResources,
+    ) -> Result<(), Error> {
+        use sandbox_container::cgroup_update::{self, Limits, UpdateError};
+        let config = fs::read(self.bundle(&c.id).join("config.json"))
+            .map_err(internal("read config.json"))?;
+        let spec: serde_json::Value = serde_json::from_slice(&config)
+            .map_err(|e| Error::Internal(format!("config.json: {e}")))?;
+        let cgroup = spec["linux"]["cgroupsPath"]
+            .as_str()
+            .and_then(sandbox_container::stats::cgroups_path_dir)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("container {} has no cgroup", c.id))
+            })?;
+        let limits = Limits {
+            cpu_shares: r.cpu_shares.max(0) as u64,
+            cpu_quota: r.cpu_quota,
+            cpu_period: r.cpu_period.max(0) as u64,
+            memory: r.memory_limit_in_bytes,
+            cpuset_cpus: r.cpuset_cpus.clone(),
+            cpuset_mems: r.cpuset_mems.clone(),
+            hugepages: r
+                .hugepage_limits
+                .iter()
+                .map(|h| (h.page_size.clone(), h.limit))
+                .collect(),
+            unified: r
+                .unified
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        tokio::task::spawn_blocking(move || {
+            cgroup_update::apply(&sandbox_container::stats::Cgroups::host(), &cgroup, &limits)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("update task: {e}")))?
+        .map_err(|e| match e {
+            UpdateError::Invalid(m) => Error::InvalidArgument(m),
+            UpdateError::NoCgroup(m) => {
+                Error::FailedPrecondition(format!("cgroup {m} does not exist"))
+            }
+            e => Error::Internal(crate::error::chain(&e)),
+        })
+    }
+
     fn network_status(&self) -> Result<(), String> {
         self.cni.status().map_err(|e| crate::error::chain(&e))
     }

@@ -1,0 +1,63 @@
+//! UpdateContainerResources: new cgroup limits for a created or running
+//! container; the record keeps them, and ContainerStatus reports them.
+
+use crius_proto::cri::{
+    ContainerResources, LinuxContainerConfig, UpdateContainerResourcesRequest,
+    UpdateContainerResourcesResponse,
+};
+
+use super::Runtime;
+use crate::error::Error;
+use crate::store::ContainerPhase;
+
+impl Runtime {
+    pub(super) async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> Result<UpdateContainerResourcesResponse, Error> {
+        let c = self.container(&req.container_id)?;
+        let lock = self.store.lock(&c.id);
+        let _held = lock.lock().await;
+        let c = self.container(&c.id)?;
+        let mut c = self.refresh(c)?;
+        if !matches!(c.phase, ContainerPhase::Created | ContainerPhase::Running) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {:?}: only a created or running container can be updated",
+                c.id, c.phase
+            )));
+        }
+        let Some(linux) = req.linux else {
+            return Ok(UpdateContainerResourcesResponse {});
+        };
+        for (what, v) in [
+            ("cpu_period", linux.cpu_period),
+            ("cpu_shares", linux.cpu_shares),
+            ("memory_limit_in_bytes", linux.memory_limit_in_bytes),
+        ] {
+            if v < 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} must not be negative"
+                )));
+            }
+        }
+        let pod = self.pod_of(&c)?;
+        self.controller(&pod.runtime_handler)?
+            .update_resources(&c, &linux)
+            .await?;
+        c.config
+            .linux
+            .get_or_insert_with(LinuxContainerConfig::default)
+            .resources = Some(linux);
+        self.store.put_container(&c)?;
+        Ok(UpdateContainerResourcesResponse {})
+    }
+}
+
+/// The resources a container status reports.
+pub(super) fn resources(c: &crate::store::ContainerRecord) -> Option<ContainerResources> {
+    let linux = c.config.linux.as_ref()?.resources.clone()?;
+    Some(ContainerResources {
+        linux: Some(linux),
+        ..Default::default()
+    })
+}
