@@ -55,6 +55,9 @@ fn private_dir(path: &Path) -> Result<(), ServeError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
+/// How long a shutdown waits for open connections before exiting.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds the socket: a stale socket file is replaced, the mode is 0600.
 pub fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
     let listen_err = |source| ServeError::Listen {
@@ -89,7 +92,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let runc = Arc::new(RuncSandbox::new(&config, images.clone()).map_err(ServeError::Sandbox)?);
     let runtime = Runtime::new(&config, store, images.clone(), runc);
     runtime.recover().await;
-    let shutdown = async {
+    // On SIGINT or SIGTERM: stop accepting, let running calls finish, and
+    // exit after SHUTDOWN_GRACE even if clients (kubelet always has one)
+    // keep their connections open. Pods live on in their monitors.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -97,14 +104,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
         tracing::info!("shutting down");
+        let _ = stopping_tx.send(());
     };
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .layer(LogLayer)
         .add_service(RuntimeServiceServer::new(runtime))
         .add_service(ImageServiceServer::new(Images::new(images)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .map_err(ServeError::Serve);
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    let grace = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::info!("clients still connected after the grace period: exiting");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = server => r.map_err(ServeError::Serve),
+        () = grace => Ok(()),
+    };
     let _ = std::fs::remove_file(&config.socket);
     result
 }

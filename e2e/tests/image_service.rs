@@ -576,3 +576,22 @@ async fn hostile_layers_are_refused_or_contained_and_leave_nothing() {
     );
     assert!(!images_root.join("escape").exists() && !c.root.join("escape").exists());
 }
+
+/// SIGTERM stops crius within its grace period even while a client (as
+/// kubelet always does) keeps a connection open.
+#[tokio::test]
+async fn sigterm_exits_promptly_with_a_client_connected() {
+    let f = fixture();
+    let mut c = start(f, "");
+    let mut rt = c.runtime().await;
+    rt.version(VersionRequest::default()).await.unwrap();
+    let t = std::time::Instant::now();
+    let status = c.stop().unwrap().expect("crius was running");
+    assert!(status.success(), "crius exited with {status}, not 0");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(rt);
+}
