@@ -7,7 +7,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crius_proto::cri::image_service_server::ImageServiceServer;
 use crius_proto::cri::runtime_service_server::RuntimeServiceServer;
@@ -143,11 +143,27 @@ struct Log<S>(S);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The client's deadline from a `grpc-timeout` header (`<digits><unit>`).
+fn grpc_timeout(v: &str) -> Option<Duration> {
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 impl<S, B, RB> tower::Service<http::Request<B>> for Log<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
     S::Error: 'static,
+    RB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -166,9 +182,27 @@ where
             .unwrap_or("")
             .to_string();
         let start = Instant::now();
+        // tonic answers a passed deadline with CANCELLED; gRPC (and kubelet,
+        // and critest) expect DEADLINE_EXCEEDED. Ours fires a millisecond
+        // before tonic's, which polls this inner future first.
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .map(|d| d.saturating_sub(Duration::from_millis(1)));
         let fut = self.0.call(req);
         Box::pin(async move {
-            let res = fut.await;
+            let res = match deadline {
+                Some(d) => match tokio::time::timeout(d, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                        "{rpc} did not finish within the caller's deadline"
+                    ))
+                    .into_http()),
+                },
+                None => fut.await,
+            };
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             match &res {
                 Ok(resp) => {
@@ -194,5 +228,49 @@ where
             }
             res
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tonic alone answers a passed deadline with CANCELLED; the layer
+    /// answers DEADLINE_EXCEEDED first (what kubelet and critest expect).
+    #[tokio::test]
+    async fn a_passed_deadline_is_deadline_exceeded() {
+        use tower::{Layer as _, Service as _};
+        let slow = tower::service_fn(|_: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        });
+        let mut svc = LogLayer.layer(slow);
+        let req = http::Request::builder()
+            .uri("/runtime.v1.ImageService/PullImage")
+            .header("grpc-timeout", "20m")
+            .body(())
+            .unwrap();
+        let t = Instant::now();
+        let resp = svc.call(req).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(resp.headers().get("grpc-status").unwrap(), "4");
+        // Without a deadline the call runs to its end.
+        let fast = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        });
+        let mut svc = LogLayer.layer(fast);
+        let resp = svc.call(http::Request::new(())).await.unwrap();
+        assert!(resp.headers().get("grpc-status").is_none());
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(grpc_timeout("998u"), Some(Duration::from_micros(998)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(""), None);
+        assert_eq!(grpc_timeout("x"), None);
+        assert_eq!(grpc_timeout("12"), None);
     }
 }

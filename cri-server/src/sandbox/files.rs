@@ -146,6 +146,64 @@ pub fn mount_overlay(
     .map_err(io::Error::from)
 }
 
+/// Mounts an image's snapshots (`layers`, bottom first) read-only at
+/// `target`, for an image volume: an overlay of lower dirs only (no upper,
+/// no work dir), or a read-only bind of the one snapshot of a single-layer
+/// image (overlayfs wants two lower dirs when it has no upper; as
+/// containerd's overlay snapshotter does). On error `target` may be left
+/// mounted: the caller unmounts everything under the bundle.
+pub fn mount_image(layers: &[PathBuf], target: &Path) -> io::Result<()> {
+    match layers {
+        [] => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the image has no layers",
+        )),
+        [one] => {
+            nix::mount::mount(
+                Some(one),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            nix::mount::mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)
+        }
+        layers => {
+            let lower = layers
+                .iter()
+                .rev()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":");
+            let data = format!("lowerdir={lower}");
+            if data.len() >= 4096 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} layers make overlay options longer than a page",
+                        layers.len()
+                    ),
+                ));
+            }
+            nix::mount::mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
+                Some(data.as_str()),
+            )
+            .map_err(io::Error::from)
+        }
+    }
+}
+
 /// Lazily unmounts `target`; not mounted is fine.
 pub fn unmount(target: &Path) -> io::Result<()> {
     match nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {

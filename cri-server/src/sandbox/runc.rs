@@ -33,6 +33,8 @@ pub struct RuncSandbox {
     images: Arc<ImageStore>,
     host: spec::HostLimits,
     seccomp_root: PathBuf,
+    /// `image_volumes` in the config.
+    image_volumes: bool,
 }
 
 fn internal(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -92,6 +94,7 @@ impl RuncSandbox {
             images,
             host: spec::HostLimits::detect(),
             seccomp_root: config.root.join("seccomp"),
+            image_volumes: config.image_volumes,
         })
     }
 
@@ -199,6 +202,56 @@ impl RuncSandbox {
             seccomp_profile_root: &self.seccomp_root,
             seccomp_default_when_unset: false,
         }
+    }
+
+    /// Image volumes: each image named by a mount (pulled already, as
+    /// kubelet does before CreateContainer) is mounted read-only once at
+    /// `<bundle>/image-mounts/<n>`, where [`files::unmount_all_under`]
+    /// finds it at removal (and at the rollback of a failed create). Returns
+    /// the container's mounts with each image mount rewritten as a
+    /// read-only bind of the image. (k8s-cri 0.11 has no
+    /// `Mount.image_sub_path` or `ImageSpec.image_ref` yet: the whole image
+    /// is mounted, and ContainerStatus echoes the mount as requested.)
+    fn mount_image_volumes(
+        &self,
+        c: &mut ContainerRecord,
+        bundle: &Path,
+    ) -> Result<Vec<crius_proto::cri::Mount>, Error> {
+        let mut mounted: Vec<(String, PathBuf)> = Vec::new();
+        let mut out = Vec::with_capacity(c.config.mounts.len());
+        for m in c.config.mounts.iter_mut() {
+            if m.image.is_none() {
+                out.push(m.clone());
+                continue;
+            }
+            if !self.image_volumes {
+                return Err(Error::InvalidArgument(
+                    "image volumes are off: crius's CRI bindings (k8s-cri 0.11) do not carry a \
+                     mount's subPath, so rather than mount a whole image where part was asked \
+                     for, it refuses; `image_volumes = true` in the config mounts whole images"
+                        .into(),
+                ));
+            }
+            let reference = spec::check_image_mount(m).map_err(spec_error)?;
+            let image = self.images.get(reference)?.ok_or_else(|| {
+                Error::NotFound(format!("image {reference:?} not found: pull it first"))
+            })?;
+            let id = image.id.to_string();
+            let root = match mounted.iter().find(|(i, _)| *i == id) {
+                Some((_, root)) => root.clone(),
+                None => {
+                    let root = bundle.join("image-mounts").join(mounted.len().to_string());
+                    files::make_dir(&root, 0o700).map_err(internal("create image mount dir"))?;
+                    files::mount_image(&self.images.layer_dirs(&image), &root)
+                        .map_err(|e| Error::Internal(format!("mount image {id}: {e}")))?;
+                    mounted.push((id.clone(), root.clone()));
+                    root
+                }
+            };
+            let source = spec::resolve_sub_path(&root, "").map_err(spec_error)?;
+            out.push(spec::prepared_image_mount(m, &source));
+        }
+        Ok(out)
     }
 
     fn namespaces(pod: &PodRecord) -> (bool, bool, bool) {
@@ -327,11 +380,12 @@ impl SandboxController for RuncSandbox {
             fs::create_dir_all(parent).map_err(internal("create log dir"))?;
         }
         let pod_dir = self.pod_dir(&pod.id);
+        let mounts = self.mount_image_volumes(c, &bundle)?;
         // As containerd: missing host paths created, symlinks resolved,
         // propagation checked against the host mount; the record keeps
         // the paths as asked for.
         let config = crius_proto::cri::ContainerConfig {
-            mounts: spec::prepare_host_paths(&c.config.mounts).map_err(spec_error)?,
+            mounts: spec::prepare_host_paths(&mounts).map_err(spec_error)?,
             ..c.config.clone()
         };
         let mut input = self.spec_input(pod, c, image, &pod_dir, &rootfs);

@@ -34,8 +34,12 @@
 //! checks that bidirectional (host-to-container) mounts sit on shared
 //! (shared or slave) host mounts.
 //!
-//! Not handled here: image volumes (the image config's `Volumes` are
-//! ignored, and CRI image mounts are refused), user namespaces and
+//! CRI image volumes (mounts with `image` set) are mounted by the caller,
+//! which rewrites them as read-only binds ([`prepared_image_mount`], with
+//! [`check_image_mount`] and [`resolve_sub_path`]); [`build`] refuses one
+//! that was not prepared.
+//!
+//! Not handled here: the image config's `Volumes` (ignored), user namespaces and
 //! id-mapped mounts (refused), SELinux (ignored), AppArmor (a Localhost
 //! profile is refused; the host has none), CDI devices (ignored), and
 //! enumerating host devices for privileged containers.
@@ -45,6 +49,7 @@ mod devices;
 mod error;
 mod host;
 mod host_paths;
+mod image_volumes;
 mod mounts;
 mod process;
 mod resources;
@@ -70,6 +75,7 @@ use oci_spec::runtime::{Linux, LinuxNamespace, LinuxNamespaceType, Process, Root
 pub use error::SpecError;
 pub use host::{CgroupMode, HostLimits, recursive_read_only_supported};
 pub use host_paths::prepare_host_paths;
+pub use image_volumes::{check_image_mount, prepared_image_mount, resolve_sub_path};
 pub use mounts::{DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS};
 pub use process::DEFAULT_PATH;
 pub use sysctl::validate_sysctls;

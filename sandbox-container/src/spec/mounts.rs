@@ -11,7 +11,7 @@ use super::EtcFiles;
 use super::error::{SpecError, quote};
 
 /// The longest container path accepted.
-const MAX_PATH: usize = 4096;
+pub(crate) const MAX_PATH: usize = 4096;
 
 /// Checks and normalizes an absolute path inside the container: it must
 /// start with `/`, have no `..` component and no NUL; `.` components,
@@ -159,7 +159,12 @@ fn cri_bind(m: &CriMount) -> Result<Bind, SpecError> {
         return Err(SpecError::invalid("a mount over / is not allowed"));
     }
     if m.image.is_some() {
-        return Err(SpecError::invalid("image volume mounts are not supported"));
+        // The caller mounts the image and passes a read-only bind of it
+        // (`image_volumes`); one that reaches here was not prepared.
+        return Err(SpecError::invalid(format!(
+            "image volume at {} was not mounted: image volumes are prepared by the sandbox",
+            quote(&dst)
+        )));
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(SpecError::invalid("id-mapped mounts are not supported"));

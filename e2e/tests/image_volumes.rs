@@ -1,0 +1,422 @@
+//! Image volumes end to end: CRI mounts with `image` set mount a pulled
+//! image read-only (a read-only overlay of its snapshots, or a read-only
+//! bind of a single-layer image's one snapshot), the whole image (k8s-cri
+//! 0.11 has no `image_sub_path` yet). The real crius with real
+//! libcontainer containers, volumes pulled from the test registry.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use crius_proto::cri::*;
+use e2e::crius::Crius;
+use e2e::fixture::{Fixture, fixture};
+use e2e::network::TestNetwork;
+use tonic::Code;
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+
+struct Env {
+    c: Crius,
+    _net: TestNetwork,
+    logs: tempfile::TempDir,
+    /// The cgroup parent of this test's pods, removed at the end.
+    cgroup_parent: String,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
+        let _ = self.c.stop();
+        for ctl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+async fn env() -> Env {
+    let f = fixture();
+    let net = TestNetwork::create().unwrap();
+    let c = Crius::start(
+        &f.mirrors(),
+        &format!("image_volumes = true\n{}", net.toml()),
+    )
+    .unwrap();
+    pull(&c, BUSYBOX).await;
+    let n = NEXT_ENV.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Env {
+        c,
+        _net: net,
+        logs: tempfile::tempdir().unwrap(),
+        cgroup_parent: format!("/crius-e2e-imgvol-{}-{n}", std::process::id()),
+    }
+}
+
+/// Pulls `image`; returns its image ref (the image ID).
+async fn pull(c: &Crius, image: &str) -> String {
+    c.images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull {image}: {e:?}"))
+        .into_inner()
+        .image_ref
+}
+
+/// The volume image, two layers: the second deletes a file of the first
+/// (a whiteout the overlay must honour) and adds symlinks that point out
+/// of the image (to `/`, and up with `..`), which must stay inside it.
+fn push_volume_image(f: &Fixture) -> String {
+    use e2e::oci_image::{Compression, Entry, Image as OciImage, ImageConfigJson, Layer};
+    let lower = Layer::new(vec![
+        Entry::dir("data", 0o755),
+        Entry::file("data/file", "one\n", 0o644),
+        Entry::file("data/gone", "deleted above\n", 0o644),
+        Entry::dir("sub", 0o755),
+        Entry::file("sub/inner", "inner\n", 0o644),
+    ]);
+    let upper = Layer::new(vec![
+        Entry::dir("data", 0o755),
+        Entry::dir("sub", 0o755),
+        Entry::whiteout("data/gone"),
+        Entry::file("data/new", "two\n", 0o644),
+        Entry::symlink("to-root", "/"),
+        Entry::symlink("abs-sub", "/sub"),
+        Entry::symlink("sub/up", "../../../.."),
+    ]);
+    let layers = vec![
+        lower.build(Compression::Gzip).unwrap(),
+        upper.build(Compression::Gzip).unwrap(),
+    ];
+    OciImage::new(layers, ImageConfigJson::default())
+        .push(&f.url, "crius-test/volume", "1")
+        .unwrap();
+    format!("{}/crius-test/volume:1", f.host)
+}
+
+fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: format!("host-{name}"),
+        log_directory: e.logs.path().join(name).display().to_string(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: e.cgroup_parent.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, mounts: Vec<Mount>) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "1000".into()],
+        mounts,
+        ..Default::default()
+    }
+}
+
+/// A read-only image volume of `image` at `container`.
+fn image_mount(image: &str, container: &str) -> Mount {
+    Mount {
+        container_path: container.into(),
+        readonly: true,
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
+    c.runtime()
+        .await
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
+        .into_inner()
+        .pod_sandbox_id
+}
+
+async fn try_create(
+    c: &Crius,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    c.runtime()
+        .await
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .map(|r| r.into_inner().container_id)
+}
+
+async fn start(c: &Crius, id: &str) {
+    c.runtime()
+        .await
+        .start_container(StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
+}
+
+async fn status(c: &Crius, id: &str) -> ContainerStatus {
+    c.runtime()
+        .await
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+/// Runs `sh -c script` in the container: (exit code, stdout, stderr).
+async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String, String) {
+    let r = c
+        .runtime()
+        .await
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {script}: {e:?}"))
+        .into_inner();
+    (
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    )
+}
+
+async fn stop_remove_pod(c: &Crius, id: &str) {
+    let mut rt = c.runtime().await;
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(String::from)
+        .collect()
+}
+
+/// crius's mounts under its state and root dirs (the pods' and containers').
+fn crius_mounts(c: &Crius) -> Vec<String> {
+    let mut m = mounts_under(&c.state);
+    m.extend(mounts_under(&c.root));
+    m
+}
+
+#[tokio::test]
+async fn image_volumes_show_the_image_read_only() {
+    let f = fixture();
+    let e = env().await;
+    let volume = push_volume_image(f);
+    pull(&e.c, &volume).await;
+    let busybox_id = pull(&e.c, BUSYBOX).await;
+    assert_eq!(
+        f.image(BUSYBOX).layers,
+        1,
+        "busybox is the single-layer case"
+    );
+    let config = pod_config(&e, "imgvol");
+    let pod = run_pod(&e.c, &config).await;
+    let mounts = vec![
+        image_mount(&volume, "/vol"),
+        // a single-layer image, by its ID as kubelet sends it
+        image_mount(&busybox_id, "/bb"),
+    ];
+    let id = try_create(&e.c, &pod, &config, container_config("c", mounts))
+        .await
+        .unwrap_or_else(|s| panic!("create: {s:?}\n{}", e.c.log()));
+    start(&e.c, &id).await;
+
+    let (code, out, err) = sh(&e.c, &id, "cat /vol/data/file /vol/data/new /vol/sub/inner").await;
+    assert_eq!((code, out.as_str()), (0, "one\ntwo\ninner\n"), "{err}");
+    // the whiteout of the upper layer hides the lower file
+    let (code, _, _) = sh(&e.c, &id, "test -e /vol/data/gone").await;
+    assert_ne!(code, 0, "a whited-out file shows through the image volume");
+    // read-only, every volume, even for root
+    for dir in ["/vol", "/vol/data", "/vol/sub", "/bb", "/bb/bin"] {
+        let (code, _, err) = sh(&e.c, &id, &format!("touch {dir}/written")).await;
+        assert_ne!(code, 0, "{dir} is writable");
+        assert!(err.contains("Read-only file system"), "{dir}: {err}");
+    }
+    let (code, _, _) = sh(&e.c, &id, "rm /vol/data/file").await;
+    assert_ne!(code, 0);
+    // binaries of an image volume run (no noexec)
+    let (code, out, err) = sh(&e.c, &id, "/bb/bin/ls /bb/bin/ls && /bb/bin/echo ok").await;
+    assert_eq!((code, out.as_str()), (0, "/bb/bin/ls\nok\n"), "{err}");
+
+    // ContainerStatus reports each image volume as it was asked for
+    let s = status(&e.c, &id).await;
+    assert_eq!(s.mounts.len(), 2, "{:?}", s.mounts);
+    for m in &s.mounts {
+        assert!(
+            m.readonly && m.host_path.is_empty() && m.image.is_some(),
+            "{m:?}"
+        );
+    }
+    assert_eq!(s.mounts[0].image.as_ref().unwrap().image, volume);
+    assert_eq!(s.mounts[1].image.as_ref().unwrap().image, busybox_id);
+
+    // one mount per image, under the container's bundle
+    let under_bundle: Vec<_> = crius_mounts(&e.c)
+        .into_iter()
+        .filter(|m| m.contains("/image-mounts/"))
+        .collect();
+    assert_eq!(under_bundle.len(), 2, "{under_bundle:?}");
+
+    stop_remove_pod(&e.c, &pod).await;
+    assert_eq!(crius_mounts(&e.c), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn bad_image_volumes_are_refused_and_leave_nothing() {
+    let f = fixture();
+    let e = env().await;
+    let volume = push_volume_image(f);
+    pull(&e.c, &volume).await;
+    let config = pod_config(&e, "imgvol-bad");
+    let pod = run_pod(&e.c, &config).await;
+    let before = crius_mounts(&e.c);
+
+    let writable = Mount {
+        readonly: false,
+        ..image_mount(&volume, "/vol")
+    };
+    let with_host_path = Mount {
+        host_path: "/etc".into(),
+        ..image_mount(&volume, "/vol")
+    };
+    let unpulled = format!("{}/crius-test/never-pushed:1", f.host);
+    let cases = [
+        ("writable", writable, Code::InvalidArgument),
+        ("host path too", with_host_path, Code::InvalidArgument),
+        ("not pulled", image_mount(&unpulled, "/vol"), Code::NotFound),
+        (
+            "mount over /",
+            image_mount(&volume, "/"),
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, mount, code) in cases {
+        // a good image volume first, so a failure has something to undo
+        let mounts = vec![image_mount(&volume, "/ok"), mount];
+        let s = try_create(&e.c, &pod, &config, container_config(what, mounts))
+            .await
+            .expect_err(what);
+        assert_eq!(s.code(), code, "{what}: {s:?}");
+        assert_eq!(crius_mounts(&e.c), before, "{what} left mounts");
+    }
+    let s = try_create(
+        &e.c,
+        &pod,
+        &config,
+        container_config("unpulled", vec![image_mount(&unpulled, "/vol")]),
+    )
+    .await
+    .unwrap_err();
+    assert!(s.message().contains("pull it first"), "{s:?}");
+    let left: Vec<_> = fs::read_dir(e.c.state.join("containers"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .collect();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    let listed =
+        e.c.runtime()
+            .await
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    stop_remove_pod(&e.c, &pod).await;
+    assert_eq!(crius_mounts(&e.c), Vec::<String>::new());
+}
+
+/// With the default config, image volumes are refused with the reason
+/// (crius cannot see a mount's subPath yet), not mounted whole.
+#[tokio::test]
+async fn image_volumes_are_off_by_default() {
+    let f = fixture();
+    let net = TestNetwork::create().unwrap();
+    let c = Crius::start(&f.mirrors(), &net.toml()).unwrap();
+    pull(&c, BUSYBOX).await;
+    let e = Env {
+        c,
+        _net: net,
+        logs: tempfile::tempdir().unwrap(),
+        cgroup_parent: format!("/crius-e2e-imgvol-off-{}", std::process::id()),
+    };
+    let config = pod_config(&e, "imgvol-off");
+    let pod = run_pod(&e.c, &config).await;
+    let err = try_create(
+        &e.c,
+        &pod,
+        &config,
+        container_config("c", vec![image_mount(BUSYBOX, "/bb")]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("image_volumes"), "{}", err.message());
+    stop_remove_pod(&e.c, &pod).await;
+}
