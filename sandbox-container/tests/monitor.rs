@@ -16,8 +16,9 @@ mod monitor {
 
     use crius_proto::monitor::{EXEC_OUTPUT_LIMIT, ErrorKind, ExitRecord, PROTOCOL_VERSION, Phase};
     use oci_spec::runtime::{
-        LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-        LinuxResourcesBuilder, Spec,
+        Arch, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+        LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder,
+        LinuxSyscallBuilder, Spec,
     };
     use sandbox_container::monitor::{self, MonitorClient, MonitorConfig, MonitorError};
 
@@ -700,6 +701,136 @@ mod monitor {
             .unwrap_err();
         assert_eq!(err.remote_kind(), Some(ErrorKind::FailedPrecondition));
         c.delete("execs").await.unwrap();
+    }
+
+    /// A profile that allows everything but chmod (EPERM).
+    fn no_chmod_profile() -> LinuxSeccomp {
+        let rule = LinuxSyscallBuilder::default()
+            .names(
+                ["chmod", "fchmod", "fchmodat", "fchmodat2"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .build()
+            .unwrap();
+        LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .architectures(vec![Arch::ScmpArchNative])
+            .syscalls(vec![rule])
+            .build()
+            .unwrap()
+    }
+
+    /// The `Seccomp`, `NoNewPrivs` and capability lines of a status file.
+    fn security_lines(status: &str) -> Vec<String> {
+        const FIELDS: [&str; 5] = ["Seccomp:", "NoNewPrivs:", "CapBnd:", "CapPrm:", "CapEff:"];
+        let lines: Vec<String> = status
+            .lines()
+            .filter(|l| FIELDS.iter().any(|f| l.starts_with(f)))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(lines.len(), FIELDS.len(), "{status}");
+        lines
+    }
+
+    fn field<'a>(lines: &'a [String], name: &str) -> &'a str {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+            .trim()
+    }
+
+    /// ExecSync runs under the container's seccomp filter, with exactly
+    /// the capabilities and no_new_privs of the container's init (also when
+    /// capabilities were raised to load the filter without no_new_privs),
+    /// and its process is the user's command, not crius.
+    #[tokio::test]
+    async fn monitor_exec_sync_seccomp() {
+        let pod = Pod::start(Pod::all_ns());
+        let mut c = pod.client().await;
+        // (id, uid, no_new_privileges, seccomp)
+        let cases: [(&str, u32, Option<bool>, bool); 4] = [
+            ("sc-root", 0, None, true),
+            ("sc-user", 65534, None, true),
+            ("sc-nnp", 0, Some(true), true),
+            ("sc-none", 0, None, false),
+        ];
+        for (cid, uid, nnp, filtered) in cases {
+            let bundle = pod.bundle(cid, &["sleep", "1000"], |spec| {
+                let mut p = spec.process().clone().unwrap();
+                let mut user = p.user().clone();
+                user.set_uid(uid);
+                user.set_gid(uid);
+                p.set_user(user);
+                p.set_no_new_privileges(nnp);
+                spec.set_process(Some(p));
+                let mut linux = spec.linux().clone().unwrap();
+                linux.set_seccomp(filtered.then(no_chmod_profile));
+                spec.set_linux(Some(linux));
+            });
+            c.create(cid, &bundle, None, false, false, false)
+                .await
+                .unwrap();
+            c.start(cid).await.unwrap();
+            let init = c.state(cid).await.unwrap().pid;
+            let start = Instant::now();
+            while std::fs::read_to_string(format!("/proc/{init}/comm")).unwrap() != "sleep\n" {
+                assert!(start.elapsed() < Duration::from_secs(5), "no exec");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let init_lines =
+                security_lines(&std::fs::read_to_string(format!("/proc/{init}/status")).unwrap());
+
+            // $$: the exec's own process (the shell), not a child of it.
+            let script = "cat /proc/$$/status; echo ---; readlink /proc/$$/exe; \
+                          f=/dev/shm/f$$; touch $f; chmod 400 $f && echo chmod-ok || echo chmod-failed";
+            let r = c
+                .exec_sync(
+                    cid,
+                    vec!["sh".into(), "-c".into(), script.into()],
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap();
+            let out = String::from_utf8_lossy(&r.stdout);
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert_eq!(r.exit_code, 0, "{cid}: {out} {err}");
+            let (status, rest) = out.split_once("---\n").unwrap();
+            let lines = security_lines(status);
+            // Exactly the init's seccomp mode, no_new_privs and capabilities.
+            assert_eq!(lines, init_lines, "{cid}");
+            assert_eq!(
+                field(&lines, "Seccomp:"),
+                if filtered { "2" } else { "0" },
+                "{cid}"
+            );
+            assert_eq!(
+                field(&lines, "NoNewPrivs:"),
+                if nnp == Some(true) { "1" } else { "0" },
+                "{cid}"
+            );
+            // CAP_SYS_ADMIN (21) and CAP_SETPCAP (8), raised for the load,
+            // are gone (the spec has neither).
+            for set in ["CapBnd:", "CapPrm:", "CapEff:"] {
+                let bits = u64::from_str_radix(field(&lines, set), 16).unwrap();
+                assert_eq!(bits & (1 << 21 | 1 << 8), 0, "{cid} {set} {bits:x}");
+            }
+            let mut rest = rest.lines();
+            let exe = rest.next().unwrap();
+            assert!(
+                exe.starts_with('/') && !exe.contains("memfd") && !exe.contains("crius"),
+                "{cid}: exe {exe}"
+            );
+            if filtered {
+                assert_eq!(rest.next(), Some("chmod-failed"), "{cid}: {out} {err}");
+                assert!(err.contains("Operation not permitted"), "{cid}: {err}");
+            } else {
+                assert_eq!(rest.next(), Some("chmod-ok"), "{cid}: {out} {err}");
+            }
+            c.delete(cid).await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -27,10 +27,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// first thing, before any thread or async runtime exists (it forks).
 ///
 /// The calling process forks the monitor (which calls setsid, becomes a
-/// child subreaper, closes inherited descriptors, sets up the pod and
-/// serves), waits for it to be ready and returns: success with the
-/// monitor's pid printed on stdout, or failure with the reason on stderr.
-/// The monitor itself also returns from here, once it has been shut down.
+/// child subreaper and not dumpable, closes inherited descriptors, sets
+/// up the pod and serves), waits for it to be ready and returns: success
+/// with the monitor's pid printed on stdout, or failure with the reason on
+/// stderr. The monitor itself also returns from here, once it has been
+/// shut down.
 pub fn main(pod_dir: &Path) -> ExitCode {
     if !pod_dir.is_absolute() {
         eprintln!("crius monitor: the pod directory must be an absolute path");
@@ -140,6 +141,12 @@ fn start(pod_dir: &Path, ready_w: &OwnedFd, ns: &mut PodNs) -> io::Result<Monito
     let signals = sys::install_signal_pipe()?;
     sys::set_child_subreaper()?;
     sys::set_name("crius-monitor");
+    // Not dumpable, so that what it forks (libcontainer's container and
+    // exec processes) is not either until it execs the container's
+    // command: nothing in a container can ptrace such a process while it
+    // still holds more capabilities than its spec (the exec's are raised
+    // to load its seccomp filter, see exec.rs). execve resets the flag.
+    sys::set_not_dumpable()?;
 
     let cfg = MonitorConfig::load(pod_dir).map_err(|e| io::Error::other(e.to_string()))?;
     init_tracing(pod_dir);

@@ -2,6 +2,41 @@
 //! tenant builder), its output collected up to [`EXEC_OUTPUT_LIMIT`] per
 //! stream, answered when the process exits (not at EOF of its pipes, which
 //! a background child may hold open).
+//!
+//! # The container's seccomp filter
+//!
+//! libcontainer 0.7's tenant builder rebuilds the spec's `linux` section
+//! without `seccomp`, so by itself it would exec the command unfiltered.
+//! [`FilterExecutor`], plugged in through libcontainer's public
+//! [`Executor`] hook, loads the container's filter in the exec's own
+//! process as the last step before `execve`: after libcontainer has joined
+//! the namespaces and cgroup and set rlimits, user, groups, capabilities
+//! and no_new_privs. Nothing is exec'd in between (no helper binary, no
+//! dependency on the image's libraries); `/proc/<pid>/exe` is the user's
+//! command from its first instruction.
+//!
+//! Loading a filter needs no_new_privs or CAP_SYS_ADMIN. With
+//! no_new_privileges in the spec, libcontainer has set it already. Without
+//! it (the CRI default) the exec must not gain no_new_privs (setuid and
+//! file-capability binaries keep working, as in the container's init and as
+//! with runc), so, like runc and libcontainer's own init, the filter is
+//! loaded while the process still holds CAP_SYS_ADMIN: the process
+//! libcontainer sets up gets CAP_SYS_ADMIN and CAP_SETPCAP added to its
+//! bounding, permitted and effective sets, and the executor drops to the
+//! spec's exact capabilities right after loading the filter (the drop runs
+//! under the filter, as runc's and libcontainer's init's do). The extra
+//! capabilities exist only in that process between libcontainer's
+//! capability step and the drop, in code of ours, with nothing of the
+//! container's running in it (libcontainer's own set-up before that step
+//! holds root's full set anyway). The process is not dumpable until it
+//! execs (inherited from the monitor), so nothing in the container can
+//! ptrace it meanwhile. The result is checked against the container's init
+//! (`monitor_exec_sync_seccomp` in the monitor tests compares CapBnd,
+//! CapPrm, CapEff, NoNewPrivs and Seccomp).
+//!
+//! A profile with `SCMP_ACT_NOTIFY` rules is refused for exec: its listener
+//! would need the notify descriptor, which only libcontainer's own (init)
+//! path delivers.
 
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -10,8 +45,13 @@ use std::time::Instant;
 
 use crius_proto::monitor::{EXEC_OUTPUT_LIMIT, ErrorKind, ExecResult};
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, Process, Spec,
+};
+use libcontainer::syscall::linux::LinuxSyscall;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::wait::WaitStatus;
 
 use super::container::{Ctr, DRAIN_BUDGET, Fail};
@@ -37,8 +77,8 @@ pub struct Exec {
 
 impl Exec {
     /// Starts `cmd` in `ctr` as the process of its spec with the command
-    /// replaced; stdin is /dev/null. Note: libcontainer 0.7's tenant
-    /// builder does not apply the spec's seccomp profile to it.
+    /// replaced, under the spec's seccomp filter (see the module
+    /// documentation); stdin is /dev/null.
     pub fn start(
         state_root: &Path,
         ctr: &Ctr,
@@ -61,6 +101,8 @@ impl Exec {
         process.set_args(Some(cmd));
         process.set_terminal(Some(false));
         process.set_console_size(None);
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let executor = FilterExecutor::prepare(seccomp, &mut process)?;
         let process_json = state_root.join(&ctr.id).join("exec-process.json");
         let json = serde_json::to_vec(&process)
             .map_err(|e| Fail::internal(format!("encoding the exec process: {e}")))?;
@@ -84,12 +126,18 @@ impl Exec {
         builder.stdout = Some(out_w);
         builder.stderr = Some(err_w);
         let built = builder
+            .with_executor(executor)
             .as_tenant()
             .with_process(Some(&process_json))
             .with_detach(true)
             .build();
         let _ = std::fs::remove_file(&process_json);
-        let pid = built.map_err(|e| Fail::libcontainer("starting exec", e))?;
+        let pid = built.map_err(|e| {
+            let mut fail = Fail::libcontainer("starting exec", e);
+            // libcontainer pads the exec's error report with NULs.
+            fail.message.retain(|c| c != '\0');
+            fail
+        })?;
         Ok(Exec {
             pid: pid.as_raw(),
             conn,
@@ -160,5 +208,112 @@ impl Exec {
             stderr: self.err,
             timed_out: self.timed_out,
         }
+    }
+}
+
+/// The capabilities an exec holds while its seccomp filter is loaded
+/// without no_new_privs: CAP_SYS_ADMIN for the load, CAP_SETPCAP to drop
+/// the bounding set afterwards.
+const LOAD_CAPS: [Capability; 2] = [Capability::SysAdmin, Capability::Setpcap];
+
+/// libcontainer's last step of an exec: loads the container's seccomp
+/// filter, drops the capabilities raised for that (if any) to the spec's,
+/// then execs the command as libcontainer's [`DefaultExecutor`] does. It
+/// runs in the exec's process, after every other step of its set-up.
+#[derive(Clone)]
+struct FilterExecutor {
+    seccomp: Option<LinuxSeccomp>,
+    /// The spec's capabilities, when the process runs with [`LOAD_CAPS`]
+    /// added until the filter is loaded.
+    drop_to: Option<LinuxCapabilities>,
+}
+
+impl FilterExecutor {
+    /// The executor for an exec of `process` (the spec's, command
+    /// replaced) in a container whose filter is `seccomp`; adds
+    /// [`LOAD_CAPS`] to `process` when the load needs them.
+    fn prepare(
+        seccomp: Option<LinuxSeccomp>,
+        process: &mut Process,
+    ) -> Result<FilterExecutor, Fail> {
+        let Some(seccomp) = seccomp else {
+            return Ok(FilterExecutor {
+                seccomp: None,
+                drop_to: None,
+            });
+        };
+        if libcontainer::seccomp::is_notify(&seccomp) {
+            return Err(Fail::new(
+                ErrorKind::FailedPrecondition,
+                "exec in a container whose seccomp profile has SCMP_ACT_NOTIFY rules is not supported",
+            ));
+        }
+        let drop_to = match (process.no_new_privileges(), process.capabilities()) {
+            // libcontainer sets no_new_privs before anything else.
+            (Some(true), _) => None,
+            // No capability change: the process keeps what it has.
+            (_, None) => None,
+            (_, Some(caps)) => match caps.effective() {
+                Some(eff) if !eff.contains(&Capability::SysAdmin) => {
+                    let spec_caps = caps.clone();
+                    process.set_capabilities(Some(with_load_caps(&spec_caps)));
+                    Some(spec_caps)
+                }
+                // CAP_SYS_ADMIN is there already (or the effective set is
+                // left as it is: root's full set).
+                _ => None,
+            },
+        };
+        Ok(FilterExecutor {
+            seccomp: Some(seccomp),
+            drop_to,
+        })
+    }
+}
+
+/// `caps` with [`LOAD_CAPS`] in the bounding, effective and permitted sets
+/// (a permitted set libcontainer leaves alone is not touched: it holds
+/// them already).
+fn with_load_caps(caps: &LinuxCapabilities) -> LinuxCapabilities {
+    let add = |set: Option<&Capabilities>| -> Capabilities {
+        let mut set = set.cloned().unwrap_or_default();
+        set.extend(LOAD_CAPS);
+        set
+    };
+    let mut out = caps.clone();
+    // libcontainer empties the bounding set when the spec has none.
+    out.set_bounding(Some(add(caps.bounding().as_ref())));
+    out.set_effective(Some(add(caps.effective().as_ref())));
+    if let Some(permitted) = caps.permitted() {
+        out.set_permitted(Some(add(Some(permitted))));
+    }
+    out
+}
+
+impl Executor for FilterExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(seccomp) = &self.seccomp {
+            // Notify rules were refused in `prepare`: no descriptor comes
+            // back.
+            libcontainer::seccomp::initialize_seccomp(seccomp).map_err(|e| {
+                ExecutorError::Other(format!(
+                    "loading the seccomp filter: {}",
+                    super::container::chain(&e)
+                ))
+            })?;
+        }
+        if let Some(caps) = &self.drop_to {
+            libcontainer::capabilities::drop_privileges(caps, &LinuxSyscall).map_err(|e| {
+                ExecutorError::Other(format!(
+                    "dropping the capabilities raised to load the seccomp filter: {}",
+                    super::container::chain(&e)
+                ))
+            })?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
     }
 }

@@ -49,8 +49,10 @@
 //!   the server maps that to what kubelet expects (containerd answers
 //!   DeadlineExceeded). An exec runs as the container's spec process with
 //!   the command replaced (user, groups, cwd, env, capabilities, rlimits,
-//!   no_new_privileges), stdin /dev/null. libcontainer 0.7's tenant builder
-//!   drops the spec's seccomp profile for it.
+//!   no_new_privileges, seccomp filter), stdin /dev/null. libcontainer
+//!   0.7's tenant builder drops the spec's seccomp profile, so our
+//!   executor loads it right before `execve` (see `exec.rs`); a profile
+//!   with `SCMP_ACT_NOTIFY` rules makes execs fail (FailedPrecondition).
 //! * DeleteContainer is forced, as CRI's RemoveContainer: a running
 //!   container (and its execs) is SIGKILLed and reaped first (the loop
 //!   waits up to 10 s). Deleting an unknown container succeeds.
