@@ -1,8 +1,10 @@
 //! A pod network for tests: a bridge made here with a gateway address from
 //! 198.18.0.0/15, a CNI conflist (bridge with isGateway false, so the
-//! plugin never turns on ip_forward; host-local IPAM; portmap without SNAT)
+//! plugin never turns on ip_forward; host-local IPAM; portmap)
 //! in a temporary conf dir. Dropping it deletes the bridge and the files.
-//! Nothing is routed or masqueraded off the machine.
+//! Nothing is routed or masqueraded off the machine: portmap's SNAT only
+//! rewrites connections from 127.0.0.1 to a host port (hairpin traffic
+//! that stays on our bridge), which critest's port mapping spec makes.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -78,7 +80,7 @@ impl TestNetwork {
                         "dataDir": net.dir.path().join("ipam"),
                     }
                 },
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": false}
+                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
             ]
         });
         std::fs::create_dir_all(net.conf_dir())?;
