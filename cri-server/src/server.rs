@@ -90,7 +90,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "crius serving CRI v1");
     let store = Arc::new(Store::open(&config.state.join("cri")).map_err(ServeError::Store)?);
     let runc = Arc::new(RuncSandbox::new(&config, images.clone()).map_err(ServeError::Sandbox)?);
-    let runtime = Runtime::new(&config, store, images.clone(), runc);
+    let runtime = Runtime::new(&config, store.clone(), images.clone(), runc);
     runtime.recover().await;
     // On SIGINT or SIGTERM: stop accepting, let running calls finish, and
     // exit after SHUTDOWN_GRACE even if clients (kubelet always has one)
@@ -109,7 +109,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let server = tonic::transport::Server::builder()
         .layer(LogLayer)
         .add_service(RuntimeServiceServer::new(runtime))
-        .add_service(ImageServiceServer::new(Images::new(images)))
+        .add_service(ImageServiceServer::new(Images::new(images, store)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let grace = async {
         if stopping_rx.await.is_ok() {

@@ -686,3 +686,28 @@ async fn update_container_resources_reaches_the_cgroup() {
     assert_eq!(err.code(), Code::NotFound);
     stop_remove_pod(&e.c, &pod).await;
 }
+
+/// An image a container uses cannot be removed (its snapshots are the
+/// container's rootfs); once the container is gone, it can.
+#[tokio::test]
+async fn an_image_in_use_is_not_removed() {
+    let e = env().await;
+    let pc = pod_config(&e, "inuse");
+    let pod = run_pod(&e.c, &pc).await;
+    let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &id).await;
+    let mut images = e.c.images().await;
+    let remove = || RemoveImageRequest {
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+    };
+    let err = images.remove_image(remove()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&id), "{}", err.message());
+    let r = exec(&e.c, &id, &["ls", "/bin/sh"], 10).await.unwrap();
+    assert_eq!(r.exit_code, 0, "the rootfs still works");
+    stop_remove_pod(&e.c, &pod).await;
+    images.remove_image(remove()).await.unwrap();
+}

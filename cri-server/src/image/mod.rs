@@ -16,11 +16,13 @@ use tonic::{Request, Response, Status};
 
 pub struct Images {
     store: Arc<ImageStore>,
+    /// Pods and containers, to refuse removing an image in use.
+    state: Arc<crate::store::Store>,
 }
 
 impl Images {
-    pub fn new(store: Arc<ImageStore>) -> Images {
-        Images { store }
+    pub fn new(store: Arc<ImageStore>, state: Arc<crate::store::Store>) -> Images {
+        Images { store, state }
     }
 }
 
@@ -60,7 +62,7 @@ impl ImageService for Images {
         req: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
         Ok(Response::new(
-            remove::remove_image(&self.store, req.into_inner()).await?,
+            remove::remove_image(&self.store, &self.state, req.into_inner()).await?,
         ))
     }
 

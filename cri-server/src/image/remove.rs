@@ -1,17 +1,44 @@
 //! RemoveImage: by ID, tag or digest reference; removes the image with all
 //! its names. Removing an absent image succeeds (the CRI asks for
-//! idempotence).
+//! idempotence). An image a container still uses (its rootfs is an overlay
+//! of the image's snapshots) is refused: removing it would delete layers
+//! under a live mount.
 
 use crius_proto::cri::{RemoveImageRequest, RemoveImageResponse};
 use image_store::ImageStore;
 
 use crate::error::Error;
+use crate::store::Store;
 
 pub async fn remove_image(
-    store: &ImageStore,
+    images: &ImageStore,
+    state: &Store,
     req: RemoveImageRequest,
 ) -> Result<RemoveImageResponse, Error> {
     let name = super::spec_image(req.image.as_ref())?;
-    store.remove(name).await?;
+    let Some(image) = images.get(name)? else {
+        return Ok(RemoveImageResponse {});
+    };
+    let id = image.id.to_string();
+    let uses = |c: &crate::store::ContainerRecord| {
+        c.image_id == id
+            || c.config.mounts.iter().any(|m| {
+                m.image.as_ref().is_some_and(|i| {
+                    i.image == id
+                        || images
+                            .get(&i.image)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|v| v.id == image.id)
+                })
+            })
+    };
+    if let Some(c) = state.containers().iter().find(|c| uses(c)) {
+        return Err(Error::FailedPrecondition(format!(
+            "image {name} is in use by container {}: remove the container first",
+            c.id
+        )));
+    }
+    images.remove(&id).await?;
     Ok(RemoveImageResponse {})
 }
