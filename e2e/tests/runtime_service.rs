@@ -368,6 +368,18 @@ async fn container_lifecycle_logs_exec_and_exit_codes() {
     assert!(out.starts_with("hi\nhost-containers\n"), "{out}");
     let fds: Vec<&str> = out.lines().skip(2).collect();
     assert_eq!(fds, vec!["0", "1", "2", "3"], "no fd leaks into an exec");
+    // The pod's loopback is up: its containers talk on localhost.
+    let r = exec(&e.c, &long, &["ip", "-o", "addr", "show", "lo"], 10)
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("127.0.0.1/8"), "{out}");
+    let r = exec(&e.c, &long, &["cat", "/sys/class/net/lo/flags"], 10)
+        .await
+        .unwrap();
+    let flags = String::from_utf8_lossy(&r.stdout).trim().to_string();
+    let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo is up");
     let r = exec(&e.c, &long, &["sh", "-c", "exit 7"], 10)
         .await
         .unwrap();

@@ -207,6 +207,11 @@ fn holder_setup(cfg: &MonitorConfig, flags: CloneFlags) -> io::Result<i32> {
         nix::unistd::sethostname(&cfg.hostname)
             .map_err(|e| io::Error::other(format!("sethostname: {e}")))?;
     }
+    if cfg.net {
+        // A new network namespace starts with `lo` down: containers of the
+        // pod talk to each other on localhost, so bring it up.
+        sys::loopback_up()?;
+    }
     if !cfg.pid {
         return Ok(0);
     }
