@@ -1,0 +1,1969 @@
+//! `bench-critest`: pod and container lifecycle of crius against Debian's
+//! containerd 1.6, timed by critest's own lifecycle benchmarks, plus the
+//! memory each runtime needs idle and per running pod.
+//!
+//! ```text
+//! cargo run --release -p e2e --bin bench-critest -- [--rounds N] [--samples N]
+//!     [--memory-pods N] [--crius PATH] [--containerd PATH] [--critest PATH]
+//!     [--crius-log-level FILTER] [--keep-logs DIR]
+//! ```
+//!
+//! 1. Starts a local `docker-registry` with every critest image
+//!    ([`e2e::test_images::push_all`]) and two pod networks
+//!    ([`e2e::network::TestNetwork`]: a bridge of ours with a gateway
+//!    address in 198.18.0.0/15, `isGateway` and `ipMasq` false), one per
+//!    runtime. The crius binary is copied into the benchmark's temp dir
+//!    first, so a rebuild by someone else during the run changes nothing.
+//! 2. Per round, for each runtime (crius first in even rounds, containerd
+//!    first in odd ones), on a fresh instance (new root, state and socket):
+//!    * waits until the CRI `Status` reports RuntimeReady and NetworkReady,
+//!      waits 2 s and reads the server's idle `VmRSS`;
+//!    * pulls critest's container image (`BUSYBOX`) and, for containerd,
+//!      its sandbox image (`registry.k8s.io/pause:3.9`, crius has none),
+//!      so no timed operation pulls;
+//!    * waits (at most 120 s) until the shared host's CPUs are nearly idle,
+//!      then runs `critest --benchmark` with a params file that sets
+//!      `podsNumber` and `containersNumber` to `--samples` (sequential) and
+//!      points the image benchmarks' images at the local busybox; only
+//!      "PodSandbox ... lifecycle of PodSandbox" and "Container ... basic
+//!      operations on Container" run (the image benchmarks and the
+//!      single-shot "start a container from scratch" are skipped); their
+//!      per-operation timings are read from the JSON files critest writes
+//!      to `--benchmarking-output-dir`;
+//!    * starts `--memory-pods` pods (10) with one `sleep 3600` busybox
+//!      container each and, after 2 s, reads `VmRSS`, `RssAnon` and `Pss`
+//!      (`/proc/<pid>/smaps_rollup`) of the per-pod runtime processes:
+//!      crius's pod monitors (`/proc/<pid>/cmdline` has `monitor` and the
+//!      instance's state dir) and containerd's `containerd-shim-runc-v2`
+//!      (cmdline has the instance's socket); of their other descendants but
+//!      the `sleep`s (the pod's PID 1: crius's `crius-pod-init`, forked by
+//!      the monitor, and containerd's pause; the pods share a PID namespace,
+//!      CRI's default); the server's `VmRSS` growth; and the size of the
+//!      memfds the server holds (crius's sealed copy of its own binary,
+//!      which the monitors run from: shmem that is not in the server's
+//!      `VmRSS`); then stops and removes every pod.
+//! 3. Prints per-round lines and a Markdown table of the medians over all
+//!    samples of all rounds (memory: the median over rounds) with the ratio
+//!    containerd / crius (above 1: crius is faster or smaller), and the
+//!    aims of the issue; exits nonzero if any round failed.
+//!
+//! containerd runs with its own temp root, state, sockets and a generated
+//! version 2 config: CRI plugin, `sandbox_image` registry.k8s.io/pause:3.9
+//! through a registry mirror to the local registry, overlayfs snapshotter,
+//! runc v2 shim with `SystemdCgroup = false` (cgroupfs), CNI from
+//! `/usr/lib/cni` with the second test network's conf dir, and
+//! `restrict_oom_score_adj = true` (this host withholds CAP_SYS_RESOURCE,
+//! so runc could not give the pause container its -998). crius runs with
+//! `log_level = "warn"` (`--crius-log-level`), the same mirrors and the
+//! first test network.
+//!
+//! Cleanup, on success and failure alike (guards, plus SIGINT/SIGTERM/
+//! SIGHUP turned into an orderly stop): every pod is stopped and removed
+//! through CRI, the runtime is stopped by its PID, leftover monitors or
+//! shims of that instance and their children are SIGKILLed by PID,
+//! containerd's network namespaces of leftover pods are removed, mounts
+//! under the instance's dirs are detached, the temp dirs, bridges and the
+//! registry are removed, and cgroup directories this program's pods made
+//! (`/crius-bench-<pid>`, and critest's `/test.slice` when it did not exist
+//! before) are removed when empty. Every child process gets
+//! `PR_SET_PDEATHSIG` and is started from the main thread.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crius_proto::cri::image_service_client::ImageServiceClient;
+use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crius_proto::cri::{
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StatusRequest, StopPodSandboxRequest,
+};
+use e2e::crius::{Crius, die_with_parent};
+use e2e::network::TestNetwork;
+use e2e::registry::Registry;
+use e2e::test_images::{self, BUSYBOX, MIRRORED_HOSTS, PAUSE};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint};
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const USAGE: &str = "usage: bench-critest [--rounds N (default 3)] [--samples N (default 20)] \
+                     [--memory-pods N (default 10)] [--crius PATH] [--containerd PATH] \
+                     [--critest PATH] [--crius-log-level FILTER] [--keep-logs DIR]\n\
+                     --samples N      critest's podsNumber and containersNumber (sequential)\n\
+                     --memory-pods N  running pods (one sleep container each) for the \
+                     memory measurement\n\
+                     --crius PATH     default $CARGO_TARGET_DIR/release/crius, else beside \
+                     this binary\n\
+                     --containerd     default /usr/bin/containerd\n\
+                     --critest        default /var/tmp/crius-critest/critest\n\
+                     --crius-log-level FILTER  crius's log_level (default warn; \
+                     \"info,crius=debug,sandbox_container=debug\" logs every RPC's and CNI \
+                     plugin's milliseconds)\n\
+                     --keep-logs DIR  copy each run's runtime log, critest log and critest \
+                     JSON outputs to DIR/round<N>-<runtime>/";
+
+/// What critest's benchmarks focus on (critest itself adds "benchmark" to
+/// the focus, which matches every benchmark: the skip list does the work).
+const FOCUS: &str = "PodSandbox benchmark|Container benchmark";
+/// The image benchmarks and the single-shot pod + container start.
+const SKIP: &str = r"\[k8s\.io\] Image|start a container from scratch";
+
+/// The cgroup parent critest gives pods when `RuntimeConfig` is missing or
+/// says systemd (containerd 1.6 does not implement it; crius says cgroupfs,
+/// so critest gives crius's pods the parent "").
+const CRITEST_CGROUP: &str = "test.slice";
+
+/// Longest one critest run may take.
+const CRITEST_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Longest one CRI call may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(120);
+/// Host CPU use above which a critest run waits (in cores).
+const QUIET_CORES: f64 = 0.3;
+const QUIET_SAMPLE: Duration = Duration::from_millis(500);
+/// The longest a run waits for a quiet host before running anyway.
+const QUIET_MAX_WAIT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------
+// Arguments and main
+// ---------------------------------------------------------------------------
+
+struct Args {
+    rounds: usize,
+    samples: usize,
+    memory_pods: usize,
+    crius: PathBuf,
+    containerd: PathBuf,
+    critest: PathBuf,
+    crius_log_level: String,
+    keep_logs: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut rounds = 3usize;
+    let mut samples = 20usize;
+    let mut memory_pods = 10usize;
+    let mut crius = None;
+    let mut containerd = PathBuf::from("/usr/bin/containerd");
+    let mut critest = PathBuf::from("/var/tmp/crius-critest/critest");
+    let mut crius_log_level = "warn".to_owned();
+    let mut keep_logs = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if name == "-h" || name == "--help" {
+            return Err(String::new());
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let mut positive = |what: &str| -> Result<usize, String> {
+            let v = value()?;
+            v.parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{what} wants a positive number, got {v:?}"))
+        };
+        match name.as_str() {
+            "--rounds" => rounds = positive("--rounds")?,
+            "--samples" => samples = positive("--samples")?,
+            "--memory-pods" => memory_pods = positive("--memory-pods")?,
+            "--crius" => crius = Some(PathBuf::from(value()?)),
+            "--containerd" => containerd = PathBuf::from(value()?),
+            "--critest" => critest = PathBuf::from(value()?),
+            "--crius-log-level" => crius_log_level = value()?,
+            "--keep-logs" => keep_logs = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let crius = crius.unwrap_or_else(default_crius);
+    if !crius.is_file() {
+        return Err(format!(
+            "crius binary {} not found: build it with `cargo build --release -p cri-server \
+             --bin crius` or pass --crius PATH",
+            crius.display()
+        ));
+    }
+    if !containerd.is_file() {
+        return Err(format!(
+            "containerd binary {} not found: install Debian's containerd or pass --containerd PATH",
+            containerd.display()
+        ));
+    }
+    if !critest.is_file() {
+        return Err(format!(
+            "critest {} not found: build cri-tools v1.37.0's critest or pass --critest PATH",
+            critest.display()
+        ));
+    }
+    Ok(Args {
+        rounds,
+        samples,
+        memory_pods,
+        crius,
+        containerd,
+        critest,
+        crius_log_level,
+        keep_logs,
+    })
+}
+
+/// `$CARGO_TARGET_DIR/release/crius`, else `crius` beside this binary.
+fn default_crius() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let p = PathBuf::from(dir).join("release").join("crius");
+        if p.is_file() {
+            return p;
+        }
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("crius")))
+        .unwrap_or_else(|| PathBuf::from("crius"))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("bench-critest: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let work = match tempfile::Builder::new()
+        .prefix("crius-bench-critest-")
+        .tempdir()
+    {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("bench-critest: temp dir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A private copy: a rebuild of the shared target dir during the run
+    // must not change the binary between rounds.
+    let crius_copy = work.path().join("crius");
+    let digest = match fs::copy(&args.crius, &crius_copy).and_then(|_| file_sha256(&crius_copy)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("bench-critest: copying {}: {e}", args.crius.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "crius {} ({}, sha256 {}...), copied to {}",
+        args.crius.display(),
+        fs::metadata(&crius_copy).map_or_else(|_| "?".into(), |m| mib(m.len() / 1024)),
+        &digest[..16],
+        crius_copy.display()
+    );
+    // SAFETY: still single-threaded: no runtime, registry or helper thread
+    // exists yet, so nothing reads the environment concurrently.
+    unsafe {
+        // Crius::start runs $CRIUS_BIN; RUST_LOG would override log_level.
+        std::env::set_var("CRIUS_BIN", &crius_copy);
+        std::env::remove_var("RUST_LOG");
+    }
+    if let Err(e) = install_signal_handlers() {
+        eprintln!("bench-critest: signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let res = run(&args, work.path());
+    drop(work);
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("bench-critest: some runs failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bench-critest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signals: an orderly stop, so the guards run
+// ---------------------------------------------------------------------------
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() -> Res<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
+fn check_stop() -> Res<()> {
+    if STOP.load(Ordering::SeqCst) {
+        Err("interrupted by a signal; cleaning up".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sleeps `d`, waking early (with an error) on SIGINT/SIGTERM/SIGHUP.
+fn sleep_checked(d: Duration) -> Res<()> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check_stop()?;
+        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
+    }
+    check_stop()
+}
+
+// ---------------------------------------------------------------------------
+// The benchmark
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Kind {
+    Crius,
+    Containerd,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Crius => "crius",
+            Kind::Containerd => "containerd",
+        }
+    }
+}
+
+/// What one runtime gave in one round.
+struct RunResult {
+    /// Server `VmRSS` right after start (KiB).
+    idle_rss: u64,
+    /// critest's pod lifecycle benchmark.
+    pods: Series,
+    /// critest's container lifecycle benchmark.
+    containers: Series,
+    /// Wall clock of the critest run.
+    critest_secs: f64,
+    /// Busy host CPU over the critest run, in cores (everything, ours too).
+    host_cores: f64,
+    /// CPU seconds the server process used during the critest run.
+    server_cpu: f64,
+    mem: Mem,
+}
+
+/// The memory of `pods` running pods.
+struct Mem {
+    pods: usize,
+    /// Server `VmRSS` before starting them and with them running (KiB).
+    server_before: u64,
+    server_after: u64,
+    /// memfds the server holds (KiB): crius's copy of its binary.
+    memfd: u64,
+    /// crius's monitors or containerd's shims.
+    per_pod: Vec<ProcMem>,
+    /// Their other descendants, but for the containers' `sleep`: crius's
+    /// pod PID init (`crius-pod-init`, forked by the monitor; critest's and
+    /// these pods share one PID namespace, CRI's default) and containerd's
+    /// pause.
+    helpers: Vec<ProcMem>,
+    /// The helpers' command names.
+    helper_names: Vec<String>,
+    /// The pods' own `sleep` processes (a check that they run).
+    sleepers: usize,
+}
+
+#[derive(Clone, Copy)]
+struct ProcMem {
+    rss: u64,
+    anon: u64,
+    pss: u64,
+    /// The shmem part of `pss` (crius's monitors run from a memfd).
+    pss_shmem: u64,
+}
+
+fn run(args: &Args, work: &Path) -> Res<bool> {
+    println!("machine: {} cores (nproc)", nproc());
+    println!(
+        "containerd: {}",
+        first_line_of(&args.containerd, &["--version"])
+    );
+    println!("runc: {}", first_line_of(Path::new("runc"), &["--version"]));
+    println!("critest: {}", args.critest.display());
+
+    let started = Instant::now();
+    let registry = Registry::start().map_err(|e| format!("start registry: {e}"))?;
+    test_images::push_all(&registry.url()).map_err(|e| format!("push test images: {e}"))?;
+    println!(
+        "registry {} with the critest images ({:.1} s)",
+        registry.url(),
+        started.elapsed().as_secs_f64()
+    );
+    check_stop()?;
+    let crius_net = TestNetwork::create().map_err(|e| format!("crius pod network: {e}"))?;
+    let ctd_net = TestNetwork::create().map_err(|e| format!("containerd pod network: {e}"))?;
+    println!(
+        "pod networks: crius {} {}, containerd {} {}",
+        crius_net.bridge, crius_net.subnet, ctd_net.bridge, ctd_net.subnet
+    );
+    let bench_cgroup = format!("crius-bench-{}", std::process::id());
+    let _cgroups = CgroupGuard::new(&[CRITEST_CGROUP, &bench_cgroup]);
+
+    let params = work.join("benchmark-params.yaml");
+    fs::write(&params, params_yaml(args.samples))?;
+
+    let mut results: Vec<(usize, Kind, RunResult)> = Vec::new();
+    let mut ok = true;
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 {
+            [Kind::Crius, Kind::Containerd]
+        } else {
+            [Kind::Containerd, Kind::Crius]
+        };
+        for kind in order {
+            check_stop()?;
+            let dir = work.join(format!("round{round}-{}", kind.name()));
+            fs::create_dir_all(&dir)?;
+            let ctx = RunCtx {
+                args,
+                params: &params,
+                dir: &dir,
+                cgroup_parent: format!("/{bench_cgroup}"),
+            };
+            let res = match kind {
+                Kind::Crius => bench_crius(&ctx, &registry, &crius_net),
+                Kind::Containerd => bench_containerd(&ctx, &registry, &ctd_net),
+            };
+            if let Some(keep) = &args.keep_logs
+                && let Some(name) = dir.file_name()
+                && let Err(e) = copy_tree(&dir, &keep.join(name))
+            {
+                println!("  note: keeping logs in {}: {e}", keep.display());
+            }
+            match res {
+                Ok(r) => {
+                    print_run(round, kind, &r);
+                    results.push((round, kind, r));
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("round {round} {:<10} FAILED: {e}", kind.name());
+                    check_stop()?;
+                }
+            }
+        }
+    }
+    print!("{}", report(args, &results));
+    Ok(ok)
+}
+
+struct RunCtx<'a> {
+    args: &'a Args,
+    params: &'a Path,
+    dir: &'a Path,
+    /// For the memory pods.
+    cgroup_parent: String,
+}
+
+fn params_yaml(samples: usize) -> String {
+    format!(
+        "# bench-critest: sequential pod and container lifecycles\n\
+         podsNumber: {samples}\n\
+         podsNumberParallel: 1\n\
+         podBenchmarkTimeoutSeconds: 120\n\
+         containersNumber: {samples}\n\
+         containersNumberParallel: 1\n\
+         containerBenchmarkTimeoutSeconds: 120\n\
+         # The image benchmarks are skipped; should they run, they use the\n\
+         # local busybox.\n\
+         imagesNumber: 0\n\
+         imagePullingBenchmarkImage: {BUSYBOX}\n\
+         imageListingBenchmarkImages:\n  - {BUSYBOX}\n"
+    )
+}
+
+fn mirrors(registry: &Registry) -> Vec<(String, String)> {
+    MIRRORED_HOSTS
+        .iter()
+        .chain(["docker.io"].iter())
+        .map(|h| ((*h).to_owned(), registry.url()))
+        .collect()
+}
+
+fn bench_crius(ctx: &RunCtx, registry: &Registry, net: &TestNetwork) -> Res<RunResult> {
+    let run = CriusRun::start(registry, net, &ctx.args.crius_log_level)?;
+    let pid = run.crius.pid().ok_or("crius is not running")?;
+    let socket = run.crius.socket.clone();
+    let state = run.crius.state.clone();
+    let result = bench_runtime(ctx, &socket, pid, &[BUSYBOX], &|| {
+        pod_processes(Kind::Crius, &state)
+    });
+    let log = run.crius.log();
+    let _ = fs::write(ctx.dir.join("crius.log"), &log);
+    let result = result.map_err(|e| format!("{e}\ncrius log tail:\n{}", tail(&log)).into());
+    drop(run);
+    result
+}
+
+fn bench_containerd(ctx: &RunCtx, registry: &Registry, net: &TestNetwork) -> Res<RunResult> {
+    let ctd = Containerd::start(&ctx.args.containerd, registry, net)?;
+    let pid = ctd.pid().ok_or("containerd is not running")?;
+    let socket = ctd.socket.clone();
+    let result = bench_runtime(ctx, &socket, pid, &[BUSYBOX, PAUSE], &|| {
+        pod_processes(Kind::Containerd, &socket)
+    });
+    let _ = fs::copy(
+        ctd.dir.path().join("containerd.log"),
+        ctx.dir.join("containerd.log"),
+    );
+    let result =
+        result.map_err(|e| format!("{e}\ncontainerd log tail:\n{}", ctd.log_tail()).into());
+    drop(ctd);
+    result
+}
+
+/// The steps shared by both runtimes, on a started instance.
+fn bench_runtime(
+    ctx: &RunCtx,
+    socket: &Path,
+    pid: u32,
+    images: &[&str],
+    pod_procs: &dyn Fn() -> Vec<u32>,
+) -> Res<RunResult> {
+    wait_cri_ready(socket)?;
+    sleep_checked(Duration::from_secs(2))?;
+    let idle_rss = status_kib(pid, "VmRSS")?;
+    block_on(async {
+        let (_, mut images_client) = clients(socket).await?;
+        for image in images {
+            rpc(
+                &format!("PullImage {image}"),
+                images_client.pull_image(PullImageRequest {
+                    image: Some(ImageSpec {
+                        image: (*image).to_owned(),
+                        ..ImageSpec::default()
+                    }),
+                    ..PullImageRequest::default()
+                }),
+            )
+            .await?;
+        }
+        Res::Ok(())
+    })??;
+
+    let waited = wait_quiet()?;
+    let out = ctx.dir.join("critest-out");
+    fs::create_dir_all(&out)?;
+    let cpu0 = proc_cpu_secs(pid)?;
+    let host0 = host_busy_secs()?;
+    let t0 = Instant::now();
+    run_critest(ctx, socket, &out)?;
+    let critest_secs = t0.elapsed().as_secs_f64();
+    let host_cores = (host_busy_secs()? - host0) / critest_secs;
+    let server_cpu = proc_cpu_secs(pid)? - cpu0;
+    if waited > 1.0 {
+        println!("  (waited {waited:.0} s for a quiet host before critest)");
+    }
+    let pods = read_series(&out.join("pod_benchmark_data.json"))?;
+    let containers = read_series(&out.join("container_benchmark_data.json"))?;
+    // critest removes its pods; anything left would skew the memory step.
+    let left = block_on(remove_all_pods(socket))??;
+    if left > 0 {
+        println!("  note: critest left {left} pods behind (removed)");
+    }
+
+    let mem = memory(ctx, socket, pid, pod_procs);
+    let removed = block_on(remove_all_pods(socket))??;
+    let mem = mem?;
+    if removed != mem.pods {
+        println!(
+            "  note: removed {removed} pods after the memory step, expected {}",
+            mem.pods
+        );
+    }
+    // The per-pod processes must go with their pods.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = pod_procs();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} per-pod processes still run 15 s after their pods were removed: {left:?}",
+                left.len()
+            )
+            .into());
+        }
+        sleep_checked(Duration::from_millis(100))?;
+    }
+    Ok(RunResult {
+        idle_rss,
+        pods,
+        containers,
+        critest_secs,
+        host_cores,
+        server_cpu,
+        mem,
+    })
+}
+
+fn run_critest(ctx: &RunCtx, socket: &Path, out: &Path) -> Res<()> {
+    let log_path = ctx.dir.join("critest.log");
+    let log = fs::File::create(&log_path)?;
+    let report = ctx.dir.join("critest-report.json");
+    let endpoint = format!("unix://{}", socket.display());
+    let mut cmd = Command::new(&ctx.args.critest);
+    cmd.arg(format!("--runtime-endpoint={endpoint}"))
+        .arg(format!("--image-endpoint={endpoint}"))
+        .arg("--benchmark")
+        .arg(format!(
+            "--benchmarking-params-file={}",
+            ctx.params.display()
+        ))
+        .arg(format!("--benchmarking-output-dir={}", out.display()))
+        .arg(format!("--ginkgo.focus={FOCUS}"))
+        .arg(format!("--ginkgo.skip={SKIP}"))
+        .arg(format!("--ginkgo.json-report={}", report.display()))
+        .arg("--ginkgo.no-color")
+        .current_dir(ctx.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", ctx.args.critest.display()))?;
+    let deadline = Instant::now() + CRITEST_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if STOP.load(Ordering::SeqCst) || Instant::now() > deadline {
+            // Child::kill sends SIGKILL to this PID only.
+            let _ = child.kill();
+            let _ = child.wait();
+            check_stop()?;
+            return Err(format!("critest took longer than {CRITEST_TIMEOUT:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (ran, failures) = read_report(&report);
+    if !status.success() || !failures.is_empty() || ran != 2 {
+        let log_text = fs::read_to_string(&log_path).unwrap_or_default();
+        return Err(format!(
+            "critest exited with {status}, {ran} benchmark specs ran (want 2), failures: \
+             {failures:?}\ncritest log tail:\n{}",
+            tail(&log_text)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// (specs that ran, failure messages) of a ginkgo JSON report.
+fn read_report(path: &Path) -> (usize, Vec<String>) {
+    let Ok(bytes) = fs::read(path) else {
+        return (0, vec![format!("no report at {}", path.display())]);
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return (0, vec!["unparsable report".into()]);
+    };
+    let mut ran = 0;
+    let mut failures = Vec::new();
+    for suite in v.as_array().into_iter().flatten() {
+        for spec in suite["SpecReports"].as_array().into_iter().flatten() {
+            if spec["LeafNodeType"] != "It" {
+                continue;
+            }
+            match spec["State"].as_str().unwrap_or("") {
+                "passed" => ran += 1,
+                "skipped" | "pending" => {}
+                state => {
+                    ran += 1;
+                    failures.push(format!(
+                        "{} {state}: {}",
+                        spec["LeafNodeText"].as_str().unwrap_or("?"),
+                        spec["Failure"]["Message"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+    }
+    (ran, failures)
+}
+
+/// One of critest's lifecycle result files.
+struct Series {
+    names: Vec<String>,
+    /// Per sample: each operation's duration (ms), in `names` order.
+    ops: Vec<Vec<f64>>,
+    /// Per sample: end - start of the whole cycle (ms).
+    cycles: Vec<f64>,
+}
+
+impl Series {
+    fn op(&self, name: &str) -> Vec<f64> {
+        let Some(i) = self.names.iter().position(|n| n == name) else {
+            return Vec::new();
+        };
+        self.ops.iter().filter_map(|o| o.get(i).copied()).collect()
+    }
+}
+
+fn read_series(path: &Path) -> Res<Series> {
+    let bytes = fs::read(path).map_err(|e| format!("critest wrote no {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("parse {}: {e}", path.display()))?;
+    let names: Vec<String> = v["operationsNames"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no operationsNames", path.display()))?
+        .iter()
+        .map(|n| n.as_str().unwrap_or("").to_owned())
+        .collect();
+    let mut ops = Vec::new();
+    let mut cycles = Vec::new();
+    for p in v["datapoints"].as_array().into_iter().flatten() {
+        let d: Vec<f64> = p["operationsDurationsNs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_i64)
+            .map(|ns| ns as f64 / 1e6)
+            .collect();
+        if d.len() != names.len() {
+            return Err(format!(
+                "{}: a datapoint has {} durations for {} operations",
+                path.display(),
+                d.len(),
+                names.len()
+            )
+            .into());
+        }
+        let (Some(start), Some(end)) = (p["startTime"].as_i64(), p["endTime"].as_i64()) else {
+            return Err(format!("{}: a datapoint has no start or end", path.display()).into());
+        };
+        ops.push(d);
+        cycles.push((end - start) as f64 / 1e6);
+    }
+    if ops.is_empty() {
+        return Err(format!("{}: no datapoints", path.display()).into());
+    }
+    Ok(Series { names, ops, cycles })
+}
+
+/// Starts `ctx.args.memory_pods` pods with a `sleep` container each and
+/// measures; the caller removes the pods.
+fn memory(ctx: &RunCtx, socket: &Path, pid: u32, pod_procs: &dyn Fn() -> Vec<u32>) -> Res<Mem> {
+    let n = ctx.args.memory_pods;
+    sleep_checked(Duration::from_secs(1))?;
+    let server_before = status_kib(pid, "VmRSS")?;
+    block_on(async {
+        let (mut rt, _) = clients(socket).await?;
+        for i in 0..n {
+            check_stop()?;
+            let config = PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: format!("bench-mem-{i}"),
+                    uid: format!("bench-mem-uid-{i}"),
+                    namespace: "crius-bench".into(),
+                    attempt: 0,
+                }),
+                hostname: format!("bench-mem-{i}"),
+                linux: Some(LinuxPodSandboxConfig {
+                    cgroup_parent: ctx.cgroup_parent.clone(),
+                    ..LinuxPodSandboxConfig::default()
+                }),
+                ..PodSandboxConfig::default()
+            };
+            let pod = rpc(
+                "RunPodSandbox",
+                rt.run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(config.clone()),
+                    runtime_handler: String::new(),
+                }),
+            )
+            .await?
+            .pod_sandbox_id;
+            let ctr = rpc(
+                "CreateContainer",
+                rt.create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(ContainerConfig {
+                        metadata: Some(ContainerMetadata {
+                            name: "sleep".into(),
+                            attempt: 0,
+                        }),
+                        image: Some(ImageSpec {
+                            image: BUSYBOX.into(),
+                            ..ImageSpec::default()
+                        }),
+                        command: vec!["sleep".into(), "3600".into()],
+                        ..ContainerConfig::default()
+                    }),
+                    sandbox_config: Some(config),
+                }),
+            )
+            .await?
+            .container_id;
+            rpc(
+                "StartContainer",
+                rt.start_container(StartContainerRequest { container_id: ctr }),
+            )
+            .await?;
+        }
+        Res::Ok(())
+    })??;
+    sleep_checked(Duration::from_secs(2))?;
+    let procs = pod_procs();
+    let table = process_table();
+    let mut per_pod = Vec::new();
+    let mut helpers = Vec::new();
+    let mut helper_names = std::collections::BTreeSet::new();
+    let mut sleepers = 0;
+    for p in &procs {
+        per_pod.push(proc_mem(*p)?);
+        for d in descendants(&table, *p) {
+            let comm = table.get(&d).map_or("", |(_, c)| c.as_str());
+            if comm == "sleep" {
+                sleepers += 1;
+            } else {
+                helper_names.insert(comm.to_owned());
+                helpers.push(proc_mem(d)?);
+            }
+        }
+    }
+    let server_after = status_kib(pid, "VmRSS")?;
+    let memfd = memfd_kib(pid);
+    Ok(Mem {
+        memfd,
+        pods: n,
+        server_before,
+        server_after,
+        per_pod,
+        helpers,
+        helper_names: helper_names.into_iter().collect(),
+        sleepers,
+    })
+}
+
+fn print_run(round: usize, kind: Kind, r: &RunResult) {
+    let m = &r.mem;
+    println!(
+        "round {round} {:<10} pod cycle {:>7.1} ms  container cycle {:>7.1} ms  (median of {}/{}; \
+         critest {:.0} s, host busy {:.2} cores, server cpu {:.1} s)",
+        kind.name(),
+        median(r.pods.cycles.clone()).unwrap_or(f64::NAN),
+        median(r.containers.cycles.clone()).unwrap_or(f64::NAN),
+        r.pods.cycles.len(),
+        r.containers.cycles.len(),
+        r.critest_secs,
+        r.host_cores,
+        r.server_cpu,
+    );
+    println!(
+        "      idle RSS {}; {} pods: {} {}, per pod VmRSS {} PSS {}; {} {:?}, per pod VmRSS {} \
+         PSS {}; {} sleep; server {} -> {}, memfd {}",
+        mib(r.idle_rss),
+        m.pods,
+        m.per_pod.len(),
+        match kind {
+            Kind::Crius => "monitors",
+            Kind::Containerd => "shims",
+        },
+        kib(per_pod_sum(m, &m.per_pod, |p| p.rss)),
+        kib(per_pod_sum(m, &m.per_pod, |p| p.pss)),
+        m.helpers.len(),
+        m.helper_names,
+        kib(per_pod_sum(m, &m.helpers, |p| p.rss)),
+        kib(per_pod_sum(m, &m.helpers, |p| p.pss)),
+        m.sleepers,
+        mib(m.server_before),
+        mib(m.server_after),
+        mib(m.memfd),
+    );
+    if m.per_pod.len() != m.pods || m.sleepers != m.pods {
+        println!(
+            "      note: expected {} per-pod processes and {} sleeps",
+            m.pods, m.pods
+        );
+    }
+}
+
+fn per_pod_sum(m: &Mem, procs: &[ProcMem], f: impl Fn(&ProcMem) -> u64) -> u64 {
+    procs.iter().map(f).sum::<u64>() / m.pods.max(1) as u64
+}
+
+// ---------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------
+
+/// One table row: the two medians (smaller is better: time, memory).
+struct Line {
+    label: String,
+    crius: Option<f64>,
+    containerd: Option<f64>,
+    unit: &'static str,
+}
+
+fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
+    let of = |k: Kind| -> Vec<&RunResult> {
+        results
+            .iter()
+            .filter(|(_, kind, _)| *kind == k)
+            .map(|(_, _, r)| r)
+            .collect()
+    };
+    let (c, d) = (of(Kind::Crius), of(Kind::Containerd));
+    // Pooled samples of every round.
+    let pooled = |runs: &[&RunResult], f: &dyn Fn(&RunResult) -> Vec<f64>| -> Option<f64> {
+        median(runs.iter().flat_map(|r| f(r)).collect())
+    };
+    // One value per round.
+    let per_round = |runs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64| -> Option<f64> {
+        median(runs.iter().map(|r| f(r)).collect())
+    };
+    let mut lines = Vec::new();
+    let mut time_line = |label: &str, f: &dyn Fn(&RunResult) -> Vec<f64>| {
+        lines.push(Line {
+            label: label.to_owned(),
+            crius: pooled(&c, f),
+            containerd: pooled(&d, f),
+            unit: "ms",
+        });
+    };
+    time_line("RunPodSandbox", &|r| r.pods.op("CreatePod"));
+    time_line("PodSandboxStatus", &|r| r.pods.op("StatusPod"));
+    time_line("StopPodSandbox", &|r| r.pods.op("StopPod"));
+    time_line("RemovePodSandbox", &|r| r.pods.op("RemovePod"));
+    time_line("**pod cycle** (run, status, stop, remove)", &|r| {
+        r.pods.cycles.clone()
+    });
+    time_line("CreateContainer (+ critest's ImageStatus)", &|r| {
+        r.containers.op("CreateContainer")
+    });
+    time_line("StartContainer", &|r| r.containers.op("StartContainer"));
+    time_line("ContainerStatus", &|r| r.containers.op("StatusContainer"));
+    time_line("StopContainer", &|r| r.containers.op("StopContainer"));
+    time_line("RemoveContainer", &|r| r.containers.op("RemoveContainer"));
+    time_line(
+        "**container cycle** (create, start, status, stop, remove)",
+        &|r| r.containers.cycles.clone(),
+    );
+    let mut mem_line = |label: &str, f: &dyn Fn(&RunResult) -> f64| {
+        lines.push(Line {
+            label: label.to_owned(),
+            crius: per_round(&c, f),
+            containerd: per_round(&d, f),
+            unit: "MiB",
+        });
+    };
+    let to_mib = |k: u64| k as f64 / 1024.0;
+    mem_line("**idle server VmRSS**", &|r| to_mib(r.idle_rss));
+    mem_line("**per pod: monitor / shim VmRSS**", &|r| {
+        to_mib(per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.rss))
+    });
+    mem_line("per pod: monitor / shim RssAnon", &|r| {
+        to_mib(per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.anon))
+    });
+    mem_line("per pod: monitor / shim PSS", &|r| {
+        to_mib(per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.pss))
+    });
+    mem_line("per pod: pod PID init / pause VmRSS", &|r| {
+        to_mib(per_pod_sum(&r.mem, &r.mem.helpers, |p| p.rss))
+    });
+    mem_line("per pod: pod PID init / pause PSS", &|r| {
+        to_mib(per_pod_sum(&r.mem, &r.mem.helpers, |p| p.pss))
+    });
+    let growth = |r: &RunResult| {
+        (r.mem.server_after as f64 - r.mem.server_before as f64) / r.mem.pods.max(1) as f64
+    };
+    mem_line("per pod: server VmRSS growth", &|r| growth(r) / 1024.0);
+    mem_line(
+        "server: memfd copy of the binary (shmem, not in the server's VmRSS)",
+        &|r| to_mib(r.mem.memfd),
+    );
+    mem_line(
+        "**all runtime memory with the pods running** (server VmRSS + memfd + \
+         non-shmem PSS of the per-pod processes)",
+        &|r| {
+            let procs: u64 = r
+                .mem
+                .per_pod
+                .iter()
+                .chain(&r.mem.helpers)
+                .map(|p| p.pss.saturating_sub(p.pss_shmem))
+                .sum();
+            to_mib(r.mem.server_after + r.mem.memfd + procs)
+        },
+    );
+    mem_line(
+        "**per pod: total** (PSS of monitor + init / shim + pause, + server growth if > 0)",
+        &|r| {
+            let pss = per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.pss)
+                + per_pod_sum(&r.mem, &r.mem.helpers, |p| p.pss);
+            (pss as f64 + growth(r).max(0.0)) / 1024.0
+        },
+    );
+
+    let mut s = format!(
+        "\n{} round(s), {} samples per benchmark per round, {} memory pods; crius {} runs, \
+         containerd {} runs\n\n| | crius | containerd 1.6 | containerd / crius |\n|---|---:|---:|---:|\n",
+        args.rounds,
+        args.samples,
+        args.memory_pods,
+        c.len(),
+        d.len()
+    );
+    let fmt = |v: Option<f64>, unit: &str| match v {
+        Some(x) if unit == "ms" => format!("{x:.1} ms"),
+        Some(x) if x.abs() < 10.0 => format!("{x:.2} MiB"),
+        Some(x) => format!("{x:.1} MiB"),
+        None => "n/a".into(),
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(cr), Some(ct)) if cr > 0.0 => Some(ct / cr),
+        _ => None,
+    };
+    for l in &lines {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            l.label,
+            fmt(l.crius, l.unit),
+            fmt(l.containerd, l.unit),
+            ratio(l.crius, l.containerd).map_or_else(|| "n/a".into(), |r| format!("{r:.2}"))
+        );
+    }
+    s.push_str("\nper round (median pod cycle / container cycle, ms):\n");
+    for (round, kind, r) in results {
+        let _ = writeln!(
+            s,
+            "  round {round} {:<10} {:>7.1} / {:>7.1}  idle {}",
+            kind.name(),
+            median(r.pods.cycles.clone()).unwrap_or(f64::NAN),
+            median(r.containers.cycles.clone()).unwrap_or(f64::NAN),
+            mib(r.idle_rss)
+        );
+    }
+    let find = |prefix: &str| lines.iter().find(|l| l.label.starts_with(prefix));
+    s.push_str("\naims (containerd / crius):\n");
+    for (prefix, want, what) in [
+        (
+            "**pod cycle**",
+            4.0,
+            "pod cycle at most a quarter of containerd's",
+        ),
+        (
+            "**container cycle**",
+            4.0,
+            "container cycle at most a quarter of containerd's",
+        ),
+        (
+            "**idle server",
+            2.0,
+            "idle RSS at most half of containerd's",
+        ),
+        (
+            "**per pod: monitor / shim VmRSS",
+            1.0,
+            "per-pod overhead (VmRSS) below the shim's",
+        ),
+        (
+            "per pod: monitor / shim PSS",
+            1.0,
+            "per-pod overhead (PSS) below the shim's",
+        ),
+        (
+            "**per pod: total",
+            1.0,
+            "per-pod total (monitor + init vs shim + pause, PSS, + server growth) below",
+        ),
+    ] {
+        let r = find(prefix).and_then(|l| ratio(l.crius, l.containerd));
+        // "At most a quarter / half" allows equality; "below" does not.
+        let verdict = match r {
+            Some(x) if (want > 1.0 && x >= want) || x > want => "met",
+            Some(_) => "NOT met",
+            None => "n/a",
+        };
+        let _ = writeln!(
+            s,
+            "  {what}: ratio {} (want {}{want}) -> {verdict}",
+            r.map_or_else(|| "n/a".into(), |x| format!("{x:.2}")),
+            if want > 1.0 { ">= " } else { "> " }
+        );
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn kib(kib: u64) -> String {
+    format!("{kib} KiB")
+}
+
+/// Copies the files of `from` (recursively) into `to`.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        } else if t.is_file() {
+            fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// CRI helpers
+// ---------------------------------------------------------------------------
+
+/// Runs `f` on a new single-threaded runtime that is dropped afterwards,
+/// so the gRPC connections made in `f` are closed when it returns (crius's
+/// graceful shutdown waits for open connections).
+fn block_on<F: std::future::Future>(f: F) -> Res<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(f))
+}
+
+/// A tonic channel over a unix socket (the URI is required and ignored).
+async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://cri.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, io::Error>(TokioIo::new(s))
+            }
+        }))
+        .await
+}
+
+async fn clients(
+    socket: &Path,
+) -> Res<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>)> {
+    let ch = unix_channel(socket)
+        .await
+        .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    Ok((
+        RuntimeServiceClient::new(ch.clone()),
+        ImageServiceClient::new(ch),
+    ))
+}
+
+/// One CRI call with [`RPC_TIMEOUT`].
+async fn rpc<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Res<T> {
+    Ok(tokio::time::timeout(RPC_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("{what} took longer than {RPC_TIMEOUT:?}"))?
+        .map_err(|e| format!("{what}: {e}"))?
+        .into_inner())
+}
+
+/// Polls `Status` until RuntimeReady and NetworkReady are true (60 s).
+fn wait_cri_ready(socket: &Path) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = block_on(async {
+            let (mut rt, _) = clients(socket).await?;
+            let status = rpc("Status", rt.status(StatusRequest { verbose: false })).await?;
+            let conds = status.status.map(|s| s.conditions).unwrap_or_default();
+            let is = |t: &str| conds.iter().any(|c| c.r#type == t && c.status);
+            if is("RuntimeReady") && is("NetworkReady") {
+                Res::Ok(None)
+            } else {
+                Res::Ok(Some(format!("{conds:?}")))
+            }
+        })?;
+        let last = match ready {
+            Ok(None) => return Ok(()),
+            Ok(Some(c)) => c,
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            return Err(format!("the runtime was not ready within 60 s: {last}").into());
+        }
+        sleep_checked(Duration::from_millis(100))?;
+    }
+}
+
+/// Stops and removes every pod; returns how many there were.
+async fn remove_all_pods(socket: &Path) -> Res<usize> {
+    let (mut rt, _) = clients(socket).await?;
+    let pods = rpc(
+        "ListPodSandbox",
+        rt.list_pod_sandbox(ListPodSandboxRequest::default()),
+    )
+    .await?
+    .items;
+    let mut first_err = None;
+    for p in &pods {
+        let stop = rpc(
+            "StopPodSandbox",
+            rt.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            }),
+        )
+        .await;
+        let remove = rpc(
+            "RemovePodSandbox",
+            rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: p.id.clone(),
+            }),
+        )
+        .await;
+        if let Err(e) = stop.map(drop).and(remove.map(drop)) {
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(pods.len()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------
+
+fn nproc() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> Res<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    kb_field(&text, field).ok_or_else(|| format!("/proc/{pid}/status has no {field}").into())
+}
+
+/// `Name:   1234 kB` -> 1234.
+fn kb_field(text: &str, field: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if k != field {
+            return None;
+        }
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn proc_mem(pid: u32) -> Res<ProcMem> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let field = |name: &str| {
+        kb_field(&rollup, name).ok_or_else(|| format!("/proc/{pid}/smaps_rollup: no {name}"))
+    };
+    Ok(ProcMem {
+        rss: status_kib(pid, "VmRSS")?,
+        anon: status_kib(pid, "RssAnon")?,
+        pss: field("Pss")?,
+        pss_shmem: field("Pss_Shmem")?,
+    })
+}
+
+/// Total size (KiB) of the memfds process `pid` holds open: crius keeps a
+/// sealed memfd copy of its binary to run the monitors from; its pages are
+/// shmem, in the `VmRSS` only of processes that map them (the monitors).
+fn memfd_kib(pid: u32) -> u64 {
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| {
+            fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:"))
+        })
+        .filter_map(|e| fs::metadata(e.path()).ok())
+        .map(|m| m.len() / 1024)
+        .sum()
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// pid -> (ppid, comm) of every process.
+fn process_table() -> BTreeMap<u32, (u32, String)> {
+    let mut out = BTreeMap::new();
+    for pid in all_pids() {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        out.insert(pid, (ppid, comm));
+    }
+    out
+}
+
+/// Every process of one instance's per-pod runtime processes: crius's
+/// monitors and what they fork (`monitor` and a path under the state dir
+/// `key` in the cmdline, which a fork keeps) or containerd's shims
+/// (`containerd-shim-runc-v2` with the socket `key`).
+fn matching_processes(kind: Kind, key: &Path) -> Vec<u32> {
+    let key = key.to_string_lossy();
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            let args = cmdline(*pid);
+            match kind {
+                Kind::Crius => {
+                    args.iter().any(|a| a == "monitor") && args.iter().any(|a| a.starts_with(&*key))
+                }
+                Kind::Containerd => {
+                    args.first()
+                        .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
+                        && args.iter().any(|a| a == &*key)
+                }
+            }
+        })
+        .collect()
+}
+
+/// The per-pod runtime processes themselves: the [`matching_processes`]
+/// whose parent is not one (crius's monitors, containerd's shims).
+fn pod_processes(kind: Kind, key: &Path) -> Vec<u32> {
+    let all = matching_processes(kind, key);
+    let table = process_table();
+    all.iter()
+        .copied()
+        .filter(|p| table.get(p).is_none_or(|(ppid, _)| !all.contains(ppid)))
+        .collect()
+}
+
+/// Every descendant of `pid` in `table`.
+fn descendants(table: &BTreeMap<u32, (u32, String)>, pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (child, (ppid, _)) in table {
+            if *ppid == p && !out.contains(child) {
+                out.push(*child);
+                todo.push(*child);
+            }
+        }
+    }
+    out
+}
+
+/// SIGKILLs `pids` and all their descendants (by PID), descendants first.
+fn kill_tree(pids: &[u32]) {
+    let table = process_table();
+    for p in pids {
+        for d in descendants(&table, *p).iter().rev() {
+            kill9(*d);
+        }
+        kill9(*p);
+    }
+}
+
+fn kill9(pid: u32) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Clock ticks per second of `/proc` CPU times.
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Busy CPU seconds of the whole host (first line of `/proc/stat`).
+fn host_busy_secs() -> Res<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().ok_or("/proc/stat is empty")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("/proc/stat cpu line {line:?}: {e}"))?;
+    if v.len() < 8 {
+        return Err(format!("/proc/stat cpu line {line:?} is short").into());
+    }
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Ok(busy as f64 / clk_tck())
+}
+
+/// User + system CPU seconds of `pid` (with its reaped children).
+fn proc_cpu_secs(pid: u32) -> Res<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| format!("/proc/{pid}/stat has no ')'"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
+    let ticks: u64 = f
+        .get(11..15)
+        .ok_or_else(|| format!("/proc/{pid}/stat is short"))?
+        .iter()
+        .map(|x| x.parse::<u64>())
+        .sum::<Result<u64, _>>()
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    Ok(ticks as f64 / clk_tck())
+}
+
+/// Waits until the host's CPUs are nearly idle (other engineers share
+/// them), at most [`QUIET_MAX_WAIT`]; returns the seconds waited.
+fn wait_quiet() -> Res<f64> {
+    let started = Instant::now();
+    loop {
+        let before = host_busy_secs()?;
+        sleep_checked(QUIET_SAMPLE)?;
+        let cores = (host_busy_secs()? - before) / QUIET_SAMPLE.as_secs_f64();
+        if cores < QUIET_CORES || started.elapsed() > QUIET_MAX_WAIT {
+            return Ok(started.elapsed().as_secs_f64() - QUIET_SAMPLE.as_secs_f64());
+        }
+    }
+}
+
+fn file_sha256(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn first_line_of(bin: &Path, args: &[&str]) -> String {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_else(|e| format!("({} --version: {e})", bin.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Mounts and cgroups
+// ---------------------------------------------------------------------------
+
+/// Unmounts (lazily, deepest first) every mount point at or below `dir`.
+fn unmount_under(dir: &Path) -> Res<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| format!("unmounting {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space...).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(v) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes, when dropped, the top-level cgroup directories `names` (in
+/// every hierarchy under /sys/fs/cgroup) that did not exist when it was
+/// made, with their empty subdirectories (rmdir fails on a cgroup that
+/// still has processes, which then stays).
+struct CgroupGuard {
+    made_later: Vec<String>,
+    existed: Vec<PathBuf>,
+}
+
+impl CgroupGuard {
+    fn new(names: &[&str]) -> CgroupGuard {
+        let existed = names
+            .iter()
+            .flat_map(|n| cgroup_dirs(n))
+            .filter(|p| p.exists())
+            .collect();
+        CgroupGuard {
+            made_later: names.iter().map(|n| (*n).to_owned()).collect(),
+            existed,
+        }
+    }
+}
+
+/// `/sys/fs/cgroup/<hierarchy>/<name>` for every hierarchy, and
+/// `/sys/fs/cgroup/<name>` (cgroup v2).
+fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut out = vec![root.join(name)];
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path().join(name));
+            }
+        }
+    }
+    out
+}
+
+fn rmdir_tree(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for name in &self.made_later {
+            for dir in cgroup_dirs(name) {
+                if dir.is_dir() && !self.existed.contains(&dir) {
+                    rmdir_tree(&dir);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// crius
+// ---------------------------------------------------------------------------
+
+/// A fresh crius with our log level; dropping it removes its pods,
+/// stops it, kills leftover monitors and detaches leftover mounts.
+struct CriusRun {
+    crius: Crius,
+}
+
+impl CriusRun {
+    fn start(registry: &Registry, net: &TestNetwork, log_level: &str) -> Res<CriusRun> {
+        let m = mirrors(registry);
+        let mirrors: Vec<(&str, &str)> = m.iter().map(|(h, u)| (h.as_str(), u.as_str())).collect();
+        let mut crius =
+            Crius::start(&mirrors, &net.toml()).map_err(|e| format!("start crius: {e}"))?;
+        // Crius::start writes its own verbose log_level; restart on a config
+        // with ours (same, still empty, dirs).
+        crius.stop()?;
+        let mut run = CriusRun { crius };
+        let text = fs::read_to_string(&run.crius.config)?;
+        let mut replaced = false;
+        let warn: String = text
+            .lines()
+            .map(|line| {
+                if !replaced && line.trim_start().starts_with("log_level") {
+                    replaced = true;
+                    format!("log_level = {}\n", toml_str(log_level))
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        if !replaced {
+            return Err(format!(
+                "no log_level line to replace in {}",
+                run.crius.config.display()
+            )
+            .into());
+        }
+        fs::write(&run.crius.config, warn)?;
+        run.crius
+            .kill_and_restart()
+            .map_err(|e| format!("restart crius: {e}"))?;
+        Ok(run)
+    }
+}
+
+impl Drop for CriusRun {
+    fn drop(&mut self) {
+        if self.crius.pid().is_some() {
+            match block_on(remove_all_pods(&self.crius.socket)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) | Err(e) => eprintln!("bench-critest: removing crius's pods: {e}"),
+            }
+        }
+        match self.crius.stop() {
+            Ok(Some(s)) if !s.success() => eprintln!("bench-critest: crius exited with {s}"),
+            Ok(_) => {}
+            Err(e) => eprintln!("bench-critest: stopping crius: {e}"),
+        }
+        let left = matching_processes(Kind::Crius, &self.crius.state);
+        if !left.is_empty() {
+            eprintln!("bench-critest: killing leftover crius monitors {left:?}");
+            kill_tree(&left);
+        }
+        if let Some(dir) = self.crius.root.parent()
+            && let Err(e) = unmount_under(dir)
+        {
+            eprintln!("bench-critest: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// containerd
+// ---------------------------------------------------------------------------
+
+/// A fresh containerd on its own temp dirs; dropping it removes its pods,
+/// stops it and cleans up whatever they left.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start(bin: &Path, registry: &Registry, net: &TestNetwork) -> Res<Containerd> {
+        let dir = tempfile::Builder::new()
+            .prefix("crius-bench-ctd-")
+            .tempdir()?;
+        for sub in ["root", "state", "opt"] {
+            fs::create_dir_all(dir.path().join(sub))?;
+        }
+        let socket = dir.path().join("containerd.sock");
+        let config = dir.path().join("config.toml");
+        fs::write(&config, containerd_toml(dir.path(), registry, net))?;
+        let log = fs::File::create(dir.path().join("containerd.log"))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        let mut c = Containerd {
+            dir,
+            child: Some(child),
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.socket.exists() {
+            if let Some(ch) = c.child.as_mut()
+                && let Some(status) = ch.try_wait()?
+            {
+                return Err(
+                    format!("containerd exited with {status}; log:\n{}", c.log_tail()).into(),
+                );
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "containerd made no socket within 30 s; log:\n{}",
+                    c.log_tail()
+                )
+                .into());
+            }
+            sleep_checked(Duration::from_millis(20))?;
+        }
+        Ok(c)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default())
+    }
+
+    /// Network namespace paths of the pods containerd still has.
+    fn netns_paths(&self) -> Res<Vec<PathBuf>> {
+        let socket = self.socket.clone();
+        block_on(async move {
+            let (mut rt, _) = clients(&socket).await?;
+            let pods = rpc(
+                "ListPodSandbox",
+                rt.list_pod_sandbox(ListPodSandboxRequest::default()),
+            )
+            .await?
+            .items;
+            let mut out = Vec::new();
+            for p in pods {
+                let st = rpc(
+                    "PodSandboxStatus",
+                    rt.pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: p.id,
+                        verbose: true,
+                    }),
+                )
+                .await?;
+                let Some(info) = st.info.get("info") else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(info)?;
+                for ns in v["runtimeSpec"]["linux"]["namespaces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if ns["type"] == "network"
+                        && let Some(path) = ns["path"].as_str()
+                        && !path.is_empty()
+                    {
+                        out.push(PathBuf::from(path));
+                    }
+                }
+            }
+            Res::Ok(out)
+        })?
+    }
+
+    fn shutdown(&mut self) {
+        let mut netns = Vec::new();
+        if self.child.is_some() {
+            match self.netns_paths() {
+                Ok(p) => netns = p,
+                Err(e) => eprintln!("bench-critest: containerd's pods: {e}"),
+            }
+            match block_on(remove_all_pods(&self.socket)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) | Err(e) => {
+                    eprintln!("bench-critest: removing containerd's pods: {e}")
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        // Child::kill sends SIGKILL to this PID only.
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        let left = matching_processes(Kind::Containerd, &self.socket);
+        if !left.is_empty() {
+            eprintln!("bench-critest: killing leftover containerd shims {left:?} and children");
+            kill_tree(&left);
+        }
+        for ns in netns.iter().filter(|p| p.exists()) {
+            let _ = nix::mount::umount2(ns, nix::mount::MntFlags::MNT_DETACH);
+            if let Err(e) = fs::remove_file(ns) {
+                eprintln!("bench-critest: removing {}: {e}", ns.display());
+            }
+        }
+        if let Err(e) = unmount_under(self.dir.path()) {
+            eprintln!("bench-critest: {e}");
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn containerd_toml(dir: &Path, registry: &Registry, net: &TestNetwork) -> String {
+    let q = |p: &Path| toml_str(&p.to_string_lossy());
+    let mut mirrors = String::new();
+    for (host, url) in self::mirrors(registry) {
+        let _ = write!(
+            mirrors,
+            "\n  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.{}]\n    endpoint = [{}]\n",
+            toml_str(&host),
+            toml_str(&url)
+        );
+    }
+    format!(
+        r#"version = 2
+root = {root}
+state = {state}
+# Snapshotters that are never used here; aufs would try modprobe.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = {sock}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "warn"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  sandbox_image = {pause}
+  # This host withholds CAP_SYS_RESOURCE even from root, so runc cannot
+  # give the pause container oom_score_adj -998: keep scores at or above
+  # containerd's own (0), as for rootless containerd.
+  restrict_oom_score_adj = true
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = {cni_conf}
+    max_conf_num = 1
+{mirrors}"#,
+        root = q(&dir.join("root")),
+        state = q(&dir.join("state")),
+        sock = q(&dir.join("containerd.sock")),
+        ttrpc = q(&dir.join("containerd.sock.ttrpc")),
+        opt = q(&dir.join("opt")),
+        pause = toml_str(PAUSE),
+        cni_conf = q(&net.conf_dir()),
+    )
+}
