@@ -4,5 +4,6 @@ pub mod crius;
 pub mod fixture;
 pub mod network;
 pub mod oci_image;
+pub mod pods;
 pub mod registry;
 pub mod test_images;

@@ -12,7 +12,7 @@ use e2e::crius::Crius;
 use e2e::fixture::{Fixture, fixture};
 use tonic::Code;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+use e2e::test_images::BUSYBOX;
 
 fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {

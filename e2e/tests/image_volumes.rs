@@ -6,58 +6,20 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
 
 use crius_proto::cri::*;
 use e2e::crius::Crius;
 use e2e::fixture::{Fixture, fixture};
-use e2e::network::TestNetwork;
+use e2e::pods::{
+    Env, mounts_under, pod_config, run_pod, start, status, stop_remove_pod, try_create,
+};
 use tonic::Code;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-struct Env {
-    c: Crius,
-    _net: TestNetwork,
-    logs: tempfile::TempDir,
-    /// The cgroup parent of this test's pods, removed at the end.
-    cgroup_parent: String,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
-        let _ = self.c.stop();
-        for ctl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
-        }
-    }
-}
-
-static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+use e2e::test_images::BUSYBOX;
 
 async fn env() -> Env {
-    let f = fixture();
-    let net = TestNetwork::create().unwrap();
-    let c = Crius::start(
-        &f.mirrors(),
-        &format!("image_volumes = true\n{}", net.toml()),
-    )
-    .unwrap();
-    pull(&c, BUSYBOX).await;
-    let n = NEXT_ENV.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Env {
-        c,
-        _net: net,
-        logs: tempfile::tempdir().unwrap(),
-        cgroup_parent: format!("/crius-e2e-imgvol-{}-{n}", std::process::id()),
-    }
+    Env::start("image_volumes = true\n").await
 }
 
 /// Pulls `image`; returns its image ref (the image ID).
@@ -108,25 +70,6 @@ fn push_volume_image(f: &Fixture) -> String {
     format!("{}/crius-test/volume:1", f.host)
 }
 
-fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("host-{name}"),
-        log_directory: e.logs.path().join(name).display().to_string(),
-        labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: e.cgroup_parent.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn container_config(name: &str, mounts: Vec<Mount>) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -156,60 +99,6 @@ fn image_mount(image: &str, container: &str) -> Mount {
     }
 }
 
-async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
-    c.runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn try_create(
-    c: &Crius,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    c.runtime()
-        .await
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
-}
-
-async fn start(c: &Crius, id: &str) {
-    c.runtime()
-        .await
-        .start_container(StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
-}
-
-async fn status(c: &Crius, id: &str) -> ContainerStatus {
-    c.runtime()
-        .await
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-}
-
 /// Runs `sh -c script` in the container: (exit code, stdout, stderr).
 async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String, String) {
     let r = c
@@ -228,30 +117,6 @@ async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&r.stdout).into_owned(),
         String::from_utf8_lossy(&r.stderr).into_owned(),
     )
-}
-
-async fn stop_remove_pod(c: &Crius, id: &str) {
-    let mut rt = c.runtime().await;
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(String::from)
-        .collect()
 }
 
 /// crius's mounts under its state and root dirs (the pods' and containers').
@@ -396,16 +261,8 @@ async fn bad_image_volumes_are_refused_and_leave_nothing() {
 /// (crius cannot see a mount's subPath yet), not mounted whole.
 #[tokio::test]
 async fn image_volumes_are_off_by_default() {
-    let f = fixture();
-    let net = TestNetwork::create().unwrap();
-    let c = Crius::start(&f.mirrors(), &net.toml()).unwrap();
-    pull(&c, BUSYBOX).await;
-    let e = Env {
-        c,
-        _net: net,
-        logs: tempfile::tempdir().unwrap(),
-        cgroup_parent: format!("/crius-e2e-imgvol-off-{}", std::process::id()),
-    };
+    // The default config: image volumes off.
+    let e = Env::start("").await;
     let config = pod_config(&e, "imgvol-off");
     let pod = run_pod(&e.c, &config).await;
     let err = try_create(

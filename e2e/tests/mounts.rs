@@ -8,89 +8,31 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crius_proto::cri::*;
 use e2e::crius::Crius;
-use e2e::fixture::fixture;
-use e2e::network::TestNetwork;
+use e2e::pods::{self, Env, create, run_pod, start, status, stop_remove_pod, try_create};
 use nix::mount::{MntFlags, MsFlags};
 use tonic::Code;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-struct Env {
-    c: Crius,
-    _net: TestNetwork,
-    logs: tempfile::TempDir,
-    /// The cgroup parent of this test's pods, removed at the end.
-    cgroup_parent: String,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
-        let _ = self.c.stop();
-        for ctl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
-        }
-    }
-}
-
-static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+use e2e::test_images::BUSYBOX;
 
 async fn env() -> Env {
-    let f = fixture();
-    let net = TestNetwork::create().unwrap();
-    let c = Crius::start(&f.mirrors(), &net.toml()).unwrap();
-    let mut images = c.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let n = NEXT_ENV.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Env {
-        c,
-        _net: net,
-        logs: tempfile::tempdir().unwrap(),
-        cgroup_parent: format!("/crius-e2e-mounts-{}-{n}", std::process::id()),
-    }
+    Env::start("").await
 }
 
 fn pod_config(e: &Env, name: &str, privileged: bool) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("host-{name}"),
-        log_directory: e.logs.path().join(name).display().to_string(),
-        labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: e.cgroup_parent.clone(),
-            security_context: Some(LinuxSandboxSecurityContext {
-                privileged,
-                ..Default::default()
-            }),
+    let mut c = pods::pod_config(e, name);
+    if let Some(linux) = c.linux.as_mut() {
+        linux.security_context = Some(LinuxSandboxSecurityContext {
+            privileged,
             ..Default::default()
-        }),
-        ..Default::default()
+        });
     }
+    c
 }
 
 fn container_config(name: &str, mounts: Vec<Mount>) -> ContainerConfig {
@@ -117,71 +59,6 @@ fn mount(host: &Path, container: &str) -> Mount {
     }
 }
 
-async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
-    c.runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn try_create(
-    c: &Crius,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    c.runtime()
-        .await
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
-}
-
-async fn create(
-    c: &Crius,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    try_create(c, pod, pod_config, config)
-        .await
-        .unwrap_or_else(|e| panic!("create container: {e:?}\n{}", c.log()))
-}
-
-async fn start(c: &Crius, id: &str) {
-    c.runtime()
-        .await
-        .start_container(StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
-}
-
-async fn status(c: &Crius, id: &str) -> ContainerStatus {
-    c.runtime()
-        .await
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-}
-
 /// Runs `sh -c script` in the container: (exit code, stdout + stderr).
 async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String) {
     let r = c
@@ -198,20 +75,6 @@ async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String) {
     let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
     out.push_str(&String::from_utf8_lossy(&r.stderr));
     (r.exit_code, out)
-}
-
-async fn stop_remove_pod(c: &Crius, id: &str) {
-    let mut rt = c.runtime().await;
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
 }
 
 /// The mount points of this process's mount table.

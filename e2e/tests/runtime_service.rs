@@ -6,85 +6,17 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crius_proto::cri::*;
 use e2e::crius::Crius;
-use e2e::fixture::fixture;
-use e2e::network::TestNetwork;
+use e2e::pods::{Env, create, mounts_under, pod_config, run_pod, start, status, stop_remove_pod};
 use tonic::Code;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-struct Env {
-    c: Crius,
-    net: TestNetwork,
-    logs: tempfile::TempDir,
-    /// The cgroup parent of this test's pods, removed at the end.
-    cgroup_parent: String,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // Remove whatever pods a failed test left, then stop crius:
-        // nothing may be left in the cgroups then.
-        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
-        let _ = self.c.stop();
-        for ctl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
-        }
-    }
-}
-
-static NEXT_ENV: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+use e2e::test_images::BUSYBOX;
 
 async fn env() -> Env {
-    let f = fixture();
-    let net = TestNetwork::create().unwrap();
-    let c = Crius::start(&f.mirrors(), &net.toml()).unwrap();
-    let mut images = c.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let n = NEXT_ENV.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Env {
-        c,
-        net,
-        logs: tempfile::tempdir().unwrap(),
-        cgroup_parent: format!("/crius-e2e-{}-{n}", std::process::id()),
-    }
-}
-
-fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
-    let logs = e.logs.path();
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("host-{name}"),
-        log_directory: logs.join(name).display().to_string(),
-        labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: e.cgroup_parent.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    Env::start("").await
 }
 
 fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
@@ -101,62 +33,6 @@ fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
         log_path: format!("{name}.log"),
         ..Default::default()
     }
-}
-
-async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
-    c.runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn create(
-    c: &Crius,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    c.runtime()
-        .await
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create container: {e:?}\n{}", c.log()))
-        .into_inner()
-        .container_id
-}
-
-async fn start(c: &Crius, id: &str) {
-    c.runtime()
-        .await
-        .start_container(StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
-}
-
-async fn status(c: &Crius, id: &str) -> ContainerStatus {
-    c.runtime()
-        .await
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
 }
 
 async fn wait_exited(c: &Crius, id: &str) -> ContainerStatus {
@@ -191,20 +67,6 @@ async fn exec(
         .map(|r| r.into_inner())
 }
 
-async fn stop_remove_pod(c: &Crius, id: &str) {
-    let mut rt = c.runtime().await;
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-}
-
 /// Whether a process runs (a zombie waiting for this host's PID 1 to reap
 /// it does not).
 fn alive(pid: &str) -> bool {
@@ -215,16 +77,6 @@ fn alive(pid: &str) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .is_some_and(|zombie| !zombie)
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(String::from)
-        .collect()
 }
 
 #[tokio::test]

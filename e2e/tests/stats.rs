@@ -4,81 +4,20 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::HashMap;
-use std::fs;
 use std::time::{Duration, Instant};
 
 use crius_proto::cri::*;
 use e2e::crius::Crius;
-use e2e::fixture::fixture;
-use e2e::network::TestNetwork;
+use e2e::pods::{Env, create, pod_config, run_pod, start, stop_remove_pod};
 use tonic::Code;
 
-const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-const MIB: u64 = 1024 * 1024;
-
-struct Env {
-    c: Crius,
-    _net: TestNetwork,
-    logs: tempfile::TempDir,
-    /// The cgroup parent of this test's pod, removed at the end.
-    cgroup_parent: String,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
-        let _ = self.c.stop();
-        for ctl in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
-        }
-    }
-}
+use e2e::test_images::BUSYBOX;
 
 async fn env() -> Env {
-    let f = fixture();
-    let net = TestNetwork::create().unwrap();
-    let c = Crius::start(&f.mirrors(), &net.toml()).unwrap();
-    let mut images = c.images().await;
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    Env {
-        c,
-        _net: net,
-        logs: tempfile::tempdir().unwrap(),
-        cgroup_parent: format!("/crius-e2e-stats-{}", std::process::id()),
-    }
+    Env::start("").await
 }
 
-fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("host-{name}"),
-        log_directory: e.logs.path().join(name).display().to_string(),
-        labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: e.cgroup_parent.clone(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
+const MIB: u64 = 1024 * 1024;
 
 fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
     ContainerConfig {
@@ -95,48 +34,6 @@ fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
         log_path: format!("{name}.log"),
         ..Default::default()
     }
-}
-
-async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
-    c.runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
-        .into_inner()
-        .pod_sandbox_id
-}
-
-async fn create(
-    c: &Crius,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    c.runtime()
-        .await
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("create container: {e:?}\n{}", c.log()))
-        .into_inner()
-        .container_id
-}
-
-async fn start(c: &Crius, id: &str) {
-    c.runtime()
-        .await
-        .start_container(StartContainerRequest {
-            container_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
 }
 
 async fn container_stats(c: &Crius, id: &str) -> ContainerStats {
@@ -163,20 +60,6 @@ async fn list_container_stats(
         .unwrap()
         .into_inner()
         .stats
-}
-
-async fn stop_remove_pod(c: &Crius, id: &str) {
-    let mut rt = c.runtime().await;
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .unwrap();
 }
 
 fn v(x: &Option<UInt64Value>) -> u64 {

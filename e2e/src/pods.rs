@@ -1,0 +1,179 @@
+//! Pods for end-to-end tests: a real crius on a test network of its own,
+//! with busybox pulled, a log dir, and a cgroup parent that is removed at
+//! the end; plus the CRI calls every pod test makes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crius_proto::cri::*;
+
+use crate::crius::Crius;
+use crate::fixture::fixture;
+use crate::network::TestNetwork;
+use crate::test_images::BUSYBOX;
+
+/// One crius with its network; dropping it removes every pod left (a
+/// failed test's), stops crius and removes the cgroup parent.
+pub struct Env {
+    pub c: Crius,
+    pub net: TestNetwork,
+    pub logs: tempfile::TempDir,
+    /// The cgroup parent of this env's pods.
+    pub cgroup_parent: String,
+}
+
+static NEXT_ENV: AtomicU32 = AtomicU32::new(0);
+
+impl Env {
+    /// Starts crius with `extra` config (top-level keys) and pulls busybox.
+    pub async fn start(extra: &str) -> Env {
+        let f = fixture();
+        let net = TestNetwork::create().expect("test network");
+        let c = Crius::start(&f.mirrors(), &format!("{extra}{}", net.toml())).expect("start crius");
+        c.images()
+            .await
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: BUSYBOX.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull busybox");
+        let n = NEXT_ENV.fetch_add(1, Ordering::Relaxed);
+        Env {
+            c,
+            net,
+            logs: tempfile::tempdir().expect("log dir"),
+            cgroup_parent: format!("/crius-e2e-{}-{n}", std::process::id()),
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.c.crictl(&["rmp", "--force", "--all"]);
+        let _ = self.c.stop();
+        for ctl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
+    }
+}
+
+/// A pod config named `name`, with its logs and cgroup in `e`.
+pub fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: format!("host-{name}"),
+        log_directory: e.logs.path().join(name).display().to_string(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: e.cgroup_parent.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
+    c.runtime()
+        .await
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
+        .into_inner()
+        .pod_sandbox_id
+}
+
+pub async fn try_create(
+    c: &Crius,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime()
+        .await
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+pub async fn create(
+    c: &Crius,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    try_create(c, pod, pod_config, config)
+        .await
+        .unwrap_or_else(|e| panic!("create container: {e:?}\n{}", c.log()))
+}
+
+pub async fn start(c: &Crius, id: &str) {
+    c.runtime()
+        .await
+        .start_container(StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("start container: {e:?}\n{}", c.log()));
+}
+
+pub async fn status(c: &Crius, id: &str) -> ContainerStatus {
+    c.runtime()
+        .await
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("container status")
+        .into_inner()
+        .status
+        .expect("a status")
+}
+
+pub async fn stop_remove_pod(c: &Crius, id: &str) {
+    let mut rt = c.runtime().await;
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await
+    .expect("remove pod");
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(String::from)
+        .collect()
+}
