@@ -88,6 +88,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let images = Arc::new(images);
     let listener = bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "crius serving CRI v1");
+    {
+        use sandbox_vm::hypervisor::{HostKvm, Hypervisor};
+        let driver = sandbox_vm::qemu::QemuDriver::from_host();
+        tracing::info!(
+            driver = driver.name(),
+            accelerator = %driver.accelerator(),
+            host_kvm = ?HostKvm::detect(),
+            "VM sandbox"
+        );
+    }
     let store = Arc::new(Store::open(&config.state.join("cri")).map_err(ServeError::Store)?);
     let runc = Arc::new(RuncSandbox::new(&config, images.clone()).map_err(ServeError::Sandbox)?);
     let runtime = Runtime::new(&config, store.clone(), images.clone(), runc);

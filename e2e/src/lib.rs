@@ -1,7 +1,9 @@
 //! End-to-end harness: a real local registry, test images built from Debian
 //! packages, the real `crius` binary, a CRI client and crictl.
+pub mod bench;
 pub mod crius;
 pub mod fixture;
+pub mod guest;
 pub mod network;
 pub mod oci_image;
 pub mod pods;

@@ -21,7 +21,8 @@ pub struct TestNetwork {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn ip(args: &[&str]) -> io::Result<()> {
+/// Runs `ip ARGS`, failing with its stderr.
+pub(crate) fn ip(args: &[&str]) -> io::Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if out.status.success() {
         Ok(())

@@ -15,6 +15,11 @@
 //! * `nnp` / `nonewprivs`: prints `Effective uid: N` (its effective uid) and
 //!   exits 0; installed setuid root in the nonewprivs image.
 //! * `pause`: sleeps until SIGTERM or SIGINT, then exits 0; reaps children.
+//! * `cat FILE...`: copies the files to stdout.
+//! * `write FILE`: copies stdin to FILE (created or truncated).
+//! * `exit CODE TEXT`: prints TEXT to stdout and `TEXT (stderr)` to stderr,
+//!   exits with CODE.
+//! * `fetch ADDR:PORT`: sends `GET /` over TCP and prints the answer.
 //!
 //! Servers exit 0 on SIGTERM, SIGINT and SIGQUIT. For running outside a
 //! container, `CRIUS_TESTBIN_PORT` overrides the port and
@@ -85,10 +90,15 @@ fn main() {
             0
         }
         "pause" => pause_forever(),
+        "cat" => cat(&rest),
+        "write" => write_stdin(&rest),
+        "exit" => exit_with(&rest),
+        "fetch" => fetch(&rest),
         _ => {
             eprintln!(
                 "crius-testbin: unknown personality {name:?}; \
-                 run as nginx, hostnet-nginx, httpd, nnp or pause"
+                 run as nginx, hostnet-nginx, httpd, nnp, pause, cat, write, \
+                 exit or fetch"
             );
             2
         }
@@ -134,6 +144,72 @@ fn httpd() -> i32 {
         80,
         "<html><body><h1>It works!</h1></body></html>\n",
     )
+}
+
+fn cat(files: &[String]) -> i32 {
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        match std::fs::read(f) {
+            Ok(b) => {
+                let _ = out.write_all(&b);
+            }
+            Err(e) => {
+                eprintln!("cat: {f}: {e}");
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+fn write_stdin(args: &[String]) -> i32 {
+    let Some(path) = args.first() else {
+        eprintln!("write: no file");
+        return 2;
+    };
+    let mut data = Vec::new();
+    let written = std::io::stdin()
+        .read_to_end(&mut data)
+        .and_then(|_| std::fs::write(path, &data));
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("write: {path}: {e}");
+            1
+        }
+    }
+}
+
+fn exit_with(args: &[String]) -> i32 {
+    let code = args.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let text = args.get(1..).unwrap_or_default().join(" ");
+    println!("{text}");
+    eprintln!("{text} (stderr)");
+    code
+}
+
+fn fetch(args: &[String]) -> i32 {
+    let Some(addr) = args.first() else {
+        eprintln!("fetch: no address");
+        return 2;
+    };
+    let answer = TcpStream::connect(addr.as_str()).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body)?;
+        Ok(body)
+    });
+    match answer {
+        Ok(body) => {
+            let _ = std::io::stdout().write_all(&body);
+            0
+        }
+        Err(e) => {
+            eprintln!("fetch: {addr}: {e}");
+            1
+        }
+    }
 }
 
 fn pause_forever() -> i32 {

@@ -123,7 +123,7 @@ pub struct ExecResult {
 }
 
 /// Bytes as base64 strings.
-mod b64 {
+pub(crate) mod b64 {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};

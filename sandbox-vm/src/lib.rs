@@ -1,3 +1,10 @@
 //! The VM sandbox, runtime handler `vm`: one microVM per pod behind a
-//! `Hypervisor` seam, a guest kernel and a guest agent. Not built yet: see
-//! issue "VM sandbox, part 1".
+//! [`hypervisor::Hypervisor`] seam (the [`qemu`] driver now, our own VMM
+//! later), a guest kernel of our own (`scripts/guest-kernel`) and the guest
+//! agent (`sandbox-vm/agent`), reached over vsock ([`agent_client`]).
+
+pub mod agent_client;
+pub mod hypervisor;
+pub mod initramfs;
+pub mod qemu;
+pub mod vsock;

@@ -69,7 +69,8 @@ impl Runtime {
         match handler {
             "" | "runc" => Ok(&*self.runc),
             h => Err(Error::InvalidArgument(format!(
-                "unknown runtime handler {h:?}: crius has \"runc\" (also the empty handler)"
+                "unknown runtime handler {h:?}: crius has \"runc\" (also the empty handler); \
+                 \"vm\" runs no pods yet"
             ))),
         }
     }

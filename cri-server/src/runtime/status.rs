@@ -1,7 +1,8 @@
 //! Status: the RuntimeReady and NetworkReady conditions, the runtime
 //! handlers crius answers to with their features (recursive read-only
 //! mounts when the kernel has mount_setattr), and the runtime's features
-//! (SupplementalGroupsPolicy).
+//! (SupplementalGroupsPolicy). Verbose, it says in `info["vm"]` which
+//! hypervisor driver and accelerator VMs get on this host.
 
 use crius_proto::cri::{
     RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
@@ -12,7 +13,7 @@ use crius_proto::cri::{
 /// are the namespace sandbox.
 const HANDLERS: &[&str] = &["", "runc"];
 
-pub fn status(_: StatusRequest, network: Result<(), String>) -> StatusResponse {
+pub fn status(req: StatusRequest, network: Result<(), String>) -> StatusResponse {
     let conditions = vec![
         RuntimeCondition {
             r#type: "RuntimeReady".to_string(),
@@ -37,7 +38,11 @@ pub fn status(_: StatusRequest, network: Result<(), String>) -> StatusResponse {
     ];
     StatusResponse {
         status: Some(RuntimeStatus { conditions }),
-        info: Default::default(),
+        info: if req.verbose {
+            [("vm".to_string(), vm_info())].into()
+        } else {
+            Default::default()
+        },
         runtime_handlers: HANDLERS
             .iter()
             .map(|h| RuntimeHandler {
@@ -55,5 +60,37 @@ pub fn status(_: StatusRequest, network: Result<(), String>) -> StatusResponse {
         features: Some(RuntimeFeatures {
             supplemental_groups_policy: true,
         }),
+    }
+}
+
+/// The VM sandbox on this host: its driver and the accelerator its VMs get.
+fn vm_info() -> String {
+    use sandbox_vm::hypervisor::{HostKvm, Hypervisor};
+    let kvm = HostKvm::detect();
+    let driver = sandbox_vm::qemu::QemuDriver::from_host();
+    serde_json::json!({
+        "driver": driver.name(),
+        "accelerator": driver.accelerator().to_string(),
+        "hostKvm": match kvm {
+            HostKvm::Absent => "absent",
+            HostKvm::Pvm => "kvm_pvm",
+            HostKvm::Hardware => "hardware",
+        },
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbose_status_names_the_vm_driver_and_accelerator() {
+        let quiet = status(StatusRequest { verbose: false }, Ok(()));
+        assert!(quiet.info.is_empty());
+        let verbose = status(StatusRequest { verbose: true }, Ok(()));
+        let vm: serde_json::Value = serde_json::from_str(&verbose.info["vm"]).unwrap();
+        assert_eq!(vm["driver"], "qemu");
+        assert!(["kvm", "tcg"].contains(&vm["accelerator"].as_str().unwrap()));
     }
 }

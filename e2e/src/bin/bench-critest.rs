@@ -68,6 +68,7 @@
 //! before) are removed when empty. Every child process gets
 //! `PR_SET_PDEATHSIG` and is started from the main thread.
 
+use e2e::bench::median;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;
@@ -1123,20 +1124,6 @@ fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
         );
     }
     s
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 fn mib(kib: u64) -> String {

@@ -41,6 +41,7 @@
 //! and is started from the main thread, so none outlives the benchmark;
 //! they are stopped by PID.
 
+use e2e::bench::median;
 use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;
@@ -1083,19 +1084,6 @@ fn tree_bytes(dir: &Path) -> u64 {
 // Results
 // ---------------------------------------------------------------------------
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
 fn fmt_secs(v: Option<f64>) -> String {
     v.map_or_else(|| "FAILED".to_owned(), |s| format!("{s:.2}"))
 }
@@ -1152,13 +1140,6 @@ fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![]), None);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
-    }
 
     #[test]
     fn mountinfo_escapes() {

@@ -1,0 +1,192 @@
+//! The host <-> guest agent protocol of the VM sandbox.
+//!
+//! The agent (PID 1 of the guest) listens on vsock port [`AGENT_PORT`]. A
+//! connection carries JSON objects, one per line (`\n`-terminated), like the
+//! pod monitor protocol: the host sends one [`Request`], the agent answers
+//! with one or more [`Response`]s, then the host may send the next request.
+//! `Run` answers with any number of `Output` chunks and then one `Exit`;
+//! every other request answers with exactly one response. The agent serves
+//! several connections at once.
+//!
+//! Every request names the protocol version it speaks (`v`); the agent
+//! refuses any other with an `Error`. Everything the agent sends is
+//! untrusted: the host bounds each line to [`MAX_LINE`] bytes and each
+//! stream's total.
+
+use serde::{Deserialize, Serialize};
+
+use crate::monitor::b64;
+
+/// Bumped on any incompatible change.
+pub const AGENT_PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent listens on.
+pub const AGENT_PORT: u32 = 1024;
+
+/// What the agent prints on the console (after `crius-agent: `) once it
+/// listens: the host connects only after it has seen it.
+pub const UP: &str = "up";
+
+/// The console line prefix that [`UP`] follows.
+pub const CONSOLE_PREFIX: &str = "crius-agent: ";
+
+/// The most bytes one request or response line may have.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// The most bytes one `Output` chunk carries (before base64).
+pub const OUTPUT_CHUNK: usize = 32 << 10;
+
+/// `message` cut to at most `max` bytes (on a character boundary) and
+/// marked with `...` when cut: error messages cross the boundary bounded.
+pub fn cut_message(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let mut end = max;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
+/// A request with the version it speaks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+impl Envelope {
+    pub fn new(request: Request) -> Self {
+        Self {
+            v: AGENT_PROTOCOL_VERSION,
+            request,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Is the agent up: answers `Health`.
+    Health,
+    /// Runs a command (`argv[0]` looked up in `PATH` when not absolute) with
+    /// `env` (`KEY=VALUE`) and `stdin` written to it, streams its output as
+    /// `Output` chunks and ends with `Exit`. With a timeout (0 = none) the
+    /// command is killed (SIGKILL) when it passes.
+    Run {
+        argv: Vec<String>,
+        #[serde(default)]
+        env: Vec<String>,
+        #[serde(default)]
+        cwd: Option<String>,
+        #[serde(default, with = "b64")]
+        stdin: Vec<u8>,
+        #[serde(default)]
+        timeout_ms: u64,
+    },
+    /// Mounts `source` (a block device such as `/dev/vda`) on `target`
+    /// (created when absent) as `fstype`. Answers `Ok`.
+    Mount {
+        source: String,
+        target: String,
+        fstype: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// Configures the network interface with hardware address `mac`:
+    /// the IPv4 `address` with `prefix_len`, the interface up, and a
+    /// default route through `gateway` when given. Answers `Ok`.
+    ConfigureInterface {
+        mac: String,
+        address: String,
+        prefix_len: u8,
+        #[serde(default)]
+        gateway: Option<String>,
+        #[serde(default)]
+        mtu: Option<u32>,
+    },
+    /// Syncs the guest's filesystems, answers `Ok`, then ends the VM
+    /// (a reboot, which the hypervisor turns into an exit).
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Health {
+        /// The protocol version the agent speaks.
+        version: u32,
+        /// The agent's own version (its crate version).
+        agent: String,
+        /// The guest kernel's release (`uname -r`).
+        kernel: String,
+        /// Milliseconds since the guest kernel booted.
+        uptime_ms: u64,
+    },
+    /// A chunk (at most [`OUTPUT_CHUNK`] bytes) of a `Run`'s output.
+    Output {
+        stream: Stream,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// How a `Run` ended: its exit status, or the signal that killed it.
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_carry_their_version_flat() {
+        let line = serde_json::to_string(&Envelope::new(Request::Health)).unwrap();
+        assert_eq!(line, r#"{"v":1,"op":"health"}"#);
+        let e: Envelope =
+            serde_json::from_str(r#"{"v":1,"op":"run","argv":["echo","hi"]}"#).unwrap();
+        assert_eq!(
+            e.request,
+            Request::Run {
+                argv: vec!["echo".into(), "hi".into()],
+                env: vec![],
+                cwd: None,
+                stdin: vec![],
+                timeout_ms: 0
+            }
+        );
+    }
+
+    #[test]
+    fn messages_are_cut_on_a_char_boundary() {
+        assert_eq!(cut_message("short".into(), 10), "short");
+        assert_eq!(cut_message("ééé".into(), 3), "é...");
+    }
+
+    #[test]
+    fn output_is_base64_on_one_line() {
+        let r = Response::Output {
+            stream: Stream::Stderr,
+            data: vec![b'\n', 0, 255],
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), r);
+    }
+}
