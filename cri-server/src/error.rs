@@ -15,6 +15,9 @@ pub enum Error {
     DeadlineExceeded(String),
     #[error("{0}")]
     Internal(String),
+    /// A valid request for something crius does not do yet.
+    #[error("{0}")]
+    Unimplemented(String),
     #[error(transparent)]
     Image(#[from] image_store::Error),
     #[error("state store")]
@@ -43,6 +46,7 @@ fn code(e: &Error) -> Code {
         Error::NotFound(_) => Code::NotFound,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Unimplemented(_) => Code::Unimplemented,
         Error::Internal(_) | Error::Store(_) => Code::Internal,
         Error::Image(i) => match i {
             I::Reference(_) => Code::InvalidArgument,

@@ -51,7 +51,9 @@ pub fn status(req: StatusRequest, network: Result<(), String>) -> StatusResponse
                     // libcontainer applies "rro" with mount_setattr.
                     recursive_read_only_mounts:
                         sandbox_container::spec::recursive_read_only_supported(),
-                    user_namespaces: false,
+                    // Checked and honoured for the host's user namespace
+                    // (NODE); a pod's own (POD) is refused as not built yet.
+                    user_namespaces: true,
                 }),
             })
             .collect(),

@@ -266,6 +266,16 @@ impl RuncSandbox {
 #[tonic::async_trait]
 impl SandboxController for RuncSandbox {
     async fn run_pod(&self, pod: &mut PodRecord) -> Result<(), Error> {
+        if let Some(userns) = &pod.namespace_options().userns_options {
+            spec::check_userns(userns).map_err(spec_error)?;
+            if userns.mode == NamespaceMode::Pod as i32 {
+                return Err(Error::Unimplemented(
+                    "pods with their own user namespace (hostUsers: false) are not built \
+                     yet in crius: run the pod with the host's user namespace"
+                        .into(),
+                ));
+            }
+        }
         let dir = self.pod_dir(&pod.id);
         files::make_dir(&dir, 0o700).map_err(internal("create pod dir"))?;
         let (host_net, host_ipc, pod_pid) = Self::namespaces(pod);

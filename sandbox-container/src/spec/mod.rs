@@ -66,7 +66,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crius_proto::cri::{
-    ContainerConfig, LinuxContainerSecurityContext, NamespaceMode, PodSandboxConfig,
+    ContainerConfig, LinuxContainerSecurityContext, NamespaceMode, PodSandboxConfig, UserNamespace,
     security_profile::ProfileType,
 };
 use oci_spec::image::ImageConfiguration;
@@ -180,6 +180,53 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
     ns.set_typ(typ);
     ns.set_path(path.map(Path::to_path_buf));
     ns
+}
+
+/// Checks user namespace options (kubelet's `hostUsers`): `NODE` is the
+/// host's user namespace and takes no mappings; `POD` asks for one of the
+/// pod's own, mapped by exactly one uid and one gid range, each mapping
+/// container ID 0; `CONTAINER` and `TARGET` do not apply to user
+/// namespaces.
+pub fn check_userns(u: &UserNamespace) -> Result<(), SpecError> {
+    match NamespaceMode::try_from(u.mode) {
+        Ok(NamespaceMode::Node) if u.uids.is_empty() && u.gids.is_empty() => Ok(()),
+        Ok(NamespaceMode::Node) => Err(SpecError::invalid(
+            "the host's user namespace (mode NODE) takes no ID mappings",
+        )),
+        Ok(NamespaceMode::Pod) => {
+            for (what, maps) in [("uid", &u.uids), ("gid", &u.gids)] {
+                let [m] = maps.as_slice() else {
+                    return Err(SpecError::invalid(format!(
+                        "a pod user namespace needs exactly one {what} mapping, got {}",
+                        maps.len()
+                    )));
+                };
+                if m.container_id != 0 {
+                    return Err(SpecError::invalid(format!(
+                        "the {what} mapping must start at container ID 0 (root), not {}",
+                        m.container_id
+                    )));
+                }
+                if m.length == 0 || m.host_id.checked_add(m.length).is_none() {
+                    return Err(SpecError::invalid(format!(
+                        "the {what} mapping of {} IDs from host ID {} is out of range",
+                        m.length, m.host_id
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Ok(mode @ (NamespaceMode::Container | NamespaceMode::Target)) => {
+            Err(SpecError::invalid(format!(
+                "user namespace mode {} does not exist: use POD or NODE",
+                mode.as_str_name()
+            )))
+        }
+        Err(_) => Err(SpecError::invalid(format!(
+            "unknown user namespace mode {}",
+            u.mode
+        ))),
+    }
 }
 
 /// The namespaces of a container: PID by its mode (`POD`: the pod's,

@@ -539,3 +539,53 @@ fn no_command_is_invalid() {
     let err = f.build().unwrap_err();
     assert_eq!(err.to_string(), "no command specified");
 }
+
+#[test]
+fn userns_options_checked() {
+    use crius_proto::cri::{IdMapping, UserNamespace};
+    let map = |c, h, l| IdMapping {
+        container_id: c,
+        host_id: h,
+        length: l,
+    };
+    let pod = |uids: Vec<IdMapping>| UserNamespace {
+        mode: NamespaceMode::Pod as i32,
+        gids: uids.clone(),
+        uids,
+    };
+    assert!(check_userns(&pod(vec![map(0, 1000, 100000)])).is_ok());
+    for bad in [
+        pod(vec![]),
+        pod(vec![map(0, 1000, 100000), map(0, 2000, 100000)]),
+        pod(vec![map(1, 1000, 100000)]),
+        pod(vec![map(0, 1000, 0)]),
+        pod(vec![map(0, u32::MAX, 2)]),
+        UserNamespace {
+            mode: NamespaceMode::Container as i32,
+            ..Default::default()
+        },
+        UserNamespace {
+            mode: NamespaceMode::Target as i32,
+            ..Default::default()
+        },
+        UserNamespace {
+            mode: NamespaceMode::Node as i32,
+            uids: vec![map(0, 1000, 1)],
+            gids: vec![],
+        },
+        UserNamespace {
+            mode: 42,
+            ..Default::default()
+        },
+    ] {
+        assert!(
+            matches!(check_userns(&bad), Err(SpecError::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+    let node = UserNamespace {
+        mode: NamespaceMode::Node as i32,
+        ..Default::default()
+    };
+    assert!(check_userns(&node).is_ok());
+}
