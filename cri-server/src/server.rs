@@ -1,4 +1,4 @@
-//! Serving CRI v1 on the Unix socket: the socket's directory is 0700 and the
+//! Serving CRI v1 on the Unix socket: the socket's directory is 0711 and the
 //! socket 0600; every request goes through one logging layer.
 
 use std::future::Future;
@@ -46,13 +46,14 @@ pub enum ServeError {
     Serve(#[source] tonic::transport::Error),
 }
 
-fn private_dir(path: &Path) -> Result<(), ServeError> {
+/// Creates `path` with `mode`.
+fn state_dir(path: &Path, mode: u32) -> Result<(), ServeError> {
     let err = |source| ServeError::Dir {
         path: path.to_path_buf(),
         source,
     };
     std::fs::create_dir_all(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
 }
 
 /// How long a shutdown waits for open connections before exiting.
@@ -65,7 +66,9 @@ pub fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
         source,
     };
     if let Some(dir) = socket.parent() {
-        private_dir(dir)?;
+        // The socket itself is 0600: others can search the directory (it may
+        // be the state directory, see `serve`) but not connect.
+        state_dir(dir, 0o711)?;
     }
     match std::fs::remove_file(socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(listen_err(e)),
@@ -78,7 +81,9 @@ pub fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    private_dir(&config.state)?;
+    // Searchable by others (not listable): containers of pods with their
+    // own user namespace reach their files under it by path.
+    state_dir(&config.state, 0o711)?;
     let images = ImageStore::open(
         &config.root.join("images"),
         config.registry.clone(),

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -72,6 +73,9 @@ impl Crius {
         // Short: Unix socket paths under it (pod monitors, libcontainer's
         // notify sockets with 64-digit IDs) must fit in 107 bytes.
         let dir = tempfile::Builder::new().prefix("cr").tempdir()?;
+        // Searchable, as /run is: containers of pods with their own user
+        // namespace reach their files under the state directory by path.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = state.join("crius.sock");

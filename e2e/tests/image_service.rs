@@ -87,7 +87,9 @@ async fn runtime_answers_version_status_config_and_errors() {
     let c = start(f, "");
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&c.socket), 0o600);
-    assert_eq!(mode(c.socket.parent().unwrap()), 0o700);
+    // Searchable, not listable or writable, by others: the socket's mode
+    // keeps them out.
+    assert_eq!(mode(c.socket.parent().unwrap()), 0o711);
     let mut rt = c.runtime().await;
     let v = rt
         .version(VersionRequest::default())

@@ -911,7 +911,8 @@ mod monitor {
             2,
             "{r:?}"
         );
-        assert_eq!(mounts_under(&pod.dir).len(), 1);
+        // The uts and pid pins.
+        assert_eq!(mounts_under(&pod.dir).len(), 2);
         c.shutdown().await.unwrap();
         assert!(
             wait_gone(init, Duration::from_secs(5)),
@@ -1107,7 +1108,8 @@ mod monitor {
         assert!(alive(pod.pid));
         let mut c = pod.client().await;
         c.hello().await.unwrap();
-        assert_eq!(mounts_under(&pod.dir).len(), 3);
+        // net, ipc, uts and pid pins.
+        assert_eq!(mounts_under(&pod.dir).len(), 4);
 
         assert!(monitor::kill_stale(&pod.dir, pod.pid));
         assert!(wait_gone(pod.pid, Duration::from_secs(5)));

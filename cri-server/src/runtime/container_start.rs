@@ -22,11 +22,14 @@ impl Runtime {
             )));
         }
         let pod = self.pod_of(&c)?;
+        // Taken before the start: a quick container can exit (and have its
+        // finish time recorded) before the start call returns.
+        let started_at = now_ns();
         self.controller(&pod.runtime_handler)?
             .start_container(&pod, &c)
             .await?;
         c.phase = ContainerPhase::Running;
-        c.started_at = now_ns();
+        c.started_at = started_at;
         self.store.put_container(&c)?;
         self.emit(&c, ContainerEventType::ContainerStartedEvent);
         Ok(StartContainerResponse {})

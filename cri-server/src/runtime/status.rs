@@ -51,8 +51,8 @@ pub fn status(req: StatusRequest, network: Result<(), String>) -> StatusResponse
                     // libcontainer applies "rro" with mount_setattr.
                     recursive_read_only_mounts:
                         sandbox_container::spec::recursive_read_only_supported(),
-                    // Checked and honoured for the host's user namespace
-                    // (NODE); a pod's own (POD) is refused as not built yet.
+                    // A pod's own (mode POD, idmapped layers) and the
+                    // host's (NODE).
                     user_namespaces: true,
                 }),
             })

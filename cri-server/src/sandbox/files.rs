@@ -146,6 +146,118 @@ pub fn mount_overlay(
     .map_err(io::Error::from)
 }
 
+/// What an idmapped rootfs needs: the pod's user namespace (its pin), a
+/// scratch directory for the layers' idmapped mounts (removed after), and
+/// the host uid and gid of the pod's root, which own the upper dir.
+pub struct IdmapOptions<'a> {
+    pub userns: &'a Path,
+    pub scratch: &'a Path,
+    pub owner: (u32, u32),
+}
+
+/// Mounts the overlay rootfs of a container in a pod with its own user
+/// namespace: each layer through an idmapped mount of that namespace (the
+/// image's root-owned files are the pod's root's), and the upper dir owned
+/// by the pod's root, so what the container writes is its own. The
+/// overlay keeps private clones of its layers: the idmapped mounts are
+/// detached once it is mounted.
+pub fn mount_overlay_idmapped(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    opts: &IdmapOptions<'_>,
+) -> io::Result<()> {
+    nix::unistd::chown(
+        upper,
+        Some(nix::unistd::Uid::from_raw(opts.owner.0)),
+        Some(nix::unistd::Gid::from_raw(opts.owner.1)),
+    )?;
+    let userns = fs::File::open(opts.userns)?;
+    make_dir(opts.scratch, 0o700)?;
+    let mut mapped = Vec::with_capacity(layers.len());
+    let mut result = Ok(());
+    for (i, layer) in layers.iter().enumerate() {
+        let dir = opts.scratch.join(i.to_string());
+        result = make_dir(&dir, 0o700).and_then(|()| idmap_mount(layer, &dir, &userns));
+        if result.is_err() {
+            let _ = fs::remove_dir(&dir);
+            break;
+        }
+        mapped.push(dir);
+    }
+    if result.is_ok() {
+        result = mount_overlay(&mapped, upper, work, target);
+    }
+    for dir in &mapped {
+        let _ = nix::mount::umount2(dir, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(dir);
+    }
+    let _ = fs::remove_dir(opts.scratch);
+    result
+}
+
+/// Mounts a clone of `src` at `dst`, idmapped through the user namespace
+/// `userns`.
+fn idmap_mount(src: &Path, dst: &Path, userns: &fs::File) -> io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
+    };
+    let (src, dst) = (c(src)?, c(dst)?);
+    // SAFETY: open_tree with a valid C string; the result is a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open_tree and is owned by no one else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr on our tree fd with an empty path and a valid,
+    // correctly sized mount_attr.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: move_mount of our tree fd to a valid C string path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Mounts an image's snapshots (`layers`, bottom first) read-only at
 /// `target`, for an image volume: an overlay of lower dirs only (no upper,
 /// no work dir), or a read-only bind of the one snapshot of a single-layer

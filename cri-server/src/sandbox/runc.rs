@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crius_proto::cri::NamespaceMode;
+use crius_proto::cri::{IdMapping, NamespaceMode};
 use crius_proto::monitor::{ErrorKind, ExecResult, ExitRecord, Request, Response};
 use image_store::{Image, ImageStore};
 use sandbox_container::cni::{self, Cni, CniOptions, PodNetwork};
-use sandbox_container::monitor::{MonitorClient, MonitorConfig};
+use sandbox_container::monitor::{IdRange, MonitorClient, MonitorConfig, UsernsMaps};
 use sandbox_container::spec;
 
 use super::SandboxController;
@@ -82,8 +82,11 @@ impl RuncSandbox {
         opts.bin_dirs = config.cni.bin_dirs.clone();
         opts.plugin_timeout = Duration::from_secs(config.cni.plugin_timeout.max(1));
         let cni = Cni::new(opts).map_err(cni_error)?;
+        // Searchable (not listable) by others: containers of pods with
+        // their own user namespace are set up from inside it and reach
+        // their bundle and pod files by path.
         for d in [config.state.join("pods"), config.state.join("containers")] {
-            files::make_dir(&d, 0o700).map_err(internal("create state dirs"))?;
+            files::make_dir(&d, 0o711).map_err(internal("create state dirs"))?;
         }
         files::make_dir(&config.root.join("containers"), 0o700)
             .map_err(internal("create root dirs"))?;
@@ -183,10 +186,17 @@ impl RuncSandbox {
                 net: (!host_net).then(|| ns.join("net")),
                 ipc: (!host_ipc).then(|| ns.join("ipc")),
                 uts: (!host_net).then(|| ns.join("uts")),
-                pid: pid_init
-                    .filter(|_| pod_pid)
-                    .map(|p| PathBuf::from(format!("/proc/{}/ns/pid", p.trim()))),
+                // The pin, or for pods of an earlier crius the init's.
+                pid: pid_init.filter(|_| pod_pid).map(|p| {
+                    let pin = ns.join("pid");
+                    if pin.exists() {
+                        pin
+                    } else {
+                        PathBuf::from(format!("/proc/{}/ns/pid", p.trim()))
+                    }
+                }),
                 pid_target: None,
+                user: Self::userns(pod).ok().flatten().map(|_| ns.join("user")),
             },
             cgroups_path: format!("{parent}/crius-{}", c.id),
             hostname: fs::read_to_string(pod_dir.join("hostname"))
@@ -254,6 +264,28 @@ impl RuncSandbox {
         Ok(out)
     }
 
+    /// The ID maps of the pod's own user namespace (mode POD), None for the
+    /// host's; invalid options are refused.
+    fn userns(pod: &PodRecord) -> Result<Option<UsernsMaps>, Error> {
+        let Some(u) = pod.namespace_options().userns_options else {
+            return Ok(None);
+        };
+        spec::check_userns(&u).map_err(spec_error)?;
+        let range = |m: &[IdMapping]| {
+            m.first().map(|m| IdRange {
+                container: m.container_id,
+                host: m.host_id,
+                size: m.length,
+            })
+        };
+        Ok(match (range(&u.uids), range(&u.gids)) {
+            (Some(uid), Some(gid)) if u.mode == NamespaceMode::Pod as i32 => {
+                Some(UsernsMaps { uid, gid })
+            }
+            _ => None,
+        })
+    }
+
     fn namespaces(pod: &PodRecord) -> (bool, bool, bool) {
         let ns = pod.namespace_options();
         let host_net = ns.network == NamespaceMode::Node as i32;
@@ -266,19 +298,21 @@ impl RuncSandbox {
 #[tonic::async_trait]
 impl SandboxController for RuncSandbox {
     async fn run_pod(&self, pod: &mut PodRecord) -> Result<(), Error> {
-        if let Some(userns) = &pod.namespace_options().userns_options {
-            spec::check_userns(userns).map_err(spec_error)?;
-            if userns.mode == NamespaceMode::Pod as i32 {
-                return Err(Error::Unimplemented(
-                    "pods with their own user namespace (hostUsers: false) are not built \
-                     yet in crius: run the pod with the host's user namespace"
-                        .into(),
-                ));
-            }
+        let userns = Self::userns(pod)?;
+        let (host_net, host_ipc, pod_pid) = Self::namespaces(pod);
+        let ns = pod.namespace_options();
+        if userns.is_some() && (host_net || host_ipc || ns.pid == NamespaceMode::Node as i32) {
+            return Err(Error::InvalidArgument(
+                "a pod with its own user namespace cannot use the host's network, IPC or \
+                 PID namespace"
+                    .into(),
+            ));
         }
         let dir = self.pod_dir(&pod.id);
-        files::make_dir(&dir, 0o700).map_err(internal("create pod dir"))?;
-        let (host_net, host_ipc, pod_pid) = Self::namespaces(pod);
+        // A pod with its own user namespace: its containers are set up from
+        // inside it and must reach their files here by path.
+        files::make_dir(&dir, if userns.is_some() { 0o711 } else { 0o700 })
+            .map_err(internal("create pod dir"))?;
         let hostname = if host_net {
             nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -304,6 +338,7 @@ impl SandboxController for RuncSandbox {
             ipc: !host_ipc,
             uts: !host_net,
             pid: pod_pid,
+            userns,
             runtime_root: self.state.join("runc"),
         };
         let pid = sandbox_container::monitor::spawn_pod_monitor(&dir, &monitor)
@@ -373,15 +408,33 @@ impl SandboxController for RuncSandbox {
         let rootfs = bundle.join("rootfs");
         let layer = self.layer_dir(&c.id);
         c.bundle = bundle.clone();
+        let userns = Self::userns(pod)?;
         files::make_dir(&rootfs, 0o700).map_err(internal("create bundle"))?;
+        if userns.is_some() {
+            // Set up from inside the pod's user namespace: reached by path.
+            files::make_dir(&bundle, 0o711).map_err(internal("create bundle"))?;
+        }
         files::make_dir(&layer.join("upper"), 0o755).map_err(internal("create upper dir"))?;
         files::make_dir(&layer.join("work"), 0o700).map_err(internal("create work dir"))?;
-        files::mount_overlay(
-            &self.images.layer_dirs(image),
-            &layer.join("upper"),
-            &layer.join("work"),
-            &rootfs,
-        )
+        match userns {
+            None => files::mount_overlay(
+                &self.images.layer_dirs(image),
+                &layer.join("upper"),
+                &layer.join("work"),
+                &rootfs,
+            ),
+            Some(maps) => files::mount_overlay_idmapped(
+                &self.images.layer_dirs(image),
+                &layer.join("upper"),
+                &layer.join("work"),
+                &rootfs,
+                &files::IdmapOptions {
+                    userns: &self.pod_dir(&pod.id).join("ns").join("user"),
+                    scratch: &layer.join("idmap"),
+                    owner: (maps.uid.host, maps.gid.host),
+                },
+            ),
+        }
         .map_err(internal("mount rootfs"))?;
         c.rootfs_mounted = true;
         if !c.log_path.is_empty()

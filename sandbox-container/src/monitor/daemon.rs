@@ -87,7 +87,7 @@ fn wait_ready(ready_r: OwnedFd, child: i32) -> ExitCode {
             }
         }
     }
-    let msg = match read_message(ready_r) {
+    let msg = match read_message(ready_r.as_fd()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("crius monitor: {e}");

@@ -34,6 +34,18 @@
 //! (`monitor_exec_sync_seccomp` in the monitor tests compares CapBnd,
 //! CapPrm, CapEff, NoNewPrivs and Seccomp).
 //!
+//! # The pod's user namespace
+//!
+//! The tenant builder does not join user namespaces either: in a pod with
+//! its own, the command would run with the host's IDs. For such a
+//! container libcontainer sets the exec up as the host's root, with the
+//! spec's capabilities plus [`LOAD_CAPS`]; the executor then opens the user
+//! namespace of the container's PID 1 (`/proc/1/ns/user` in the
+//! container's /proc, checked to be the pod's: the same nsfs inode as its
+//! pin), joins it (which grants a full capability set inside it and none
+//! outside), sets the spec's groups, gid and uid there, loads the filter
+//! and drops to the spec's capabilities before the exec.
+//!
 //! A profile with `SCMP_ACT_NOTIFY` rules is refused for exec: its listener
 //! would need the notify descriptor, which only libcontainer's own (init)
 //! path delivers.
@@ -46,7 +58,7 @@ use std::time::Instant;
 use crius_proto::monitor::{EXEC_OUTPUT_LIMIT, ErrorKind, ExecResult};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::oci_spec::runtime::{
-    Capabilities, Capability, LinuxCapabilities, LinuxSeccomp, Process, Spec,
+    Capabilities, Capability, LinuxCapabilities, LinuxNamespaceType, LinuxSeccomp, Process, Spec,
 };
 use libcontainer::syscall::linux::LinuxSyscall;
 use libcontainer::syscall::syscall::SyscallType;
@@ -94,6 +106,14 @@ impl Exec {
         }
         let spec = Spec::load(ctr.bundle.join("config.json"))
             .map_err(|e| Fail::internal(format!("loading the container's spec: {e}")))?;
+        // libcontainer 0.7's tenant builder joins every namespace of the
+        // container but its user namespace: the executor joins that one.
+        let userns_pin = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::User))
+            .map(|n| n.path().clone());
         // The container's own process, with the command replaced: user,
         // groups, cwd, env, capabilities, rlimits, no_new_privileges and
         // AppArmor profile all come from the spec.
@@ -102,7 +122,10 @@ impl Exec {
         process.set_terminal(Some(false));
         process.set_console_size(None);
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        let executor = FilterExecutor::prepare(seccomp, &mut process)?;
+        let mut executor = FilterExecutor::prepare(seccomp, &mut process)?;
+        if let Some(pin) = userns_pin {
+            executor.join_userns(pin.as_deref(), &mut process)?;
+        }
         let process_json = state_root.join(&ctr.id).join("exec-process.json");
         let json = serde_json::to_vec(&process)
             .map_err(|e| Fail::internal(format!("encoding the exec process: {e}")))?;
@@ -226,6 +249,18 @@ struct FilterExecutor {
     /// The spec's capabilities, when the process runs with [`LOAD_CAPS`]
     /// added until the filter is loaded.
     drop_to: Option<LinuxCapabilities>,
+    /// The pod's user namespace to join, and the spec's identity in it.
+    userns: Option<UsernsJoin>,
+}
+
+/// The pod's user namespace (the nsfs device and inode of its pin) and the
+/// exec's identity inside it.
+#[derive(Clone, Debug)]
+struct UsernsJoin {
+    ns: (u64, u64),
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
 impl FilterExecutor {
@@ -240,6 +275,7 @@ impl FilterExecutor {
             return Ok(FilterExecutor {
                 seccomp: None,
                 drop_to: None,
+                userns: None,
             });
         };
         if libcontainer::seccomp::is_notify(&seccomp) {
@@ -267,8 +303,82 @@ impl FilterExecutor {
         Ok(FilterExecutor {
             seccomp: Some(seccomp),
             drop_to,
+            userns: None,
         })
     }
+
+    /// Makes the exec join the user namespace pinned at `pin` (see the
+    /// module documentation): `process` is set up as the host's root with
+    /// its capabilities plus [`LOAD_CAPS`], and its own user, groups and
+    /// capabilities are applied by the executor inside the namespace.
+    fn join_userns(&mut self, pin: Option<&Path>, process: &mut Process) -> Result<(), Fail> {
+        use std::os::unix::fs::MetadataExt as _;
+        let pin = pin.ok_or_else(|| Fail::internal("the user namespace has no path"))?;
+        let meta = std::fs::metadata(pin)
+            .map_err(|e| Fail::internal(format!("the pod's user namespace: {e}")))?;
+        let user = process.user().clone();
+        self.userns = Some(UsernsJoin {
+            ns: (meta.dev(), meta.ino()),
+            uid: user.uid(),
+            gid: user.gid(),
+            groups: user.additional_gids().clone().unwrap_or_default(),
+        });
+        let mut root = user;
+        root.set_uid(0);
+        root.set_gid(0);
+        root.set_additional_gids(None);
+        process.set_user(root);
+        let caps = match self.drop_to.clone() {
+            Some(spec_caps) => spec_caps,
+            None => process.capabilities().clone().unwrap_or_default(),
+        };
+        // CAP_SYS_PTRACE too: the container's PID 1 may be the pod's init,
+        // which is not dumpable, and only that opens its namespace files.
+        let mut raised = with_load_caps(&caps);
+        let add = |set: &Option<Capabilities>| {
+            let mut set = set.clone().unwrap_or_default();
+            set.insert(Capability::SysPtrace);
+            Some(set)
+        };
+        raised.set_bounding(add(raised.bounding()));
+        raised.set_effective(add(raised.effective()));
+        raised.set_permitted(add(raised.permitted()));
+        process.set_capabilities(Some(raised));
+        self.drop_to = Some(caps);
+        Ok(())
+    }
+}
+
+/// Joins the user namespace of the container's PID 1 if it is the pod's,
+/// and takes the exec's identity in it (keeping the capabilities the join
+/// granted, for the filter load and the drop that follow).
+fn enter_userns(u: &UsernsJoin) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = std::fs::File::open("/proc/1/ns/user")
+        .map_err(|e| format!("opening the container's user namespace: {e}"))?;
+    let meta = ns
+        .metadata()
+        .map_err(|e| format!("the container's user namespace: {e}"))?;
+    if (meta.dev(), meta.ino()) != u.ns {
+        return Err("the container's PID 1 is not in the pod's user namespace".into());
+    }
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("joining the pod's user namespace: {e}"))?;
+    let groups: Vec<nix::unistd::Gid> = u
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    let gid = nix::unistd::Gid::from_raw(u.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {e}"))?;
+    // Keep the permitted set across the uid change: the drop to the
+    // spec's capabilities comes after the filter load.
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
+    let uid = nix::unistd::Uid::from_raw(u.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("keepcaps: {e}"))?;
+    Ok(())
 }
 
 /// `caps` with [`LOAD_CAPS`] in the bounding, effective and permitted sets
@@ -292,6 +402,20 @@ fn with_load_caps(caps: &LinuxCapabilities) -> LinuxCapabilities {
 
 impl Executor for FilterExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(u) = &self.userns {
+            enter_userns(u).map_err(ExecutorError::Other)?;
+            if let Some(caps) = &self.drop_to {
+                // A uid change cleared the effective set: back to the
+                // spec's plus what the filter load needs.
+                libcontainer::capabilities::drop_privileges(&with_load_caps(caps), &LinuxSyscall)
+                    .map_err(|e| {
+                    ExecutorError::Other(format!(
+                        "capabilities in the pod's user namespace: {}",
+                        super::container::chain(&e)
+                    ))
+                })?;
+            }
+        }
         if let Some(seccomp) = &self.seccomp {
             // Notify rules were refused in `prepare`: no descriptor comes
             // back.

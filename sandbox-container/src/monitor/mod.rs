@@ -142,6 +142,11 @@ pub struct MonitorConfig {
     pub uts: bool,
     #[serde(default)]
     pub pid: bool,
+    /// The pod's own user namespace (user namespace mode `POD`): created
+    /// first, with these mappings, so that it owns the pod's other new
+    /// namespaces; pinned like them. None: the host's.
+    #[serde(default)]
+    pub userns: Option<UsernsMaps>,
     /// libcontainer's state directory (absolute; made 0700 if missing),
     /// one subdirectory per container. Keep it short:
     /// `<runtime_root>/<id>/notify.sock` must fit in a socket address (107
@@ -171,6 +176,13 @@ impl MonitorConfig {
     }
 
     fn validate(&self) -> Result<(), MonitorError> {
+        if let Some(u) = &self.userns {
+            for m in [&u.uid, &u.gid] {
+                if m.size == 0 || m.host.checked_add(m.size).is_none() {
+                    return Err(MonitorError::Config("bad user namespace mapping".into()));
+                }
+            }
+        }
         if !self.runtime_root.is_absolute() {
             return Err(MonitorError::Config("runtime_root must be absolute".into()));
         }
@@ -181,7 +193,32 @@ impl MonitorConfig {
     }
 }
 
-/// The pin of a pod namespace (`net`, `ipc` or `uts`).
+/// The uid and gid mapping of a pod's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsernsMaps {
+    pub uid: IdRange,
+    pub gid: IdRange,
+}
+
+/// `size` IDs from `container` inside map to `size` IDs from `host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+impl IdRange {
+    /// The line for `/proc/<pid>/uid_map` or `gid_map`.
+    pub fn map_line(&self) -> String {
+        format!("{} {} {}\n", self.container, self.host, self.size)
+    }
+}
+
+/// The namespaces a monitor may pin under `ns/`.
+pub const PINNED_NAMESPACES: [&str; 5] = ["user", "net", "ipc", "uts", "pid"];
+
+/// The pin of a pod namespace (one of [`PINNED_NAMESPACES`]).
 pub fn ns_path(pod_dir: &Path, ns: &str) -> PathBuf {
     pod_dir.join(NS_DIR).join(ns)
 }

@@ -98,7 +98,7 @@ pub fn kill_stale(pod_dir: &Path, pid: u32) -> bool {
     {
         kill9(init);
     }
-    for ns in ["net", "ipc", "uts"] {
+    for ns in super::PINNED_NAMESPACES {
         let pin = super::ns_path(pod_dir, ns);
         let _ = nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&pin);

@@ -118,6 +118,9 @@ pub struct PodNamespaces {
     pub pid: Option<PathBuf>,
     /// The PID namespace of the target container, for PID mode `TARGET`.
     pub pid_target: Option<PathBuf>,
+    /// The pod's own user namespace (user namespace mode `POD`), which owns
+    /// its other namespaces; `None` for the host's.
+    pub user: Option<PathBuf>,
 }
 
 /// Host paths of the pod's files, bind-mounted into each container.
@@ -229,7 +232,8 @@ pub fn check_userns(u: &UserNamespace) -> Result<(), SpecError> {
     }
 }
 
-/// The namespaces of a container: PID by its mode (`POD`: the pod's,
+/// The namespaces of a container: the pod's user namespace when it has one,
+/// PID by its mode (`POD`: the pod's,
 /// `CONTAINER`: new, `NODE`: the host's, `TARGET`: the target's), network,
 /// IPC and UTS from the pod (absent for the host's), a new mount
 /// namespace, and a new cgroup namespace on cgroup v2 unless privileged.
@@ -241,11 +245,28 @@ fn namespaces(
     let pns = &input.pod_namespaces;
     let opts = sc.and_then(|s| s.namespace_options.as_ref());
     let userns = opts.and_then(|o| o.userns_options.as_ref());
-    if userns.is_some_and(|u| NamespaceMode::try_from(u.mode) != Ok(NamespaceMode::Node)) {
-        return Err(SpecError::invalid("user namespaces are not supported"));
+    let wants_pod_userns = userns.is_some_and(|u| u.mode == NamespaceMode::Pod as i32);
+    let mut out = Vec::with_capacity(7);
+    match (&pns.user, wants_pod_userns) {
+        (Some(path), true) => out.push(namespace(LinuxNamespaceType::User, Some(path))),
+        (None, false) => {}
+        (Some(_), false) => {
+            return Err(SpecError::invalid(
+                "the pod has its own user namespace: its containers must use it (mode POD)",
+            ));
+        }
+        (None, true) => {
+            return Err(SpecError::invalid(
+                "the container asks for the pod's user namespace, but the pod has none",
+            ));
+        }
+    }
+    if pns.user.is_some() && privileged {
+        return Err(SpecError::invalid(
+            "a privileged container cannot run in a user namespace",
+        ));
     }
     let pid_mode = opts.map_or(NamespaceMode::Pod as i32, |o| o.pid);
-    let mut out = Vec::with_capacity(6);
     match NamespaceMode::try_from(pid_mode) {
         Ok(NamespaceMode::Pod) => {
             out.push(namespace(LinuxNamespaceType::Pid, pns.pid.as_deref()));

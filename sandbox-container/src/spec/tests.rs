@@ -30,6 +30,7 @@ fn pod_ns() -> PodNamespaces {
         uts: Some("/run/crius/ns/p1/uts".into()),
         pid: None,
         pid_target: None,
+        user: None,
     }
 }
 
@@ -315,7 +316,18 @@ fn namespaces_by_mode() {
         userns_options: Some(Default::default()), // mode POD
         ..Default::default()
     });
-    assert!(matches!(f.build(), Err(SpecError::Invalid(_))));
+    assert!(
+        matches!(f.build(), Err(SpecError::Invalid(_))),
+        "the pod has no user namespace"
+    );
+    f.pod_namespaces.user = Some("/run/p/ns/user".into());
+    let s = f.build().unwrap();
+    assert!(ns_types(&s).contains(&(LinuxNamespaceType::User, Some("/run/p/ns/user".into()))));
+    f.sc().namespace_options = None;
+    assert!(
+        matches!(f.build(), Err(SpecError::Invalid(_))),
+        "a container outside its pod's user namespace"
+    );
 }
 
 #[test]
