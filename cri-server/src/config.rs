@@ -48,9 +48,8 @@ pub struct Config {
     pub log_level: String,
     /// The cgroup driver reported to kubelet.
     pub cgroup_driver: CgroupDriver,
-    /// Mount image volumes (CRI mounts naming an image). Off by default:
-    /// the CRI bindings crius uses cannot see a mount's subPath, and a
-    /// whole image would be mounted where part of it was asked for.
+    /// Mount image volumes (CRI mounts naming an image); on by default,
+    /// `false` refuses them.
     pub image_volumes: bool,
     pub registry: RegistryConfig,
     pub image: ImageConfig,
@@ -87,7 +86,7 @@ impl Default for Config {
             socket: PathBuf::from("/run/crius/crius.sock"),
             log_level: "info".to_string(),
             cgroup_driver: CgroupDriver::Cgroupfs,
-            image_volumes: false,
+            image_volumes: true,
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
             cni: CniConfig::default(),

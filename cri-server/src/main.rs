@@ -2,6 +2,7 @@
 //! effective configuration.
 
 mod config;
+mod cri_ext;
 mod error;
 mod image;
 mod runtime;

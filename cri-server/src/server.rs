@@ -123,6 +123,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let server = tonic::transport::Server::builder()
         .layer(LogLayer)
+        .layer(crate::cri_ext::CriExtLayer)
         .add_service(RuntimeServiceServer::new(runtime))
         .add_service(ImageServiceServer::new(Images::new(images, store)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);

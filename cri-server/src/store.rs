@@ -59,6 +59,16 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// The pod's cgroup parent as a cgroupfs path, None when kubelet gave
+    /// none (see [`cgroupfs_path`]).
+    pub fn cgroup_parent(&self) -> Option<String> {
+        self.config
+            .linux
+            .as_ref()
+            .map(|l| cgroupfs_path(&l.cgroup_parent))
+            .filter(|p| !p.is_empty())
+    }
+
     /// The namespace options the pod was created with.
     pub fn namespace_options(&self) -> NamespaceOption {
         self.config
@@ -68,6 +78,36 @@ impl PodRecord {
             .and_then(|s| s.namespace_options.clone())
             .unwrap_or_default()
     }
+}
+
+/// A cgroup parent as kubelet gives it, as a path under the cgroup root:
+/// a path (the cgroupfs driver: `/kubepods/burstable/pod<uid>`) without its
+/// trailing `/`, or a systemd slice name (the systemd driver:
+/// `kubepods-burstable-pod<uid>.slice`) laid out as systemd nests slices
+/// (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`).
+pub fn cgroupfs_path(parent: &str) -> String {
+    let parent = parent.trim_end_matches('/');
+    let Some(stem) = parent
+        .strip_suffix(".slice")
+        .filter(|_| !parent.contains('/'))
+    else {
+        return parent.to_string();
+    };
+    if stem == "-" {
+        return "/".to_string();
+    }
+    let parts: Vec<&str> = stem.split('-').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        // Not a valid slice name: taken as a plain directory name.
+        return format!("/{parent}");
+    }
+    let mut path = String::new();
+    for i in 1..=parts.len() {
+        path.push('/');
+        path.push_str(&parts[..i].join("-"));
+        path.push_str(".slice");
+    }
+    path
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +144,15 @@ pub struct ContainerRecord {
     /// built and in records written before this was kept.
     #[serde(default)]
     pub user: Option<LinuxContainerUser>,
+    /// Each mount's `image_sub_path` (in `config.mounts` order), which our
+    /// CRI bindings do not carry (`crate::cri_ext`); None when the request
+    /// could not be read for them.
+    #[serde(default)]
+    pub mount_sub_paths: Option<Vec<String>>,
+    /// The image ID mounted by each image volume (in `config.mounts`
+    /// order; None for other mounts), for ContainerStatus.
+    #[serde(default)]
+    pub mount_image_refs: Vec<Option<String>>,
 }
 
 pub struct Store {
@@ -327,6 +376,22 @@ fn find<'a, T>(map: &'a BTreeMap<String, T>, id: &str) -> Option<&'a T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_parents_of_both_drivers() {
+        assert_eq!(
+            cgroupfs_path("/kubepods/burstable/pod1/"),
+            "/kubepods/burstable/pod1"
+        );
+        assert_eq!(cgroupfs_path(""), "");
+        assert_eq!(cgroupfs_path("kubepods.slice"), "/kubepods.slice");
+        assert_eq!(
+            cgroupfs_path("kubepods-burstable-pod1_2.slice"),
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1_2.slice"
+        );
+        assert_eq!(cgroupfs_path("-.slice"), "/");
+        assert_eq!(cgroupfs_path("a--b.slice"), "/a--b.slice");
+    }
 
     fn pod(id: &str) -> PodRecord {
         PodRecord {

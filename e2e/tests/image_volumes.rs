@@ -19,7 +19,7 @@ use tonic::Code;
 use e2e::test_images::BUSYBOX;
 
 async fn env() -> Env {
-    Env::start("image_volumes = true\n").await
+    Env::start("").await
 }
 
 /// Pulls `image`; returns its image ref (the image ID).
@@ -257,12 +257,10 @@ async fn bad_image_volumes_are_refused_and_leave_nothing() {
     assert_eq!(crius_mounts(&e.c), Vec::<String>::new());
 }
 
-/// With the default config, image volumes are refused with the reason
-/// (crius cannot see a mount's subPath yet), not mounted whole.
+/// `image_volumes = false` refuses image volumes, naming the setting.
 #[tokio::test]
-async fn image_volumes_are_off_by_default() {
-    // The default config: image volumes off.
-    let e = Env::start("").await;
+async fn image_volumes_can_be_turned_off() {
+    let e = Env::start("image_volumes = false\n").await;
     let config = pod_config(&e, "imgvol-off");
     let pod = run_pod(&e.c, &config).await;
     let err = try_create(

@@ -12,6 +12,7 @@ impl Runtime {
     pub(super) async fn create_container(
         &self,
         req: CreateContainerRequest,
+        sub_paths: Option<Vec<String>>,
     ) -> Result<CreateContainerResponse, Error> {
         let config = req
             .config
@@ -86,6 +87,8 @@ impl Runtime {
             bundle: Default::default(),
             rootfs_mounted: false,
             user: None,
+            mount_sub_paths: sub_paths,
+            mount_image_refs: Vec::new(),
         };
         self.store.put_container(&c)?;
         let controller = self.controller(&pod.runtime_handler)?;

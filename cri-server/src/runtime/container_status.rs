@@ -59,10 +59,12 @@ pub(super) fn container_status(c: &ContainerRecord) -> ContainerStatus {
 }
 
 impl Runtime {
+    /// The status, and the image ID behind each mount (see
+    /// `crate::cri_ext::MountImageRefs`).
     pub(super) async fn container_status(
         &self,
         req: ContainerStatusRequest,
-    ) -> Result<ContainerStatusResponse, Error> {
+    ) -> Result<(ContainerStatusResponse, Vec<Option<String>>), Error> {
         let c = self.container(&req.container_id)?;
         let c = self.refresh(c)?;
         let mut info = HashMap::new();
@@ -76,10 +78,13 @@ impl Runtime {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        Ok(ContainerStatusResponse {
-            status: Some(container_status(&c)),
-            info,
-        })
+        Ok((
+            ContainerStatusResponse {
+                status: Some(container_status(&c)),
+                info,
+            },
+            c.mount_image_refs.clone(),
+        ))
     }
 
     pub(super) async fn list_containers(

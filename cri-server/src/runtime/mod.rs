@@ -218,7 +218,12 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        reply(self.create_container(req.into_inner()).await)
+        // Read off the wire by crate::cri_ext (our bindings lack the field).
+        let sub_paths = req
+            .extensions()
+            .get::<crate::cri_ext::MountSubPaths>()
+            .and_then(|s| s.0.clone());
+        reply(self.create_container(req.into_inner(), sub_paths).await)
     }
 
     async fn start_container(
@@ -253,7 +258,15 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        reply(self.container_status(req.into_inner()).await)
+        let (resp, refs) = self
+            .container_status(req.into_inner())
+            .await
+            .map_err(Status::from)?;
+        let mut resp = Response::new(resp);
+        // Written onto the wire by crate::cri_ext.
+        resp.extensions_mut()
+            .insert(crate::cri_ext::MountImageRefs(refs));
+        Ok(resp)
     }
 
     async fn exec_sync(

@@ -286,13 +286,7 @@ impl Runtime {
     /// Whether the pod's cgroup parent is its own (no other pod uses it),
     /// so that it holds exactly the pod's containers.
     pub(super) fn pod_owns_cgroup(&self, pod: &PodRecord) -> bool {
-        let parent = |p: &PodRecord| {
-            p.config
-                .linux
-                .as_ref()
-                .map(|l| l.cgroup_parent.trim_end_matches('/').to_string())
-                .unwrap_or_default()
-        };
+        let parent = |p: &PodRecord| p.cgroup_parent().unwrap_or_default();
         let mine = parent(pod);
         !mine.is_empty()
             && self

@@ -168,13 +168,7 @@ impl RuncSandbox {
         let (host_net, host_ipc, pod_pid) = Self::namespaces(pod);
         let ns = pod_dir.join("ns");
         let pid_init = fs::read_to_string(ns.join("pid-init")).ok();
-        let parent = pod
-            .config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.trim_end_matches('/').to_string())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "/crius".to_string());
+        let parent = pod.cgroup_parent().unwrap_or_else(|| "/crius".to_string());
         spec::SpecInput {
             sandbox_id: &pod.id,
             pod: &pod.config,
@@ -229,25 +223,35 @@ impl RuncSandbox {
     ) -> Result<Vec<crius_proto::cri::Mount>, Error> {
         let mut mounted: Vec<(String, PathBuf)> = Vec::new();
         let mut out = Vec::with_capacity(c.config.mounts.len());
-        for m in c.config.mounts.iter_mut() {
+        let mut refs = Vec::with_capacity(c.config.mounts.len());
+        for (i, m) in c.config.mounts.iter().enumerate() {
             if m.image.is_none() {
                 out.push(m.clone());
+                refs.push(None);
                 continue;
             }
             if !self.image_volumes {
                 return Err(Error::InvalidArgument(
-                    "image volumes are off: crius's CRI bindings (k8s-cri 0.11) do not carry a \
-                     mount's subPath, so rather than mount a whole image where part was asked \
-                     for, it refuses; `image_volumes = true` in the config mounts whole images"
-                        .into(),
+                    "image volumes are turned off in crius's config (image_volumes = false)".into(),
                 ));
             }
+            let sub_path = match &c.mount_sub_paths {
+                Some(paths) => paths.get(i).cloned().unwrap_or_default(),
+                None => {
+                    return Err(Error::InvalidArgument(
+                        "the request's image volume sub paths could not be read (a compressed \
+                         message): send it uncompressed"
+                            .into(),
+                    ));
+                }
+            };
             let reference = spec::check_image_mount(m).map_err(spec_error)?;
             let image = self.images.get(reference)?.ok_or_else(|| {
                 Error::NotFound(format!("image {reference:?} not found: pull it first"))
             })?;
             let id = image.id.to_string();
-            let root = match mounted.iter().find(|(i, _)| *i == id) {
+            refs.push(Some(id.clone()));
+            let root = match mounted.iter().find(|(mounted_id, _)| *mounted_id == id) {
                 Some((_, root)) => root.clone(),
                 None => {
                     let root = bundle.join("image-mounts").join(mounted.len().to_string());
@@ -258,9 +262,10 @@ impl RuncSandbox {
                     root
                 }
             };
-            let source = spec::resolve_sub_path(&root, "").map_err(spec_error)?;
+            let source = spec::resolve_sub_path(&root, &sub_path).map_err(spec_error)?;
             out.push(spec::prepared_image_mount(m, &source));
         }
+        c.mount_image_refs = refs;
         Ok(out)
     }
 
@@ -637,12 +642,7 @@ impl SandboxController for RuncSandbox {
     }
 
     async fn pod_stats(&self, pod: &PodRecord, own_cgroup: bool) -> Result<super::PodUsage, Error> {
-        let parent = pod
-            .config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.trim_end_matches('/').to_string())
-            .filter(|p| own_cgroup && !p.is_empty());
+        let parent = pod.cgroup_parent().filter(|_| own_cgroup);
         let netns = pod.netns.clone();
         tokio::task::spawn_blocking(move || {
             super::usage::read_pod(parent.as_deref(), netns.as_deref())

@@ -1,35 +1,63 @@
-//! `bench-critest`: pod and container lifecycle of crius against Debian's
-//! containerd 1.6, timed by critest's own lifecycle benchmarks, plus the
-//! memory each runtime needs idle and per running pod.
+//! `bench-critest`: pod and container lifecycle of crius against two
+//! containerds, containerd 2.4 with runc 1.4 (built by `scripts/peers`) and
+//! Debian's containerd 1.6 with its runc 1.1, timed by critest's own
+//! benchmarks, plus the memory each runtime needs idle and per running pod.
+//! Not part of CI.
 //!
 //! ```text
+//! scripts/peers    # once: containerd 2.4.2 and runc 1.4.0 into /var/tmp/crius-peers/bin
 //! cargo run --release -p e2e --bin bench-critest -- [--rounds N] [--samples N]
-//!     [--memory-pods N] [--crius PATH] [--containerd PATH] [--critest PATH]
+//!     [--image-samples N] [--memory-pods N] [--crius PATH] [--containerd2 PATH]
+//!     [--runc2 PATH] [--containerd PATH] [--skip NAME]... [--critest PATH]
 //!     [--crius-log-level FILTER] [--keep-logs DIR]
 //! ```
 //!
+//! The runtimes, by the names `--skip` takes: `crius`; `containerd2.4`, the
+//! containerd of `--containerd2` (default `$CRIUS_PEERS_DIR/bin/containerd`,
+//! `CRIUS_PEERS_DIR` defaulting to `/var/tmp/crius-peers`) with the
+//! `containerd-shim-runc-v2` beside it (that dir is put first in its `PATH`)
+//! and the runc of `--runc2` (default: `runc` beside it); `containerd1.6`,
+//! the containerd of `--containerd` (default `/usr/bin/containerd`) with the
+//! shim and runc of the ordinary `PATH` (Debian's). A containerd whose
+//! binaries are missing is skipped with a message, and the run goes on with
+//! the others.
+//!
 //! 1. Starts a local `docker-registry` with every critest image
-//!    ([`e2e::test_images::push_all`]) and two pod networks
+//!    ([`e2e::test_images::push_all`]) and one pod network per runtime
 //!    ([`e2e::network::TestNetwork`]: a bridge of ours with a gateway
-//!    address in 198.18.0.0/15, `isGateway` and `ipMasq` false), one per
-//!    runtime. The crius binary is copied into the benchmark's temp dir
-//!    first, so a rebuild by someone else during the run changes nothing.
-//! 2. Per round, for each runtime (crius first in even rounds, containerd
-//!    first in odd ones), on a fresh instance (new root, state and socket):
+//!    address in 198.18.0.0/15, `isGateway` and `ipMasq` false). The crius
+//!    binary is copied into the benchmark's temp dir first, so a rebuild by
+//!    someone else during the run changes nothing.
+//! 2. Per round, for each runtime (the order rotates by one each round, so
+//!    with 3 rounds each runtime goes first once), on a fresh instance (new
+//!    root, state and socket):
 //!    * waits until the CRI `Status` reports RuntimeReady and NetworkReady,
 //!      waits 2 s and reads the server's idle `VmRSS`;
+//!    * unless `--image-samples 0`: waits for a quiet host and runs critest's
+//!      image benchmarks ("Image ... basic operations on Image": `PullImage`,
+//!      `ImageStatus`, `RemoveImage` per sample; "Image ... listing Image":
+//!      `ListImages`), `--image-samples` (20) samples each, sequential, on
+//!      the still empty image store. The image is
+//!      [`IMAGE_BENCH_IMAGE`] from the local registry: the same image as
+//!      critest's busybox under another name (critest's `AfterEach` removes
+//!      the listed images, and a runtime removes an image with all its
+//!      names, so it must run before busybox is pulled). Every sample pulls
+//!      the whole image (one gzip layer of about 3 MiB, 7 MiB unpacked)
+//!      over loopback and unpacks it: the runtimes drop the content with
+//!      the image;
+//!      `ListImages` lists an empty store, as the pull spec's `AfterEach`
+//!      has removed the image by then;
 //!    * pulls critest's container image (`BUSYBOX`) and, for containerd,
 //!      its sandbox image (`registry.k8s.io/pause:3.9`, crius has none),
 //!      so no timed operation pulls;
 //!    * waits (at most 120 s) until the shared host's CPUs are nearly idle,
 //!      then runs `critest --benchmark` with a params file that sets
-//!      `podsNumber` and `containersNumber` to `--samples` (sequential) and
-//!      points the image benchmarks' images at the local busybox; only
-//!      "PodSandbox ... lifecycle of PodSandbox" and "Container ... basic
-//!      operations on Container" run (the image benchmarks and the
-//!      single-shot "start a container from scratch" are skipped); their
-//!      per-operation timings are read from the JSON files critest writes
-//!      to `--benchmarking-output-dir`;
+//!      `podsNumber` and `containersNumber` to `--samples` (sequential);
+//!      only "PodSandbox ... lifecycle of PodSandbox" and "Container ...
+//!      basic operations on Container" run (the single-shot "start a
+//!      container from scratch" is skipped); their per-operation timings
+//!      are read from the JSON files critest writes to
+//!      `--benchmarking-output-dir`;
 //!    * starts `--memory-pods` pods (10) with one `sleep 3600` busybox
 //!      container each and, after 2 s, reads `VmRSS`, `RssAnon` and `Pss`
 //!      (`/proc/<pid>/smaps_rollup`) of the per-pod runtime processes:
@@ -43,19 +71,30 @@
 //!      which the monitors run from: shmem that is not in the server's
 //!      `VmRSS`); then stops and removes every pod.
 //! 3. Prints per-round lines and a Markdown table of the medians over all
-//!    samples of all rounds (memory: the median over rounds) with the ratio
-//!    containerd / crius (above 1: crius is faster or smaller), and the
-//!    aims of the issue; exits nonzero if any round failed.
+//!    samples of all rounds (memory: the median over rounds), one column per
+//!    runtime, with the ratio best containerd / crius: for each figure the
+//!    smaller (better) of the two containerds' values over crius's (above 1:
+//!    crius is faster or smaller than both), and the aims of the issue;
+//!    exits nonzero if any round failed.
 //!
-//! containerd runs with its own temp root, state, sockets and a generated
-//! version 2 config: CRI plugin, `sandbox_image` registry.k8s.io/pause:3.9
-//! through a registry mirror to the local registry, overlayfs snapshotter,
-//! runc v2 shim with `SystemdCgroup = false` (cgroupfs), CNI from
-//! `/usr/lib/cni` with the second test network's conf dir, and
-//! `restrict_oom_score_adj = true` (this host withholds CAP_SYS_RESOURCE,
-//! so runc could not give the pause container its -998). crius runs with
-//! `log_level = "warn"` (`--crius-log-level`), the same mirrors and the
-//! first test network.
+//! Each containerd runs with its own temp root, state, sockets and a
+//! generated config with the same settings: CRI plugin, sandbox image
+//! registry.k8s.io/pause:3.9 through a registry mirror to the local
+//! registry, overlayfs snapshotter, runc v2 shim with `SystemdCgroup =
+//! false` (cgroupfs), CNI from `/usr/lib/cni` with its test network's conf
+//! dir, and `restrict_oom_score_adj = true` (this host withholds
+//! CAP_SYS_RESOURCE, so runc could not give the pause container its -998).
+//! containerd 1.6 gets a version 2 config (`io.containerd.grpc.v1.cri`,
+//! `sandbox_image`, `registry.mirrors`); containerd 2.4 the version 4 that
+//! its `containerd config default` prints (server addresses under
+//! `io.containerd.server.v1.grpc`/`ttrpc`, `io.containerd.cri.v1.images`
+//! with `pinned_images.sandbox` and `registry.config_path` pointing at
+//! `hosts.toml` files, since 2.x pulls through its transfer service, which
+//! ignores the deprecated `mirrors`; `io.containerd.cri.v1.runtime` with
+//! runc's `BinaryName` and the CNI `bin_dirs`; NRI disabled, as its socket
+//! is host-wide). Everything else is left at each version's defaults. crius
+//! runs with `log_level = "warn"` (`--crius-log-level`), the same mirrors
+//! and its own test network.
 //!
 //! Cleanup, on success and failure alike (guards, plus SIGINT/SIGTERM/
 //! SIGHUP turned into an orderly stop): every pod is stopped and removed
@@ -98,30 +137,48 @@ use tonic::transport::{Channel, Endpoint};
 type Res<T> = Result<T, Box<dyn Error>>;
 
 const USAGE: &str = "usage: bench-critest [--rounds N (default 3)] [--samples N (default 20)] \
-                     [--memory-pods N (default 10)] [--crius PATH] [--containerd PATH] \
-                     [--critest PATH] [--crius-log-level FILTER] [--keep-logs DIR]\n\
-                     --samples N      critest's podsNumber and containersNumber (sequential)\n\
-                     --memory-pods N  running pods (one sleep container each) for the \
+                     [--image-samples N (default 20)] [--memory-pods N (default 10)] \
+                     [--crius PATH] [--containerd2 PATH] [--runc2 PATH] [--containerd PATH] \
+                     [--skip NAME]... [--critest PATH] [--crius-log-level FILTER] \
+                     [--keep-logs DIR]\n\
+                     --samples N        critest's podsNumber and containersNumber (sequential)\n\
+                     --image-samples N  critest's imagesNumber (sequential; 0 skips the image \
+                     benchmarks)\n\
+                     --memory-pods N    running pods (one sleep container each) for the \
                      memory measurement\n\
-                     --crius PATH     default $CARGO_TARGET_DIR/release/crius, else beside \
+                     --crius PATH       default $CARGO_TARGET_DIR/release/crius, else beside \
                      this binary\n\
-                     --containerd     default /usr/bin/containerd\n\
-                     --critest        default /var/tmp/crius-critest/critest\n\
+                     --containerd2 PATH containerd 2.4, default \
+                     ${CRIUS_PEERS_DIR:-/var/tmp/crius-peers}/bin/containerd (scripts/peers); \
+                     the containerd-shim-runc-v2 beside it is used\n\
+                     --runc2 PATH       its runc, default runc beside --containerd2\n\
+                     --containerd PATH  containerd 1.6, default /usr/bin/containerd (shim and \
+                     runc from PATH)\n\
+                     --skip NAME        leave out crius, containerd2.4 or containerd1.6 \
+                     (repeatable, or comma-separated)\n\
+                     --critest PATH     default /var/tmp/crius-critest/critest\n\
                      --crius-log-level FILTER  crius's log_level (default warn; \
                      \"info,crius=debug,sandbox_container=debug\" logs every RPC's and CNI \
                      plugin's milliseconds)\n\
-                     --keep-logs DIR  copy each run's runtime log, critest log and critest \
+                     --keep-logs DIR    copy each run's runtime log, critest logs and critest \
                      JSON outputs to DIR/round<N>-<runtime>/";
 
-/// What critest's benchmarks focus on (critest itself adds "benchmark" to
-/// the focus, which matches every benchmark: the skip list does the work).
+/// What critest's lifecycle benchmarks focus on (critest itself adds
+/// "benchmark" to the focus, which matches every benchmark: the skip list
+/// does the work).
 const FOCUS: &str = "PodSandbox benchmark|Container benchmark";
 /// The image benchmarks and the single-shot pod + container start.
 const SKIP: &str = r"\[k8s\.io\] Image|start a container from scratch";
+/// The image benchmarks' run: everything but them is skipped.
+const IMAGE_FOCUS: &str = "Image benchmark";
+const IMAGE_SKIP: &str = r"\[k8s\.io\] (PodSandbox|Container)";
+/// The image the image benchmarks pull, list and remove: critest's busybox
+/// under another of the names the local registry serves it by.
+const IMAGE_BENCH_IMAGE: &str = "public.ecr.aws/docker/library/busybox:1.35.0-glibc";
 
 /// The cgroup parent critest gives pods when `RuntimeConfig` is missing or
-/// says systemd (containerd 1.6 does not implement it; crius says cgroupfs,
-/// so critest gives crius's pods the parent "").
+/// says systemd (containerd 1.6 does not implement it; crius and containerd
+/// 2.4 say cgroupfs, so critest gives their pods the parent "").
 const CRITEST_CGROUP: &str = "test.slice";
 
 /// Longest one critest run may take.
@@ -141,20 +198,37 @@ const QUIET_MAX_WAIT: Duration = Duration::from_secs(120);
 struct Args {
     rounds: usize,
     samples: usize,
+    image_samples: usize,
     memory_pods: usize,
     crius: PathBuf,
+    containerd2: PathBuf,
+    runc2: PathBuf,
     containerd: PathBuf,
+    skip: Vec<Kind>,
     critest: PathBuf,
     crius_log_level: String,
     keep_logs: Option<PathBuf>,
 }
 
+/// `${CRIUS_PEERS_DIR:-/var/tmp/crius-peers}/bin`, where `scripts/peers`
+/// installs containerd 2.4 and runc 1.4.
+fn peers_bin_dir() -> PathBuf {
+    std::env::var_os("CRIUS_PEERS_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/var/tmp/crius-peers"), PathBuf::from)
+        .join("bin")
+}
+
 fn parse_args() -> Result<Args, String> {
     let mut rounds = 3usize;
     let mut samples = 20usize;
+    let mut image_samples = 20usize;
     let mut memory_pods = 10usize;
     let mut crius = None;
+    let mut containerd2 = peers_bin_dir().join("containerd");
+    let mut runc2 = None;
     let mut containerd = PathBuf::from("/usr/bin/containerd");
+    let mut skip = Vec::new();
     let mut critest = PathBuf::from("/var/tmp/crius-critest/critest");
     let mut crius_log_level = "warn".to_owned();
     let mut keep_logs = None;
@@ -173,19 +247,36 @@ fn parse_args() -> Result<Args, String> {
                 .or_else(|| args.next())
                 .ok_or_else(|| format!("{name} needs a value"))
         };
-        let mut positive = |what: &str| -> Result<usize, String> {
+        let mut number = |what: &str, min: usize| -> Result<usize, String> {
             let v = value()?;
             v.parse()
                 .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{what} wants a positive number, got {v:?}"))
+                .filter(|n| *n >= min)
+                .ok_or_else(|| format!("{what} wants a number of at least {min}, got {v:?}"))
         };
         match name.as_str() {
-            "--rounds" => rounds = positive("--rounds")?,
-            "--samples" => samples = positive("--samples")?,
-            "--memory-pods" => memory_pods = positive("--memory-pods")?,
+            "--rounds" => rounds = number("--rounds", 1)?,
+            "--samples" => samples = number("--samples", 1)?,
+            "--image-samples" => image_samples = number("--image-samples", 0)?,
+            "--memory-pods" => memory_pods = number("--memory-pods", 1)?,
             "--crius" => crius = Some(PathBuf::from(value()?)),
+            "--containerd2" => containerd2 = PathBuf::from(value()?),
+            "--runc2" => runc2 = Some(PathBuf::from(value()?)),
             "--containerd" => containerd = PathBuf::from(value()?),
+            "--skip" => {
+                for n in value()?.split(',').filter(|n| !n.is_empty()) {
+                    let kind = Kind::ALL
+                        .into_iter()
+                        .find(|k| k.name() == n)
+                        .ok_or_else(|| {
+                            format!(
+                                "--skip {n:?}: not one of {}",
+                                Kind::ALL.map(Kind::name).join(", ")
+                            )
+                        })?;
+                    skip.push(kind);
+                }
+            }
             "--critest" => critest = PathBuf::from(value()?),
             "--crius-log-level" => crius_log_level = value()?,
             "--keep-logs" => keep_logs = Some(PathBuf::from(value()?)),
@@ -193,19 +284,18 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let crius = crius.unwrap_or_else(default_crius);
-    if !crius.is_file() {
+    if !skip.contains(&Kind::Crius) && !crius.is_file() {
         return Err(format!(
             "crius binary {} not found: build it with `cargo build --release -p cri-server \
              --bin crius` or pass --crius PATH",
             crius.display()
         ));
     }
-    if !containerd.is_file() {
-        return Err(format!(
-            "containerd binary {} not found: install Debian's containerd or pass --containerd PATH",
-            containerd.display()
-        ));
-    }
+    let runc2 = runc2.unwrap_or_else(|| {
+        containerd2
+            .parent()
+            .map_or_else(|| PathBuf::from("runc"), |d| d.join("runc"))
+    });
     if !critest.is_file() {
         return Err(format!(
             "critest {} not found: build cri-tools v1.37.0's critest or pass --critest PATH",
@@ -215,9 +305,13 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         rounds,
         samples,
+        image_samples,
         memory_pods,
         crius,
+        containerd2,
+        runc2,
         containerd,
+        skip,
         critest,
         crius_log_level,
         keep_logs,
@@ -262,26 +356,33 @@ fn main() -> ExitCode {
     };
     // A private copy: a rebuild of the shared target dir during the run
     // must not change the binary between rounds.
-    let crius_copy = work.path().join("crius");
-    let digest = match fs::copy(&args.crius, &crius_copy).and_then(|_| file_sha256(&crius_copy)) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("bench-critest: copying {}: {e}", args.crius.display());
-            return ExitCode::FAILURE;
+    if !args.skip.contains(&Kind::Crius) {
+        let crius_copy = work.path().join("crius");
+        let digest = match fs::copy(&args.crius, &crius_copy).and_then(|_| file_sha256(&crius_copy))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("bench-critest: copying {}: {e}", args.crius.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        println!(
+            "crius {} ({}, sha256 {}...), copied to {}",
+            args.crius.display(),
+            fs::metadata(&crius_copy).map_or_else(|_| "?".into(), |m| mib(m.len() / 1024)),
+            &digest[..16],
+            crius_copy.display()
+        );
+        // SAFETY: still single-threaded: no runtime, registry or helper
+        // thread exists yet, so nothing reads the environment concurrently.
+        unsafe {
+            // Crius::start runs $CRIUS_BIN.
+            std::env::set_var("CRIUS_BIN", &crius_copy);
         }
-    };
-    println!(
-        "crius {} ({}, sha256 {}...), copied to {}",
-        args.crius.display(),
-        fs::metadata(&crius_copy).map_or_else(|_| "?".into(), |m| mib(m.len() / 1024)),
-        &digest[..16],
-        crius_copy.display()
-    );
-    // SAFETY: still single-threaded: no runtime, registry or helper thread
-    // exists yet, so nothing reads the environment concurrently.
+    }
+    // SAFETY: as above.
     unsafe {
-        // Crius::start runs $CRIUS_BIN; RUST_LOG would override log_level.
-        std::env::set_var("CRIUS_BIN", &crius_copy);
+        // RUST_LOG would override crius's log_level.
         std::env::remove_var("RUST_LOG");
     }
     if let Err(e) = install_signal_handlers() {
@@ -352,16 +453,106 @@ fn sleep_checked(d: Duration) -> Res<()> {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Kind {
     Crius,
-    Containerd,
+    /// containerd 2.4 with runc 1.4, from `scripts/peers`.
+    Containerd2,
+    /// Debian's containerd 1.6 with its runc.
+    Containerd16,
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [Kind::Crius, Kind::Containerd2, Kind::Containerd16];
+
+    /// The name `--skip` takes and the logs use.
     fn name(self) -> &'static str {
         match self {
             Kind::Crius => "crius",
-            Kind::Containerd => "containerd",
+            Kind::Containerd2 => "containerd2.4",
+            Kind::Containerd16 => "containerd1.6",
         }
     }
+
+    fn is_containerd(self) -> bool {
+        self != Kind::Crius
+    }
+}
+
+/// A runtime this run measures.
+struct Runtime {
+    kind: Kind,
+    /// The table's column header: the versions found.
+    label: String,
+}
+
+/// The runtimes to measure, in `Kind::ALL` order: those not skipped whose
+/// binaries exist (a missing containerd is reported and left out).
+fn runtimes(args: &Args) -> Vec<Runtime> {
+    let mut out = Vec::new();
+    for kind in Kind::ALL {
+        if args.skip.contains(&kind) {
+            println!("{}: skipped (--skip)", kind.name());
+            continue;
+        }
+        let label = match kind {
+            Kind::Crius => "crius".to_owned(),
+            Kind::Containerd2 => {
+                let shim = args
+                    .containerd2
+                    .parent()
+                    .map(|d| d.join("containerd-shim-runc-v2"));
+                let missing = [
+                    Some(args.containerd2.clone()),
+                    shim,
+                    Some(args.runc2.clone()),
+                ]
+                .into_iter()
+                .map(|p| p.unwrap_or_default())
+                .find(|p| !p.is_file());
+                if let Some(m) = missing {
+                    println!(
+                        "{}: SKIPPED, {} not found (run scripts/peers, or pass --containerd2 \
+                         PATH and --runc2 PATH)",
+                        kind.name(),
+                        m.display()
+                    );
+                    continue;
+                }
+                format!(
+                    "containerd {} + runc {}",
+                    version_of(&args.containerd2, 2),
+                    version_of(&args.runc2, 2)
+                )
+            }
+            Kind::Containerd16 => {
+                if !args.containerd.is_file() {
+                    println!(
+                        "{}: SKIPPED, {} not found (install Debian's containerd, or pass \
+                         --containerd PATH)",
+                        kind.name(),
+                        args.containerd.display()
+                    );
+                    continue;
+                }
+                format!(
+                    "containerd {} + runc {}",
+                    version_of(&args.containerd, 2),
+                    version_of(Path::new("runc"), 2)
+                )
+            }
+        };
+        out.push(Runtime { kind, label });
+    }
+    out
+}
+
+/// The version in `bin --version`'s first line, its `n`th word (from 0),
+/// without a `+build` or `~packaging` suffix.
+fn version_of(bin: &Path, n: usize) -> String {
+    let line = first_line_of(bin, &["--version"]);
+    line.split_whitespace()
+        .nth(n)
+        .and_then(|v| v.split(['+', '~']).next())
+        .filter(|v| !v.is_empty())
+        .map_or(line.clone(), str::to_owned)
 }
 
 /// What one runtime gave in one round.
@@ -372,6 +563,9 @@ struct RunResult {
     pods: Series,
     /// critest's container lifecycle benchmark.
     containers: Series,
+    /// critest's image benchmarks (pull, status, remove; list), unless
+    /// `--image-samples 0`.
+    images: Option<(Series, Series)>,
     /// Wall clock of the critest run.
     critest_secs: f64,
     /// Busy host CPU over the critest run, in cores (everything, ours too).
@@ -400,6 +594,9 @@ struct Mem {
     helper_names: Vec<String>,
     /// The pods' own `sleep` processes (a check that they run).
     sleepers: usize,
+    /// The executables the per-pod processes run (`/proc/<pid>/exe`): which
+    /// shim a containerd started.
+    exes: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -413,11 +610,33 @@ struct ProcMem {
 
 fn run(args: &Args, work: &Path) -> Res<bool> {
     println!("machine: {} cores (nproc)", nproc());
-    println!(
-        "containerd: {}",
-        first_line_of(&args.containerd, &["--version"])
-    );
-    println!("runc: {}", first_line_of(Path::new("runc"), &["--version"]));
+    let runtimes = runtimes(args);
+    if runtimes.is_empty() {
+        return Err("no runtime left to measure".into());
+    }
+    for rt in &runtimes {
+        match rt.kind {
+            Kind::Crius => {}
+            Kind::Containerd2 => println!(
+                "{}: {} ({}), runc {} ({}), shim from {}",
+                rt.kind.name(),
+                args.containerd2.display(),
+                first_line_of(&args.containerd2, &["--version"]),
+                args.runc2.display(),
+                first_line_of(&args.runc2, &["--version"]),
+                args.containerd2
+                    .parent()
+                    .map_or_else(String::new, |d| d.display().to_string()),
+            ),
+            Kind::Containerd16 => println!(
+                "{}: {} ({}), runc and shim from PATH ({})",
+                rt.kind.name(),
+                args.containerd.display(),
+                first_line_of(&args.containerd, &["--version"]),
+                first_line_of(Path::new("runc"), &["--version"]),
+            ),
+        }
+    }
     println!("critest: {}", args.critest.display());
 
     let started = Instant::now();
@@ -429,27 +648,31 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
         started.elapsed().as_secs_f64()
     );
     check_stop()?;
-    let crius_net = TestNetwork::create().map_err(|e| format!("crius pod network: {e}"))?;
-    let ctd_net = TestNetwork::create().map_err(|e| format!("containerd pod network: {e}"))?;
-    println!(
-        "pod networks: crius {} {}, containerd {} {}",
-        crius_net.bridge, crius_net.subnet, ctd_net.bridge, ctd_net.subnet
-    );
+    let mut nets = BTreeMap::new();
+    for rt in &runtimes {
+        let net =
+            TestNetwork::create().map_err(|e| format!("{} pod network: {e}", rt.kind.name()))?;
+        println!(
+            "pod network of {}: {} {}",
+            rt.kind.name(),
+            net.bridge,
+            net.subnet
+        );
+        nets.insert(rt.kind, net);
+    }
     let bench_cgroup = format!("crius-bench-{}", std::process::id());
     let _cgroups = CgroupGuard::new(&[CRITEST_CGROUP, &bench_cgroup]);
 
     let params = work.join("benchmark-params.yaml");
-    fs::write(&params, params_yaml(args.samples))?;
+    fs::write(&params, params_yaml(args.samples, args.image_samples))?;
 
     let mut results: Vec<(usize, Kind, RunResult)> = Vec::new();
     let mut ok = true;
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 {
-            [Kind::Crius, Kind::Containerd]
-        } else {
-            [Kind::Containerd, Kind::Crius]
-        };
-        for kind in order {
+        // Rotate the order by one each round.
+        let n = runtimes.len();
+        for i in 0..n {
+            let kind = runtimes[(round + i) % n].kind;
             check_stop()?;
             let dir = work.join(format!("round{round}-{}", kind.name()));
             fs::create_dir_all(&dir)?;
@@ -459,9 +682,12 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
                 dir: &dir,
                 cgroup_parent: format!("/{bench_cgroup}"),
             };
+            let net = nets.get(&kind).ok_or("no pod network")?;
             let res = match kind {
-                Kind::Crius => bench_crius(&ctx, &registry, &crius_net),
-                Kind::Containerd => bench_containerd(&ctx, &registry, &ctd_net),
+                Kind::Crius => bench_crius(&ctx, &registry, net),
+                Kind::Containerd2 | Kind::Containerd16 => {
+                    bench_containerd(&ctx, kind, &registry, net)
+                }
             };
             if let Some(keep) = &args.keep_logs
                 && let Some(name) = dir.file_name()
@@ -476,13 +702,13 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
                 }
                 Err(e) => {
                     ok = false;
-                    println!("round {round} {:<10} FAILED: {e}", kind.name());
+                    println!("round {round} {:<13} FAILED: {e}", kind.name());
                     check_stop()?;
                 }
             }
         }
     }
-    print!("{}", report(args, &results));
+    print!("{}", report(args, &runtimes, &results));
     Ok(ok)
 }
 
@@ -494,20 +720,22 @@ struct RunCtx<'a> {
     cgroup_parent: String,
 }
 
-fn params_yaml(samples: usize) -> String {
+fn params_yaml(samples: usize, image_samples: usize) -> String {
     format!(
-        "# bench-critest: sequential pod and container lifecycles\n\
+        "# bench-critest: sequential pod, container and image lifecycles\n\
          podsNumber: {samples}\n\
          podsNumberParallel: 1\n\
          podBenchmarkTimeoutSeconds: 120\n\
          containersNumber: {samples}\n\
          containersNumberParallel: 1\n\
          containerBenchmarkTimeoutSeconds: 120\n\
-         # The image benchmarks are skipped; should they run, they use the\n\
-         # local busybox.\n\
-         imagesNumber: 0\n\
-         imagePullingBenchmarkImage: {BUSYBOX}\n\
-         imageListingBenchmarkImages:\n  - {BUSYBOX}\n"
+         # The image benchmarks run on their own, before busybox is pulled:\n\
+         # their AfterEach removes the listed images.\n\
+         imagesNumber: {image_samples}\n\
+         imagesNumberParallel: 1\n\
+         imageBenchmarkTimeoutSeconds: 120\n\
+         imagePullingBenchmarkImage: {IMAGE_BENCH_IMAGE}\n\
+         imageListingBenchmarkImages:\n  - {IMAGE_BENCH_IMAGE}\n"
     )
 }
 
@@ -534,12 +762,17 @@ fn bench_crius(ctx: &RunCtx, registry: &Registry, net: &TestNetwork) -> Res<RunR
     result
 }
 
-fn bench_containerd(ctx: &RunCtx, registry: &Registry, net: &TestNetwork) -> Res<RunResult> {
-    let ctd = Containerd::start(&ctx.args.containerd, registry, net)?;
+fn bench_containerd(
+    ctx: &RunCtx,
+    kind: Kind,
+    registry: &Registry,
+    net: &TestNetwork,
+) -> Res<RunResult> {
+    let ctd = Containerd::start(ctx.args, kind, registry, net)?;
     let pid = ctd.pid().ok_or("containerd is not running")?;
     let socket = ctd.socket.clone();
     let result = bench_runtime(ctx, &socket, pid, &[BUSYBOX, PAUSE], &|| {
-        pod_processes(Kind::Containerd, &socket)
+        pod_processes(kind, &socket)
     });
     let _ = fs::copy(
         ctd.dir.path().join("containerd.log"),
@@ -551,7 +784,7 @@ fn bench_containerd(ctx: &RunCtx, registry: &Registry, net: &TestNetwork) -> Res
     result
 }
 
-/// The steps shared by both runtimes, on a started instance.
+/// The steps shared by all runtimes, on a started instance.
 fn bench_runtime(
     ctx: &RunCtx,
     socket: &Path,
@@ -562,6 +795,24 @@ fn bench_runtime(
     wait_cri_ready(socket)?;
     sleep_checked(Duration::from_secs(2))?;
     let idle_rss = status_kib(pid, "VmRSS")?;
+
+    // The image benchmarks first, on the empty image store.
+    let image_series = if ctx.args.image_samples > 0 {
+        let waited = wait_quiet()?;
+        if waited > 1.0 {
+            println!("  (waited {waited:.0} s for a quiet host before the image benchmarks)");
+        }
+        let out = ctx.dir.join("critest-images-out");
+        fs::create_dir_all(&out)?;
+        run_critest(ctx, socket, &out, CritestRun::Images)?;
+        Some((
+            read_series(&out.join("image_lifecycle_benchmark_data.json"))?,
+            read_series(&out.join("image_listing_benchmark_data.json"))?,
+        ))
+    } else {
+        None
+    };
+
     block_on(async {
         let (_, mut images_client) = clients(socket).await?;
         for image in images {
@@ -586,7 +837,7 @@ fn bench_runtime(
     let cpu0 = proc_cpu_secs(pid)?;
     let host0 = host_busy_secs()?;
     let t0 = Instant::now();
-    run_critest(ctx, socket, &out)?;
+    run_critest(ctx, socket, &out, CritestRun::Lifecycle)?;
     let critest_secs = t0.elapsed().as_secs_f64();
     let host_cores = (host_busy_secs()? - host0) / critest_secs;
     let server_cpu = proc_cpu_secs(pid)? - cpu0;
@@ -630,6 +881,7 @@ fn bench_runtime(
         idle_rss,
         pods,
         containers,
+        images: image_series,
         critest_secs,
         host_cores,
         server_cpu,
@@ -637,10 +889,23 @@ fn bench_runtime(
     })
 }
 
-fn run_critest(ctx: &RunCtx, socket: &Path, out: &Path) -> Res<()> {
-    let log_path = ctx.dir.join("critest.log");
+/// Which critest benchmarks one critest run does.
+#[derive(Clone, Copy)]
+enum CritestRun {
+    /// The pod and the container lifecycle.
+    Lifecycle,
+    /// Image pull / status / remove and image listing.
+    Images,
+}
+
+fn run_critest(ctx: &RunCtx, socket: &Path, out: &Path, which: CritestRun) -> Res<()> {
+    let (name, focus, skip) = match which {
+        CritestRun::Lifecycle => ("critest", FOCUS, SKIP),
+        CritestRun::Images => ("critest-images", IMAGE_FOCUS, IMAGE_SKIP),
+    };
+    let log_path = ctx.dir.join(format!("{name}.log"));
     let log = fs::File::create(&log_path)?;
-    let report = ctx.dir.join("critest-report.json");
+    let report = ctx.dir.join(format!("{name}-report.json"));
     let endpoint = format!("unix://{}", socket.display());
     let mut cmd = Command::new(&ctx.args.critest);
     cmd.arg(format!("--runtime-endpoint={endpoint}"))
@@ -651,8 +916,8 @@ fn run_critest(ctx: &RunCtx, socket: &Path, out: &Path) -> Res<()> {
             ctx.params.display()
         ))
         .arg(format!("--benchmarking-output-dir={}", out.display()))
-        .arg(format!("--ginkgo.focus={FOCUS}"))
-        .arg(format!("--ginkgo.skip={SKIP}"))
+        .arg(format!("--ginkgo.focus={focus}"))
+        .arg(format!("--ginkgo.skip={skip}"))
         .arg(format!("--ginkgo.json-report={}", report.display()))
         .arg("--ginkgo.no-color")
         .current_dir(ctx.dir)
@@ -673,7 +938,7 @@ fn run_critest(ctx: &RunCtx, socket: &Path, out: &Path) -> Res<()> {
             let _ = child.kill();
             let _ = child.wait();
             check_stop()?;
-            return Err(format!("critest took longer than {CRITEST_TIMEOUT:?}").into());
+            return Err(format!("{name} took longer than {CRITEST_TIMEOUT:?}").into());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -681,8 +946,8 @@ fn run_critest(ctx: &RunCtx, socket: &Path, out: &Path) -> Res<()> {
     if !status.success() || !failures.is_empty() || ran != 2 {
         let log_text = fs::read_to_string(&log_path).unwrap_or_default();
         return Err(format!(
-            "critest exited with {status}, {ran} benchmark specs ran (want 2), failures: \
-             {failures:?}\ncritest log tail:\n{}",
+            "{name} exited with {status}, {ran} benchmark specs ran (want 2), failures: \
+             {failures:?}\n{name} log tail:\n{}",
             tail(&log_text)
         )
         .into());
@@ -850,8 +1115,12 @@ fn memory(ctx: &RunCtx, socket: &Path, pid: u32, pod_procs: &dyn Fn() -> Vec<u32
     let mut helpers = Vec::new();
     let mut helper_names = std::collections::BTreeSet::new();
     let mut sleepers = 0;
+    let mut exes = std::collections::BTreeSet::new();
     for p in &procs {
         per_pod.push(proc_mem(*p)?);
+        if let Ok(exe) = fs::read_link(format!("/proc/{p}/exe")) {
+            exes.insert(exe.to_string_lossy().into_owned());
+        }
         for d in descendants(&table, *p) {
             let comm = table.get(&d).map_or("", |(_, c)| c.as_str());
             if comm == "sleep" {
@@ -873,13 +1142,14 @@ fn memory(ctx: &RunCtx, socket: &Path, pid: u32, pod_procs: &dyn Fn() -> Vec<u32
         helpers,
         helper_names: helper_names.into_iter().collect(),
         sleepers,
+        exes: exes.into_iter().collect(),
     })
 }
 
 fn print_run(round: usize, kind: Kind, r: &RunResult) {
     let m = &r.mem;
     println!(
-        "round {round} {:<10} pod cycle {:>7.1} ms  container cycle {:>7.1} ms  (median of {}/{}; \
+        "round {round} {:<13} pod cycle {:>7.1} ms  container cycle {:>7.1} ms  (median of {}/{}; \
          critest {:.0} s, host busy {:.2} cores, server cpu {:.1} s)",
         kind.name(),
         median(r.pods.cycles.clone()).unwrap_or(f64::NAN),
@@ -892,13 +1162,14 @@ fn print_run(round: usize, kind: Kind, r: &RunResult) {
     );
     println!(
         "      idle RSS {}; {} pods: {} {}, per pod VmRSS {} PSS {}; {} {:?}, per pod VmRSS {} \
-         PSS {}; {} sleep; server {} -> {}, memfd {}",
+         PSS {}; {} sleep; server {} -> {}, memfd {}; running {:?}",
         mib(r.idle_rss),
         m.pods,
         m.per_pod.len(),
-        match kind {
-            Kind::Crius => "monitors",
-            Kind::Containerd => "shims",
+        if kind.is_containerd() {
+            "shims"
+        } else {
+            "monitors"
         },
         kib(per_pod_sum(m, &m.per_pod, |p| p.rss)),
         kib(per_pod_sum(m, &m.per_pod, |p| p.pss)),
@@ -910,7 +1181,20 @@ fn print_run(round: usize, kind: Kind, r: &RunResult) {
         mib(m.server_before),
         mib(m.server_after),
         mib(m.memfd),
+        m.exes,
     );
+    if let Some((ops, list)) = &r.images {
+        println!(
+            "      images: pull {:.1} ms, status {:.1} ms, remove {:.1} ms, list {:.1} ms \
+             (median of {}/{})",
+            median(ops.op("PullImage")).unwrap_or(f64::NAN),
+            median(ops.op("StatusImage")).unwrap_or(f64::NAN),
+            median(ops.op("RemoveImage")).unwrap_or(f64::NAN),
+            median(list.op("ListImages")).unwrap_or(f64::NAN),
+            ops.cycles.len(),
+            list.cycles.len(),
+        );
+    }
     if m.per_pod.len() != m.pods || m.sleepers != m.pods {
         println!(
             "      note: expected {} per-pod processes and {} sleeps",
@@ -927,38 +1211,66 @@ fn per_pod_sum(m: &Mem, procs: &[ProcMem], f: impl Fn(&ProcMem) -> u64) -> u64 {
 // The report
 // ---------------------------------------------------------------------------
 
-/// One table row: the two medians (smaller is better: time, memory).
+/// One table row: a median per runtime (smaller is better: time, memory).
 struct Line {
     label: String,
-    crius: Option<f64>,
-    containerd: Option<f64>,
+    /// In the order of the runtimes measured.
+    values: Vec<Option<f64>>,
     unit: &'static str,
+    /// Whether best containerd / crius means anything for this row.
+    ratio: bool,
 }
 
-fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
-    let of = |k: Kind| -> Vec<&RunResult> {
-        results
-            .iter()
-            .filter(|(_, kind, _)| *kind == k)
-            .map(|(_, _, r)| r)
+impl Line {
+    /// The smaller of the containerds' values over crius's.
+    fn best_ratio(&self, runtimes: &[Runtime]) -> Option<f64> {
+        let mut crius = None;
+        let mut best: Option<f64> = None;
+        for (rt, v) in runtimes.iter().zip(&self.values) {
+            let Some(v) = *v else { continue };
+            if rt.kind.is_containerd() {
+                best = Some(best.map_or(v, |b| b.min(v)));
+            } else {
+                crius = Some(v);
+            }
+        }
+        match (crius, best) {
+            (Some(c), Some(b)) if self.ratio && c > 0.0 => Some(b / c),
+            _ => None,
+        }
+    }
+}
+
+fn report(args: &Args, runtimes: &[Runtime], results: &[(usize, Kind, RunResult)]) -> String {
+    let runs: Vec<Vec<&RunResult>> = runtimes
+        .iter()
+        .map(|rt| {
+            results
+                .iter()
+                .filter(|(_, kind, _)| *kind == rt.kind)
+                .map(|(_, _, r)| r)
+                .collect()
+        })
+        .collect();
+    // Pooled samples of every round, per runtime.
+    let pooled = |f: &dyn Fn(&RunResult) -> Vec<f64>| -> Vec<Option<f64>> {
+        runs.iter()
+            .map(|rs| median(rs.iter().flat_map(|r| f(r)).collect()))
             .collect()
     };
-    let (c, d) = (of(Kind::Crius), of(Kind::Containerd));
-    // Pooled samples of every round.
-    let pooled = |runs: &[&RunResult], f: &dyn Fn(&RunResult) -> Vec<f64>| -> Option<f64> {
-        median(runs.iter().flat_map(|r| f(r)).collect())
-    };
-    // One value per round.
-    let per_round = |runs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64| -> Option<f64> {
-        median(runs.iter().map(|r| f(r)).collect())
+    // One value per round, per runtime.
+    let per_round = |f: &dyn Fn(&RunResult) -> f64| -> Vec<Option<f64>> {
+        runs.iter()
+            .map(|rs| median(rs.iter().map(|r| f(r)).collect()))
+            .collect()
     };
     let mut lines = Vec::new();
     let mut time_line = |label: &str, f: &dyn Fn(&RunResult) -> Vec<f64>| {
         lines.push(Line {
             label: label.to_owned(),
-            crius: pooled(&c, f),
-            containerd: pooled(&d, f),
+            values: pooled(f),
             unit: "ms",
+            ratio: true,
         });
     };
     time_line("RunPodSandbox", &|r| r.pods.op("CreatePod"));
@@ -979,42 +1291,65 @@ fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
         "**container cycle** (create, start, status, stop, remove)",
         &|r| r.containers.cycles.clone(),
     );
-    let mut mem_line = |label: &str, f: &dyn Fn(&RunResult) -> f64| {
+    if args.image_samples > 0 {
+        let ops = |name: &'static str| {
+            move |r: &RunResult| r.images.as_ref().map_or_else(Vec::new, |(o, _)| o.op(name))
+        };
+        time_line("PullImage (whole image, local registry)", &ops("PullImage"));
+        time_line("ImageStatus", &ops("StatusImage"));
+        time_line("RemoveImage", &ops("RemoveImage"));
+        time_line("**image cycle** (pull, status, remove)", &|r| {
+            r.images
+                .as_ref()
+                .map_or_else(Vec::new, |(o, _)| o.cycles.clone())
+        });
+        time_line("ListImages (empty store)", &|r| {
+            r.images
+                .as_ref()
+                .map_or_else(Vec::new, |(_, l)| l.op("ListImages"))
+        });
+    }
+    let mut mem_line = |label: &str, ratio: bool, f: &dyn Fn(&RunResult) -> f64| {
         lines.push(Line {
             label: label.to_owned(),
-            crius: per_round(&c, f),
-            containerd: per_round(&d, f),
+            values: per_round(f),
             unit: "MiB",
+            ratio,
         });
     };
     let to_mib = |k: u64| k as f64 / 1024.0;
-    mem_line("**idle server VmRSS**", &|r| to_mib(r.idle_rss));
-    mem_line("**per pod: monitor / shim VmRSS**", &|r| {
+    mem_line("**idle server VmRSS**", true, &|r| to_mib(r.idle_rss));
+    mem_line("**per pod: monitor / shim VmRSS**", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.rss))
     });
-    mem_line("per pod: monitor / shim RssAnon", &|r| {
+    mem_line("per pod: monitor / shim RssAnon", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.anon))
     });
-    mem_line("per pod: monitor / shim PSS", &|r| {
+    mem_line("per pod: monitor / shim PSS", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.pss))
     });
-    mem_line("per pod: pod PID init / pause VmRSS", &|r| {
+    mem_line("per pod: pod PID init / pause VmRSS", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.helpers, |p| p.rss))
     });
-    mem_line("per pod: pod PID init / pause PSS", &|r| {
+    mem_line("per pod: pod PID init / pause PSS", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.helpers, |p| p.pss))
     });
     let growth = |r: &RunResult| {
         (r.mem.server_after as f64 - r.mem.server_before as f64) / r.mem.pods.max(1) as f64
     };
-    mem_line("per pod: server VmRSS growth", &|r| growth(r) / 1024.0);
+    // Within noise (a few hundred KiB for all pods): no ratio.
+    mem_line("per pod: server VmRSS growth", false, &|r| {
+        growth(r) / 1024.0
+    });
     mem_line(
         "server: memfd copy of the binary (shmem, not in the server's VmRSS)",
+        false,
         &|r| to_mib(r.mem.memfd),
     );
     mem_line(
         "**all runtime memory with the pods running** (server VmRSS + memfd + \
          non-shmem PSS of the per-pod processes)",
+        true,
         &|r| {
             let procs: u64 = r
                 .mem
@@ -1028,6 +1363,7 @@ fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
     );
     mem_line(
         "**per pod: total** (PSS of monitor + init / shim + pause, + server growth if > 0)",
+        true,
         &|r| {
             let pss = per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.pss)
                 + per_pod_sum(&r.mem, &r.mem.helpers, |p| p.pss);
@@ -1035,40 +1371,49 @@ fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
         },
     );
 
+    let counts: Vec<String> = runtimes
+        .iter()
+        .zip(&runs)
+        .map(|(rt, rs)| format!("{} {} runs", rt.kind.name(), rs.len()))
+        .collect();
     let mut s = format!(
-        "\n{} round(s), {} samples per benchmark per round, {} memory pods; crius {} runs, \
-         containerd {} runs\n\n| | crius | containerd 1.6 | containerd / crius |\n|---|---:|---:|---:|\n",
+        "\n{} round(s), {} samples per lifecycle benchmark and {} per image benchmark per \
+         round, {} memory pods; {}\n\n|",
         args.rounds,
         args.samples,
+        args.image_samples,
         args.memory_pods,
-        c.len(),
-        d.len()
+        counts.join(", ")
     );
+    for rt in runtimes {
+        let _ = write!(s, " | {}", rt.label);
+    }
+    s.push_str(" | best containerd / crius |\n|---|");
+    for _ in runtimes {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|\n");
     let fmt = |v: Option<f64>, unit: &str| match v {
         Some(x) if unit == "ms" => format!("{x:.1} ms"),
         Some(x) if x.abs() < 10.0 => format!("{x:.2} MiB"),
         Some(x) => format!("{x:.1} MiB"),
         None => "n/a".into(),
     };
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(cr), Some(ct)) if cr > 0.0 => Some(ct / cr),
-        _ => None,
-    };
     for l in &lines {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} |",
-            l.label,
-            fmt(l.crius, l.unit),
-            fmt(l.containerd, l.unit),
-            ratio(l.crius, l.containerd).map_or_else(|| "n/a".into(), |r| format!("{r:.2}"))
-        );
+        let _ = write!(s, "| {} |", l.label);
+        for v in &l.values {
+            let _ = write!(s, " {} |", fmt(*v, l.unit));
+        }
+        let ratio = l
+            .best_ratio(runtimes)
+            .map_or_else(|| "n/a".into(), |r| format!("{r:.2}"));
+        let _ = writeln!(s, " {ratio} |");
     }
     s.push_str("\nper round (median pod cycle / container cycle, ms):\n");
     for (round, kind, r) in results {
         let _ = writeln!(
             s,
-            "  round {round} {:<10} {:>7.1} / {:>7.1}  idle {}",
+            "  round {round} {:<13} {:>7.1} / {:>7.1}  idle {}",
             kind.name(),
             median(r.pods.cycles.clone()).unwrap_or(f64::NAN),
             median(r.containers.cycles.clone()).unwrap_or(f64::NAN),
@@ -1076,7 +1421,7 @@ fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
         );
     }
     let find = |prefix: &str| lines.iter().find(|l| l.label.starts_with(prefix));
-    s.push_str("\naims (containerd / crius):\n");
+    s.push_str("\naims (best containerd / crius):\n");
     for (prefix, want, what) in [
         (
             "**pod cycle**",
@@ -1109,7 +1454,7 @@ fn report(args: &Args, results: &[(usize, Kind, RunResult)]) -> String {
             "per-pod total (monitor + init vs shim + pause, PSS, + server growth) below",
         ),
     ] {
-        let r = find(prefix).and_then(|l| ratio(l.crius, l.containerd));
+        let r = find(prefix).and_then(|l| l.best_ratio(runtimes));
         // "At most a quarter / half" allows equality; "below" does not.
         let verdict = match r {
             Some(x) if (want > 1.0 && x >= want) || x > want => "met",
@@ -1378,7 +1723,7 @@ fn matching_processes(kind: Kind, key: &Path) -> Vec<u32> {
                 Kind::Crius => {
                     args.iter().any(|a| a == "monitor") && args.iter().any(|a| a.starts_with(&*key))
                 }
-                Kind::Containerd => {
+                Kind::Containerd2 | Kind::Containerd16 => {
                     args.first()
                         .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
                         && args.iter().any(|a| a == &*key)
@@ -1705,13 +2050,16 @@ impl Drop for CriusRun {
 /// A fresh containerd on its own temp dirs; dropping it removes its pods,
 /// stops it and cleans up whatever they left.
 struct Containerd {
+    kind: Kind,
     dir: tempfile::TempDir,
     child: Option<Child>,
     socket: PathBuf,
 }
 
 impl Containerd {
-    fn start(bin: &Path, registry: &Registry, net: &TestNetwork) -> Res<Containerd> {
+    /// containerd 2.4 (`kind` Containerd2) with its shim dir first in
+    /// `PATH` and `--runc2`, or containerd 1.6 with the `PATH` as it is.
+    fn start(args: &Args, kind: Kind, registry: &Registry, net: &TestNetwork) -> Res<Containerd> {
         let dir = tempfile::Builder::new()
             .prefix("crius-bench-ctd-")
             .tempdir()?;
@@ -1720,7 +2068,14 @@ impl Containerd {
         }
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
-        fs::write(&config, containerd_toml(dir.path(), registry, net))?;
+        let bin = if kind == Kind::Containerd2 {
+            write_hosts_dirs(&dir.path().join("certs.d"), registry)?;
+            fs::write(&config, containerd_toml_v4(dir.path(), &args.runc2, net))?;
+            &args.containerd2
+        } else {
+            fs::write(&config, containerd_toml_v2(dir.path(), registry, net))?;
+            &args.containerd
+        };
         let log = fs::File::create(dir.path().join("containerd.log"))?;
         let mut cmd = Command::new(bin);
         cmd.arg("--config")
@@ -1728,11 +2083,23 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if kind == Kind::Containerd2
+            && let Some(shim_dir) = bin.parent()
+        {
+            // containerd looks its shim up in PATH first.
+            let mut path = std::ffi::OsString::from(shim_dir);
+            if let Some(old) = std::env::var_os("PATH") {
+                path.push(":");
+                path.push(old);
+            }
+            cmd.env("PATH", path);
+        }
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", bin.display()))?;
         let mut c = Containerd {
+            kind,
             dir,
             child: Some(child),
             socket,
@@ -1845,7 +2212,7 @@ impl Containerd {
                 }
             }
         }
-        let left = matching_processes(Kind::Containerd, &self.socket);
+        let left = matching_processes(self.kind, &self.socket);
         if !left.is_empty() {
             eprintln!("bench-critest: killing leftover containerd shims {left:?} and children");
             kill_tree(&left);
@@ -1885,7 +2252,8 @@ fn toml_str(s: &str) -> String {
     out
 }
 
-fn containerd_toml(dir: &Path, registry: &Registry, net: &TestNetwork) -> String {
+/// containerd 1.6's version 2 config.
+fn containerd_toml_v2(dir: &Path, registry: &Registry, net: &TestNetwork) -> String {
     let q = |p: &Path| toml_str(&p.to_string_lossy());
     let mut mirrors = String::new();
     for (host, url) in self::mirrors(registry) {
@@ -1951,6 +2319,110 @@ disabled_plugins = [
         ttrpc = q(&dir.join("containerd.sock.ttrpc")),
         opt = q(&dir.join("opt")),
         pause = toml_str(PAUSE),
+        cni_conf = q(&net.conf_dir()),
+    )
+}
+
+/// A `hosts.toml` per mirrored registry host under `certs_d`
+/// (containerd 2.x's `registry.config_path`): pulls and resolves go to the
+/// local registry, over plain HTTP.
+fn write_hosts_dirs(certs_d: &Path, registry: &Registry) -> io::Result<()> {
+    for (host, url) in mirrors(registry) {
+        let d = certs_d.join(&host);
+        fs::create_dir_all(&d)?;
+        fs::write(
+            d.join("hosts.toml"),
+            format!(
+                "server = {}\n\n[host.{}]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                toml_str(&format!("https://{host}")),
+                toml_str(&url)
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// containerd 2.4's version 4 config, with the keys of its own
+/// `containerd config default`; the registry mirrors are the `hosts.toml`
+/// files of [`write_hosts_dirs`] under `dir/certs.d`.
+fn containerd_toml_v4(dir: &Path, runc: &Path, net: &TestNetwork) -> String {
+    let q = |p: &Path| toml_str(&p.to_string_lossy());
+    format!(
+        r#"version = 4
+root = {root}
+state = {state}
+# No drop-ins from /etc/containerd/conf.d.
+imports = []
+# Snapshotters and differs that are never used here.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.differ.v1.erofs",
+]
+
+[debug]
+  level = "warn"
+
+[plugins]
+  [plugins.'io.containerd.server.v1.grpc']
+    address = {sock}
+
+  [plugins.'io.containerd.server.v1.ttrpc']
+    address = {ttrpc}
+
+  [plugins.'io.containerd.internal.v1.opt']
+    path = {opt}
+
+  # Its socket (/var/run/nri/nri.sock) is host-wide.
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+
+  [plugins.'io.containerd.grpc.v1.cri']
+    disable_tcp_service = true
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = {pause}
+
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = {certs_d}
+
+  [plugins.'io.containerd.cri.v1.runtime']
+    # This host withholds CAP_SYS_RESOURCE even from root, so runc cannot
+    # give the pause container oom_score_adj -998: keep scores at or above
+    # containerd's own (0), as for rootless containerd.
+    restrict_oom_score_adj = true
+
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = {runc}
+          SystemdCgroup = false
+
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = {cni_conf}
+      max_conf_num = 1
+"#,
+        root = q(&dir.join("root")),
+        state = q(&dir.join("state")),
+        sock = q(&dir.join("containerd.sock")),
+        ttrpc = q(&dir.join("containerd.sock.ttrpc")),
+        opt = q(&dir.join("opt")),
+        pause = toml_str(PAUSE),
+        certs_d = q(&dir.join("certs.d")),
+        runc = q(runc),
         cni_conf = q(&net.conf_dir()),
     )
 }

@@ -6,6 +6,9 @@
 //! its exact name, through crius's mirror config), a pod network, and crius;
 //! runs critest with a JSON report; then fails when an unlisted spec fails
 //! or is skipped, or when a listed spec passes (take it off the list).
+//! critest's benchmark specs (its `pkg/benchmark`, run only by
+//! `critest --benchmark`: `bench-critest`) are not validation specs: they
+//! are counted apart and never listed.
 //!
 //! ```text
 //! crius-critest --critest PATH --expected FILE [--report FILE] [--focus REGEX] [--parallel N]
@@ -71,7 +74,16 @@ fn read_expected(path: &PathBuf) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// (spec name, state, failure message) of every `It` in a ginkgo JSON report.
-fn read_report(path: &PathBuf) -> Result<Vec<(String, String, String)>, String> {
+/// A spec of the report: its full name, state, failure message, and
+/// whether it is one of critest's benchmarks.
+struct SpecResult {
+    name: String,
+    state: String,
+    msg: String,
+    benchmark: bool,
+}
+
+fn read_report(path: &PathBuf) -> Result<Vec<SpecResult>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("parse report: {e}"))?;
@@ -94,7 +106,15 @@ fn read_report(path: &PathBuf) -> Result<Vec<(String, String, String)>, String> 
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            out.push((name, state, msg));
+            let benchmark = spec["LeafNodeLocation"]["FileName"]
+                .as_str()
+                .is_some_and(|f| f.contains("/pkg/benchmark/"));
+            out.push(SpecResult {
+                name,
+                state,
+                msg,
+                benchmark,
+            });
         }
     }
     Ok(out)
@@ -140,7 +160,11 @@ fn run(args: Args) -> Result<bool, String> {
     }
     let (mut passed, mut failed, mut skipped, mut as_expected) = (0, 0, 0, 0);
     let mut problems = Vec::new();
-    for (name, state, msg) in &specs {
+    let benchmarks = specs.iter().filter(|s| s.benchmark).count();
+    for SpecResult {
+        name, state, msg, ..
+    } in specs.iter().filter(|s| !s.benchmark)
+    {
         let listed = expected.get(name);
         match (state.as_str(), listed) {
             ("passed", None) => passed += 1,
@@ -171,7 +195,11 @@ fn run(args: Args) -> Result<bool, String> {
         }
     }
     for (name, reason) in &expected {
-        if specs.iter().any(|(n, s, _)| n == name && s != "passed") {
+        if specs.iter().any(|s| &s.name == name && s.benchmark) {
+            problems.push(format!(
+                "a benchmark spec is listed (benchmarks are not validation specs): {name}"
+            ));
+        } else if specs.iter().any(|s| &s.name == name && s.state != "passed") {
             println!("expected: {name} -- {reason}");
         }
     }
@@ -179,7 +207,8 @@ fn run(args: Args) -> Result<bool, String> {
         println!("{p}");
     }
     println!(
-        "critest: {passed} passed, {failed} failed, {skipped} skipped ({as_expected} expected)"
+        "critest: {passed} passed, {failed} failed, {skipped} skipped ({as_expected} expected); \
+         {benchmarks} benchmark specs not run (critest --benchmark: bench-critest)"
     );
     Ok(problems.is_empty())
 }
