@@ -575,3 +575,57 @@ async fn an_image_in_use_is_not_removed() {
     stop_remove_pod(&e.c, &pod).await;
     images.remove_image(remove()).await.unwrap();
 }
+
+/// A pod sharing one PID namespace (CRI's default) runs container after
+/// container: the later ones get PIDs in it that no host process has
+/// (libcontainer 0.7 used to look them up in the host's /proc to mount
+/// /sys/fs/cgroup on cgroup v1, and failed), and each still sees its own
+/// cgroups, read-only.
+#[tokio::test]
+async fn a_shared_pid_pod_runs_many_containers() {
+    let e = env().await;
+    let pc = pod_config(&e, "sharedpid");
+    let pod = run_pod(&e.c, &pc).await;
+    let mut rt = e.c.runtime().await;
+    for i in 0..12 {
+        let id = create(
+            &e.c,
+            &pod,
+            &pc,
+            container_config(&format!("c{i}"), &["sleep", "1000"]),
+        )
+        .await;
+        start(&e.c, &id).await;
+        let r = exec(
+            &e.c,
+            &id,
+            &[
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes && \
+                 ! touch /sys/fs/cgroup/written 2>/dev/null && echo ro",
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{out} {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(out.ends_with("ro\n"), "{out}");
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+        rt.remove_container(RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+    }
+    stop_remove_pod(&e.c, &pod).await;
+}

@@ -40,6 +40,10 @@ pub struct HostLimits {
     /// The running kernel's `(major, minor)`, for `minKernel` in seccomp
     /// profiles; `None` when unknown (rules are then kept).
     pub kernel: Option<(u32, u32)>,
+    /// On cgroup v1, the entries of `/sys/fs/cgroup` that reach a v1
+    /// controller hierarchy: (name, the hierarchy's mount directory), the
+    /// mounts themselves (`cpu,cpuacct`) and their symlinks (`cpu`).
+    pub v1_controllers: Vec<(String, String)>,
 }
 
 impl Default for HostLimits {
@@ -53,6 +57,7 @@ impl Default for HostLimits {
             hugetlb: true,
             capabilities: None,
             kernel: None,
+            v1_controllers: Vec::new(),
         }
     }
 }
@@ -115,6 +120,14 @@ impl HostLimits {
             Some((major, minor))
         });
 
+        let v1_controllers = match cgroup {
+            CgroupMode::V1 => v1_controllers(
+                &read_small(Path::new("/proc/self/mountinfo")).unwrap_or_default(),
+                Path::new("/sys/fs/cgroup"),
+            ),
+            CgroupMode::V2 => Vec::new(),
+        };
+
         HostLimits {
             min_oom_score_adj,
             cgroup,
@@ -122,6 +135,7 @@ impl HostLimits {
             hugetlb,
             capabilities,
             kernel,
+            v1_controllers,
         }
     }
 
@@ -132,6 +146,59 @@ impl HostLimits {
             Some(set) => caps::from_set(set),
         }
     }
+}
+
+/// The v1 controllers libcontainer makes a container's cgroup in (named
+/// hierarchies such as `name=systemd`, and controllers it does not manage,
+/// get none).
+const V1_MANAGED: [&str; 12] = [
+    "blkio",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "freezer",
+    "hugetlb",
+    "memory",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "pids",
+];
+
+/// The v1 hierarchies of managed controllers mounted directly under
+/// `root` (per `mountinfo`), and the symlinks in `root` that point at them.
+fn v1_controllers(mountinfo: &str, root: &Path) -> Vec<(String, String)> {
+    let prefix = format!("{}/", root.display());
+    let mut out: Vec<(String, String)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut fields = right.split_whitespace();
+            (fields.next()? == "cgroup").then_some(())?;
+            let options = fields.nth(1)?;
+            options
+                .split(',')
+                .any(|o| V1_MANAGED.contains(&o))
+                .then_some(())?;
+            let dir = left.split_whitespace().nth(4)?.strip_prefix(&prefix)?;
+            (!dir.is_empty() && !dir.contains('/')).then(|| (dir.to_string(), dir.to_string()))
+        })
+        .collect();
+    let mut links = Vec::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if out.iter().any(|(_, dir)| *dir == target) {
+            links.push((entry.file_name().to_string_lossy().into_owned(), target));
+        }
+    }
+    out.extend(links);
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Whether the kernel has `mount_setattr(2)` (Linux 5.12), which
@@ -198,6 +265,30 @@ fn v2_swap_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_controllers_from_mountinfo() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("cpu,cpuacct")).unwrap();
+        std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpu")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", root.path().join("other")).unwrap();
+        let r = root.path().display();
+        let mountinfo = format!(
+            "30 25 0:26 / {r}/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n\
+             31 25 0:27 / {r}/memory rw,nosuid - cgroup cgroup rw,memory\n\
+             34 25 0:30 / {r}/systemd rw,nosuid - cgroup cgroup rw,name=systemd\n\
+             32 25 0:28 / {r}/unified rw,nosuid - cgroup2 cgroup2 rw\n\
+             33 25 0:29 / /elsewhere/x rw - cgroup cgroup rw,pids\n"
+        );
+        assert_eq!(
+            v1_controllers(&mountinfo, root.path()),
+            [
+                ("cpu".to_string(), "cpu,cpuacct".to_string()),
+                ("cpu,cpuacct".into(), "cpu,cpuacct".into()),
+                ("memory".into(), "memory".into()),
+            ]
+        );
+    }
 
     #[test]
     fn detect_never_fails() {

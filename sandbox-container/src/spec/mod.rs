@@ -409,7 +409,23 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         privileged,
         host_ipc,
     )?;
-    let (masked, readonly_paths) = mounts::masked_and_readonly(sc, privileged)?;
+    let (masked, mut readonly_paths) = mounts::masked_and_readonly(sc, privileged)?;
+    let mut mounts = mounts;
+    let namespaces = namespaces(input, sc, privileged)?;
+    let joins_pid_ns = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_some());
+    if input.host.cgroup == CgroupMode::V1 && joins_pid_ns {
+        mounts::cgroup_v1_binds(
+            &mut mounts.mounts,
+            &input.cgroups_path,
+            &input.host.v1_controllers,
+            privileged,
+        );
+        if !privileged {
+            readonly_paths.push("/sys/fs/cgroup".into());
+        }
+    }
 
     let devices = devices::build(&c.devices, privileged)?;
     let container_resources = c.linux.as_ref().and_then(|l| l.resources.as_ref());
@@ -420,8 +436,6 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         Some(l) => validate_sysctls(&l.sysctls, host_net, host_ipc)?,
         None => HashMap::new(),
     };
-
-    let namespaces = namespaces(input, sc, privileged)?;
 
     let mut process = Process::default();
     process.set_terminal(Some(c.tty));

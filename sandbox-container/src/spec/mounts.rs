@@ -112,6 +112,44 @@ fn default_mounts(privileged: bool) -> Vec<Mount> {
     ]
 }
 
+/// Replaces the `cgroup` mount at /sys/fs/cgroup, on a cgroup v1 host, by
+/// what libcontainer would make of it: a tmpfs with each v1 hierarchy's
+/// directory of the container's cgroup (`cgroups_path`) bound at its name
+/// (symlinked names, `cpu` for `cpu,cpuacct`, bound too). For containers
+/// that join an existing PID namespace: there libcontainer 0.7 looks
+/// itself up in the host's /proc by its PID inside the namespace and fails
+/// when that PID does not exist on the host. The caller makes
+/// /sys/fs/cgroup read-only (a readonly path) unless privileged.
+pub(super) fn cgroup_v1_binds(
+    mounts: &mut Vec<Mount>,
+    cgroups_path: &str,
+    controllers: &[(String, String)],
+    privileged: bool,
+) {
+    let Some(at) = mounts.iter().position(|m| {
+        m.destination() == Path::new("/sys/fs/cgroup") && m.typ().as_deref() == Some("cgroup")
+    }) else {
+        return;
+    };
+    let ro_or_rw = if privileged { "rw" } else { "ro" };
+    let mut replacement = vec![mount(
+        "/sys/fs/cgroup",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "noexec", "nodev", "mode=755", "size=64k"],
+    )];
+    let path = cgroups_path.trim_start_matches('/');
+    for (name, dir) in controllers {
+        replacement.push(mount(
+            &format!("/sys/fs/cgroup/{name}"),
+            "bind",
+            format!("/sys/fs/cgroup/{dir}/{path}"),
+            &["rbind", "nosuid", "noexec", "nodev", ro_or_rw],
+        ));
+    }
+    mounts.splice(at..=at, replacement);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Propagation {
     Private,

@@ -601,3 +601,76 @@ fn userns_options_checked() {
     };
     assert!(check_userns(&node).is_ok());
 }
+
+#[test]
+fn cgroup_v1_binds_for_containers_joining_a_pid_namespace() {
+    let mut f = fixture();
+    f.host.cgroup = CgroupMode::V1;
+    f.host.v1_controllers = vec![
+        ("cpu".into(), "cpu,cpuacct".into()),
+        ("cpu,cpuacct".into(), "cpu,cpuacct".into()),
+        ("memory".into(), "memory".into()),
+    ];
+    let cgroup_mounts = |s: &Spec| -> Vec<(String, String, String)> {
+        s.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.destination().starts_with("/sys/fs/cgroup"))
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.typ().clone().unwrap_or_default(),
+                    m.source()
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    // Its own PID namespace: libcontainer's cgroup mount.
+    f.sc().namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        ..Default::default()
+    });
+    let s = f.build().unwrap();
+    assert_eq!(cgroup_mounts(&s)[0].1, "cgroup");
+    // The pod's: a tmpfs and the container's cgroup of each hierarchy.
+    f.pod_namespaces.pid = Some("/proc/123/ns/pid".into());
+    f.sc().namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Pod as i32,
+        ..Default::default()
+    });
+    let s = f.build().unwrap();
+    let cg = "kubepods/pod-1/ctr-1";
+    assert_eq!(
+        cgroup_mounts(&s),
+        [
+            ("/sys/fs/cgroup".into(), "tmpfs".into(), "tmpfs".into()),
+            (
+                "/sys/fs/cgroup/cpu".into(),
+                "bind".into(),
+                format!("/sys/fs/cgroup/cpu,cpuacct/{cg}")
+            ),
+            (
+                "/sys/fs/cgroup/cpu,cpuacct".into(),
+                "bind".into(),
+                format!("/sys/fs/cgroup/cpu,cpuacct/{cg}")
+            ),
+            (
+                "/sys/fs/cgroup/memory".into(),
+                "bind".into(),
+                format!("/sys/fs/cgroup/memory/{cg}")
+            ),
+        ]
+    );
+    let ro = s
+        .linux()
+        .as_ref()
+        .unwrap()
+        .readonly_paths()
+        .clone()
+        .unwrap();
+    assert!(ro.contains(&"/sys/fs/cgroup".to_string()), "{ro:?}");
+}
