@@ -629,3 +629,85 @@ async fn a_shared_pid_pod_runs_many_containers() {
     }
     stop_remove_pod(&e.c, &pod).await;
 }
+
+/// A pod whose monitor dies (killed here): its containers are recorded as
+/// killed (the monitor held their stdio) and killed if still running, the
+/// pod turns NotReady (kubelet replaces it), and stop and remove still
+/// work and leave nothing behind.
+#[tokio::test]
+async fn a_pod_whose_monitor_died_stops_and_removes_cleanly() {
+    let e = env().await;
+    let pc = pod_config(&e, "deadmon");
+    let pod = run_pod(&e.c, &pc).await;
+    // Quiet, so that it outlives its stdout's reader.
+    let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &id).await;
+    let pod_dir = e.c.state.join("pods").join(&pod);
+    let monitor: i32 = fs::read_to_string(pod_dir.join("monitor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let verbose =
+        e.c.runtime()
+            .await
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(
+        verbose.status.unwrap().state,
+        ContainerState::ContainerRunning as i32
+    );
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let sleeper = info["pid"].as_u64().unwrap().to_string();
+    assert!(alive(&sleeper));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(&monitor.to_string()) {
+        assert!(Instant::now() < deadline, "the monitor did not die");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let s = wait_exited(&e.c, &id).await;
+    assert_eq!(s.exit_code, 137, "{s:?}");
+    let mut rt = e.c.runtime().await;
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, PodSandboxState::SandboxNotready as i32);
+
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 2,
+    })
+    .await
+    .unwrap();
+    stop_remove_pod(&e.c, &pod).await;
+    assert_eq!(mounts_under(&e.c.state), Vec::<String>::new());
+    assert!(!pod_dir.exists(), "pod directory left");
+    assert!(
+        !alive(&sleeper),
+        "the container's process {sleeper} is left"
+    );
+    let cgroups: Vec<_> = fs::read_dir("/sys/fs/cgroup/memory")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy() == e.cgroup_parent.trim_start_matches('/'))
+        .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|d| d.file_name().to_string_lossy().contains(&id))
+        .collect();
+    assert!(cgroups.is_empty(), "the container's cgroup is left");
+}

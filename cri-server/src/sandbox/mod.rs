@@ -24,6 +24,9 @@ pub trait SandboxController: Send + Sync {
     async fn stop_pod(&self, pod: &mut PodRecord) -> Result<(), Error>;
     /// Deletes what remains of a stopped pod; idempotent.
     async fn remove_pod(&self, pod: &PodRecord) -> Result<(), Error>;
+    /// Whether what keeps the pod (its monitor) is still there; a Ready
+    /// pod without it is reported NotReady, so kubelet replaces it.
+    fn pod_alive(&self, pod: &PodRecord) -> bool;
     /// Prepares the rootfs and bundle and creates the (not started)
     /// container; fills in its pid and bundle. On error it leaves nothing.
     async fn create_container(

@@ -269,6 +269,23 @@ impl RuncSandbox {
         Ok(out)
     }
 
+    /// Signals every process of a container through its cgroup (the
+    /// spec's), for a container whose monitor is gone.
+    fn signal_orphan(&self, c: &ContainerRecord, signal: i32) -> Result<(), Error> {
+        let path = self
+            .cgroups_path(c)
+            .ok_or_else(|| Error::Internal(format!("container {} has no cgroup", c.id)))?;
+        sandbox_container::monitor::signal_orphaned_container(&path, signal)
+            .map_err(internal("signal through the cgroup"))
+    }
+
+    /// The container's cgroups path, from its bundle's config.json.
+    fn cgroups_path(&self, c: &ContainerRecord) -> Option<String> {
+        let config = fs::read(self.bundle(&c.id).join("config.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_slice(&config).ok()?;
+        spec["linux"]["cgroupsPath"].as_str().map(str::to_string)
+    }
+
     /// The ID maps of the pod's own user namespace (mode POD), None for the
     /// host's; invalid options are refused.
     fn userns(pod: &PodRecord) -> Result<Option<UsernsMaps>, Error> {
@@ -508,21 +525,63 @@ impl SandboxController for RuncSandbox {
         signal: i32,
         all: bool,
     ) -> Result<(), Error> {
-        self.ask(
-            pod,
-            Request::Signal {
-                id: c.id.clone(),
-                signal,
-                all,
-            },
-        )
-        .await
-        .map(|_| ())
+        let asked = self
+            .ask(
+                pod,
+                Request::Signal {
+                    id: c.id.clone(),
+                    signal,
+                    all,
+                },
+            )
+            .await
+            .map(|_| ());
+        match asked {
+            Err(e) if !self.pod_alive(pod) => {
+                // The monitor is gone: signal the container through its
+                // cgroup; its exit is recorded by `container_exit`.
+                tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "pod monitor gone: signalling through the cgroup");
+                self.signal_orphan(c, signal)
+            }
+            r => r,
+        }
     }
 
     fn container_exit(&self, c: &ContainerRecord) -> Option<ExitRecord> {
-        let bytes = fs::read(self.bundle(&c.id).join("exit.json")).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let exit_file = self.bundle(&c.id).join("exit.json");
+        if let Ok(bytes) = fs::read(&exit_file) {
+            return serde_json::from_slice(&bytes).ok();
+        }
+        // A container whose pod monitor is gone cannot be told apart from a
+        // dead one (its stdio went with the monitor): it is killed and
+        // recorded as killed, once.
+        let pod_dir = self.pod_dir(&c.pod_id);
+        if c.bundle.as_os_str().is_empty()
+            || !pod_dir.exists()
+            || sandbox_container::monitor::monitor_alive(&pod_dir)
+        {
+            return None;
+        }
+        if let Err(e) = self.signal_orphan(c, libc::SIGKILL) {
+            tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "killing a container of a dead monitor");
+        }
+        let exit = ExitRecord {
+            exit_code: 128 + libc::SIGKILL,
+            signal: Some(libc::SIGKILL),
+            finished_at: crate::store::now_ns(),
+            reason: "Error".into(),
+        };
+        let bytes = serde_json::to_vec(&exit).ok()?;
+        if let Err(e) = sandbox_container::monitor::write_atomic(&exit_file, &bytes, 0o600) {
+            tracing::warn!(container = %c.id, error = %e, "recording the exit of a container of a dead monitor");
+        }
+        tracing::warn!(container = %c.id, pod = %c.pod_id, "the pod's monitor is gone: container recorded as killed");
+        Some(exit)
+    }
+
+    fn pod_alive(&self, pod: &PodRecord) -> bool {
+        let dir = self.pod_dir(&pod.id);
+        !dir.exists() || sandbox_container::monitor::monitor_alive(&dir)
     }
 
     async fn remove_container(
@@ -538,8 +597,20 @@ impl SandboxController for RuncSandbox {
         {
             tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "monitor delete");
         }
+        if pod.is_none_or(|p| !self.pod_alive(p)) {
+            // Nobody deleted it through libcontainer: its cgroup is ours to
+            // remove (its processes were killed when its exit was recorded).
+            if let Some(path) = self.cgroups_path(c)
+                && let Err(e) = sandbox_container::monitor::remove_orphaned_cgroup(&path)
+            {
+                tracing::warn!(container = %c.id, error = %e, "removing the cgroup of a container of a dead monitor");
+            }
+        }
         files::remove_tree(&self.bundle(&c.id)).map_err(internal("remove bundle"))?;
         files::remove_tree(&self.layer_dir(&c.id)).map_err(internal("remove container layer"))?;
+        // libcontainer's state, which a gone monitor could not delete.
+        files::remove_tree(&self.state.join("runc").join(&c.id))
+            .map_err(internal("remove container state"))?;
         Ok(())
     }
 

@@ -76,6 +76,31 @@ impl CgroupMounts {
         self.v2.as_ref().map(|mnt| mnt.join(relative(cgroup)))
     }
 
+    /// Removes `cgroup` (empty by now) from every hierarchy, as
+    /// libcontainer's delete does; a missing directory is fine.
+    pub fn remove(&self, cgroup: &Path) -> io::Result<()> {
+        if !is_container_cgroup(cgroup) {
+            return Err(io::Error::other(format!(
+                "refusing cgroup path {}",
+                cgroup.display()
+            )));
+        }
+        let dirs = self
+            .v1
+            .iter()
+            .map(|(_, mnt)| mnt.join(relative(cgroup)))
+            .chain(self.v2_dir(cgroup));
+        for dir in dirs {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display())));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the memory controller of `cgroup` recorded an OOM kill.
     pub fn oom_killed(&self, cgroup: &Path) -> bool {
         if !is_container_cgroup(cgroup) {

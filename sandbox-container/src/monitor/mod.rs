@@ -100,7 +100,10 @@ use serde::{Deserialize, Serialize};
 pub use client::MonitorClient;
 pub use daemon::main;
 pub use error::MonitorError;
-pub use spawn::{kill_stale, spawn, spawn_pod_monitor};
+pub use spawn::{
+    kill_stale, monitor_alive, remove_orphaned_cgroup, signal_orphaned_container, spawn,
+    spawn_pod_monitor,
+};
 
 /// The monitor's configuration, in the pod directory.
 pub const CONFIG_FILE: &str = "monitor.json";
@@ -251,7 +254,7 @@ pub fn read_exit_record(bundle: &Path) -> Result<Option<ExitRecord>, MonitorErro
 
 /// Writes `path` atomically: a temporary file in the same directory,
 /// fsync, rename, fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
     let name = path.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
     let mut tmp_name = std::ffi::OsString::from(".");

@@ -75,6 +75,41 @@ pub async fn spawn_pod_monitor(pod_dir: &Path, cfg: &MonitorConfig) -> Result<u3
         .map_err(|e| MonitorError::Spawn(format!("spawn task: {e}")))?
 }
 
+/// Whether the pod's monitor is there: the pid in its pid file is a live
+/// monitor of this pod, or (no such pid) something accepts on its socket.
+/// A pod whose monitor is gone has lost its containers' stdio and can no
+/// longer be managed through it.
+pub fn monitor_alive(pod_dir: &Path) -> bool {
+    let abs = std::path::absolute(pod_dir).unwrap_or_else(|_| pod_dir.to_owned());
+    let by_pid = std::fs::read_to_string(pod_dir.join(super::PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|pid| is_ours(pid, "crius-monitor", Some(&abs)));
+    by_pid
+        || match std::os::unix::net::UnixStream::connect(pod_dir.join(super::SOCKET_FILE)) {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ),
+        }
+}
+
+/// For a container whose monitor is gone: sends `signal` to every process
+/// in its cgroup (`cgroups_path`, the spec's `linux.cgroupsPath`).
+pub fn signal_orphaned_container(cgroups_path: &str, signal: i32) -> std::io::Result<()> {
+    let dir = crate::stats::cgroups_path_dir(cgroups_path)
+        .ok_or_else(|| std::io::Error::other(format!("bad cgroups path {cgroups_path:?}")))?;
+    super::cgroups::CgroupMounts::detect().kill_all(&dir, signal)
+}
+
+/// For a container whose monitor is gone: removes its (empty) cgroup.
+pub fn remove_orphaned_cgroup(cgroups_path: &str) -> std::io::Result<()> {
+    let dir = crate::stats::cgroups_path_dir(cgroups_path)
+        .ok_or_else(|| std::io::Error::other(format!("bad cgroups path {cgroups_path:?}")))?;
+    super::cgroups::CgroupMounts::detect().remove(&dir)
+}
+
 /// Ends what is left of a pod's monitor after a Shutdown that failed or
 /// did not finish: SIGKILLs the monitor `pid` if it still runs and is the
 /// monitor of `pod_dir` (checked by its name and command line, so a reused
