@@ -711,3 +711,50 @@ async fn a_pod_whose_monitor_died_stops_and_removes_cleanly() {
         .collect();
     assert!(cgroups.is_empty(), "the container's cgroup is left");
 }
+
+/// `tty: true`: the container's stdio is a terminal of its own (a pty of
+/// its devpts), whose output is the container's log (stdout).
+#[tokio::test]
+async fn a_tty_container_writes_its_terminal_to_the_log() {
+    let e = env().await;
+    let pc = pod_config(&e, "tty");
+    let pod = run_pod(&e.c, &pc).await;
+    let mut cfg = container_config(
+        "t",
+        &[
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo on-a-tty; tty; echo done",
+        ],
+    );
+    cfg.tty = true;
+    let id = create(&e.c, &pod, &pc, cfg).await;
+    start(&e.c, &id).await;
+    let s = wait_exited(&e.c, &id).await;
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    let log = fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" stdout F on-a-tty"), "{log}");
+    assert!(log.contains(" stdout F /dev/pts/"), "{log}");
+    assert!(log.contains(" stdout F done"), "{log}");
+    assert!(!log.contains(" stderr "), "{log}");
+
+    // A running one stops as any other.
+    let mut cfg = container_config("t2", &["sleep", "1000"]);
+    cfg.tty = true;
+    let id = create(&e.c, &pod, &pc, cfg).await;
+    start(&e.c, &id).await;
+    e.c.runtime()
+        .await
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&e.c, &id).await.state,
+        ContainerState::ContainerExited as i32
+    );
+    stop_remove_pod(&e.c, &pod).await;
+    assert_eq!(mounts_under(&e.c.state), Vec::<String>::new());
+}

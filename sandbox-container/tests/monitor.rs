@@ -1009,7 +1009,8 @@ mod monitor {
         line.clear();
         assert_eq!(r.read_line(&mut line).unwrap(), 0, "{line}");
 
-        // Unknown op, bad id, tty, relative bundle, unknown container.
+        // Unknown op, bad id, relative bundle, a tty the bundle's process
+        // lacks, unknown container.
         let mut c = pod.client().await;
         let bad = c
             .request(&serde_json::from_str(r#"{"op":"delete_container","id":"x"}"#).unwrap())

@@ -167,6 +167,10 @@ pub struct CreateArgs<'a> {
     pub bundle: &'a Path,
     pub log_path: Option<PathBuf>,
     pub stdin: bool,
+    /// A terminal: libcontainer opens a pty in the container's devpts
+    /// and hands its master over a console socket; the master is then the
+    /// container's only output (logged as stdout).
+    pub tty: bool,
 }
 
 /// Container IDs are file names under the runtime root.
@@ -206,8 +210,11 @@ impl Ctr {
                 "runtime root path too long",
             ));
         }
-        let log = LogSink::open(a.log_path)
+        let log = LogSink::open(a.log_path.clone())
             .map_err(|e| Fail::internal(format!("opening log file: {e}")))?;
+        if a.tty {
+            return Self::create_tty(a, log);
+        }
         let io = |e: io::Error| Fail::internal(format!("making stdio pipes: {e}"));
         let (out_r, out_w) = sys::pipe(true, false).map_err(io)?;
         let (err_r, err_w) = sys::pipe(true, false).map_err(io)?;
@@ -224,22 +231,73 @@ impl Ctr {
         builder.stdin = Some(stdin_r);
         builder.stdout = Some(out_w);
         builder.stderr = Some(err_w);
-        let built = builder
-            .as_init(a.bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build();
-        let lc = match built {
-            Ok(c) => c,
+        let lc = build(builder, &a)?;
+        Ok(Self::from_built(
+            &a,
+            lc,
+            stdin_w,
+            Some(out_r),
+            Some(err_r),
+            log,
+        ))
+    }
+
+    /// A container with a terminal: libcontainer connects to a console
+    /// socket of ours (`<runtime root>/<id>.tty`, short enough for a socket
+    /// address) and sends the pty master, read here as the container's
+    /// output.
+    fn create_tty(a: CreateArgs<'_>, log: LogSink) -> Result<Ctr, Fail> {
+        let terminal = libcontainer::oci_spec::runtime::Spec::load(a.bundle.join("config.json"))
+            .ok()
+            .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()));
+        if terminal != Some(true) {
+            return Err(Fail::new(
+                ErrorKind::InvalidArgument,
+                "a tty was asked for, but the bundle's process has no terminal",
+            ));
+        }
+        let path = a.state_root.join(format!("{}.tty", a.id));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| Fail::internal(format!("console socket: {e}")))?;
+        let builder = ContainerBuilder::new(a.id.to_owned(), SyscallType::default())
+            .with_root_path(a.state_root)
+            .map_err(|e| Fail::libcontainer("runtime root", e))?
+            .with_console_socket(Some(&path));
+        let mut lc = build(builder, &a)?;
+        let master = receive_pty_master(&listener);
+        let _ = std::fs::remove_file(&path);
+        let master = match master {
+            Ok(fd) => fd,
             Err(e) => {
-                let fail = Fail::libcontainer("creating container", e);
-                cleanup_failed_create(a.state_root, a.id);
-                return Err(fail);
+                if let Some(pid) = lc.pid() {
+                    let _ = sys::kill_raw(pid.as_raw(), libc::SIGKILL);
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None);
+                }
+                let _ = lc.delete(true);
+                return Err(Fail::internal(format!("receiving the pty master: {e}")));
             }
         };
+        Ok(Self::from_built(&a, lc, None, Some(master), None, log))
+    }
+
+    /// The monitor's record of a container libcontainer created.
+    fn from_built(
+        a: &CreateArgs<'_>,
+        lc: Container,
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+        log: LogSink,
+    ) -> Ctr {
         let pid = lc.pid().map(|p| p.as_raw()).unwrap_or(0);
         let cgroup = lc.spec().map(|s| s.cgroup_path).unwrap_or_default();
-        Ok(Ctr {
+        let pipe = |fd, kind| OutPipe {
+            fd,
+            kind,
+            split: LineSplitter::default(),
+        };
+        Ctr {
             id: a.id.to_owned(),
             bundle: a.bundle.to_owned(),
             pid,
@@ -247,19 +305,11 @@ impl Ctr {
             exit: None,
             cgroup,
             lc,
-            _stdin: stdin_w,
-            stdout: Some(OutPipe {
-                fd: out_r,
-                kind: StreamKind::Stdout,
-                split: LineSplitter::default(),
-            }),
-            stderr: Some(OutPipe {
-                fd: err_r,
-                kind: StreamKind::Stderr,
-                split: LineSplitter::default(),
-            }),
+            _stdin: stdin,
+            stdout: stdout.map(|fd| pipe(fd, StreamKind::Stdout)),
+            stderr: stderr.map(|fd| pipe(fd, StreamKind::Stderr)),
             log,
-        })
+        }
     }
 
     pub fn start(&mut self) -> Result<(), Fail> {
@@ -343,6 +393,11 @@ impl Ctr {
                     log.write_lines(|out| split.feed(&buf[..n], out), kind);
                 }
                 Ok(None) => break,
+                // A pty master reads EIO once the container's side closed.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    eof = true;
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(id = %self.id, "reading container {}: {e}", kind.as_str());
                     eof = true;
@@ -432,6 +487,73 @@ impl Ctr {
         }
         r.map_err(|e| Fail::libcontainer("deleting container", e))
     }
+}
+
+/// Builds (creates, not starts) the container of `a`; a failure leaves no
+/// state behind.
+fn build(builder: ContainerBuilder, a: &CreateArgs<'_>) -> Result<Container, Fail> {
+    builder
+        .as_init(a.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| {
+            let fail = Fail::libcontainer("creating container", e);
+            cleanup_failed_create(a.state_root, a.id);
+            fail
+        })
+}
+
+/// Accepts libcontainer's connection on the console socket (it has sent
+/// the pty master by the time the container is created) and takes the
+/// master from it, non-blocking for the log reader.
+fn receive_pty_master(listener: &std::os::unix::net::UnixListener) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd as _;
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    return Err(io::Error::other("no connection on the console socket"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut name = [0u8; 64];
+    let mut iov = [io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let mut fds = fds.into_iter().map(received_fd);
+            if let Some(master) = fds.next() {
+                // Any further descriptors are closed with the iterator.
+                sys::set_nonblocking(master.as_fd())?;
+                return Ok(master);
+            }
+        }
+    }
+    Err(io::Error::other("the console socket carried no descriptor"))
+}
+
+/// Takes ownership of a descriptor received with SCM_RIGHTS.
+fn received_fd(fd: std::os::fd::RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: the kernel installed `fd` in this process for this message;
+    // nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 fn dev_null() -> io::Result<OwnedFd> {

@@ -493,12 +493,6 @@ impl Monitor {
         stdin: bool,
         tty: bool,
     ) -> Result<Response, Fail> {
-        if tty {
-            return Err(Fail::new(
-                ErrorKind::InvalidArgument,
-                "tty is not supported yet",
-            ));
-        }
         if self.ctrs.contains_key(id) {
             return Err(Fail::new(
                 ErrorKind::FailedPrecondition,
@@ -512,6 +506,7 @@ impl Monitor {
             bundle: &bundle,
             log_path,
             stdin,
+            tty,
         })?;
         let pid = u32::try_from(ctr.pid).unwrap_or(0);
         tracing::info!(
