@@ -107,7 +107,9 @@
 //! before) are removed when empty. Every child process gets
 //! `PR_SET_PDEATHSIG` and is started from the main thread.
 
-use e2e::bench::median;
+use e2e::bench::{
+    block_on, clk_tck, default_crius, host_busy_secs, median, nproc, toml_str, unmount_under,
+};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt::Write as _;
@@ -316,20 +318,6 @@ fn parse_args() -> Result<Args, String> {
         crius_log_level,
         keep_logs,
     })
-}
-
-/// `$CARGO_TARGET_DIR/release/crius`, else `crius` beside this binary.
-fn default_crius() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        let p = PathBuf::from(dir).join("release").join("crius");
-        if p.is_file() {
-            return p;
-        }
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("crius")))
-        .unwrap_or_else(|| PathBuf::from("crius"))
 }
 
 fn main() -> ExitCode {
@@ -1503,16 +1491,6 @@ fn tail(s: &str) -> String {
 // CRI helpers
 // ---------------------------------------------------------------------------
 
-/// Runs `f` on a new single-threaded runtime that is dropped afterwards,
-/// so the gRPC connections made in `f` are closed when it returns (crius's
-/// graceful shutdown waits for open connections).
-fn block_on<F: std::future::Future>(f: F) -> Res<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(rt.block_on(f))
-}
-
 /// A tonic channel over a unix socket (the URI is required and ignored).
 async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_path_buf();
@@ -1616,10 +1594,6 @@ async fn remove_all_pods(socket: &Path) -> Res<usize> {
 // ---------------------------------------------------------------------------
 // /proc
 // ---------------------------------------------------------------------------
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map_or(0, usize::from)
-}
 
 /// A `kB` field of `/proc/<pid>/status`, in KiB.
 fn status_kib(pid: u32, field: &str) -> Res<u64> {
@@ -1779,32 +1753,6 @@ fn kill9(pid: u32) {
     }
 }
 
-/// Clock ticks per second of `/proc` CPU times.
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// Busy CPU seconds of the whole host (first line of `/proc/stat`).
-fn host_busy_secs() -> Res<f64> {
-    let stat = fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().ok_or("/proc/stat is empty")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("/proc/stat cpu line {line:?}: {e}"))?;
-    if v.len() < 8 {
-        return Err(format!("/proc/stat cpu line {line:?} is short").into());
-    }
-    // user nice system idle iowait irq softirq steal
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    Ok(busy as f64 / clk_tck())
-}
-
 /// User + system CPU seconds of `pid` (with its reaped children).
 fn proc_cpu_secs(pid: u32) -> Res<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -1869,44 +1817,6 @@ fn first_line_of(bin: &Path, args: &[&str]) -> String {
 // ---------------------------------------------------------------------------
 // Mounts and cgroups
 // ---------------------------------------------------------------------------
-
-/// Unmounts (lazily, deepest first) every mount point at or below `dir`.
-fn unmount_under(dir: &Path) -> Res<()> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
-            .map_err(|e| format!("unmounting {}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space...).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && let Some(v) = s
-                .get(i + 1..i + 4)
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Removes, when dropped, the top-level cgroup directories `names` (in
 /// every hierarchy under /sys/fs/cgroup) that did not exist when it was
@@ -2233,23 +2143,6 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// containerd 1.6's version 2 config.
