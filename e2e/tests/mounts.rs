@@ -259,6 +259,56 @@ async fn propagation_needs_shared_host_mounts() {
         mount_points().contains(&inner),
         "the container's mount did not reach the host"
     );
+
+    // Beside a bidirectional mount (the container's mounts then start
+    // shared), a private and a host-to-container mount of shared host
+    // directories keep their own propagation.
+    let (_t3, priv_src) = host_dir();
+    let _priv = MountGuard::bind_self(&priv_src, MsFlags::MS_SHARED);
+    fs::create_dir(priv_src.join("inner")).unwrap();
+    let (_t4, slave_src) = host_dir();
+    let _slave = MountGuard::bind_self(&slave_src, MsFlags::MS_SHARED);
+    fs::create_dir(slave_src.join("inner")).unwrap();
+    fs::create_dir(slave_src.join("out")).unwrap();
+    let mounts = vec![
+        Mount {
+            propagation: MountPropagation::PropagationBidirectional as i32,
+            ..mount(&shared, "/data")
+        },
+        Mount {
+            propagation: MountPropagation::PropagationPrivate as i32,
+            ..mount(&priv_src, "/priv")
+        },
+        Mount {
+            propagation: MountPropagation::PropagationHostToContainer as i32,
+            ..mount(&slave_src, "/slave")
+        },
+    ];
+    let config = ContainerConfig {
+        mounts,
+        ..privileged("mixed", mount(&shared, "/unused"))
+    };
+    let id = create(&e.c, &pod, &pc, config).await;
+    start(&e.c, &id).await;
+    let _priv_inner = MountGuard::tmpfs(&priv_src.join("inner"));
+    let _slave_inner = MountGuard::tmpfs(&slave_src.join("inner"));
+    fs::write(priv_src.join("inner/marker"), "host").unwrap();
+    fs::write(slave_src.join("inner/marker"), "host").unwrap();
+    let (code, out) = sh(&e.c, &id, "test -e /priv/inner/marker").await;
+    assert_ne!(code, 0, "a host mount reached a private mount: {out}");
+    let (code, out) = sh(&e.c, &id, "cat /slave/inner/marker").await;
+    assert_eq!(
+        code, 0,
+        "a host mount did not reach a host-to-container mount: {out}"
+    );
+    let slave_out = slave_src.join("out");
+    let _slave_out = MountGuard(slave_out.clone());
+    let (code, out) = sh(&e.c, &id, "mount -t tmpfs tmpfs /slave/out").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !mount_points().contains(&slave_out),
+        "a host-to-container mount sent a mount back to the host"
+    );
     stop_remove_pod(&e.c, &pod).await;
 }
 

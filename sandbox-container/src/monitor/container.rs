@@ -493,6 +493,7 @@ impl Ctr {
 /// state behind.
 fn build(builder: ContainerBuilder, a: &CreateArgs<'_>) -> Result<Container, Fail> {
     builder
+        .with_executor(super::propagation::PropagationExecutor)
         .as_init(a.bundle)
         .with_systemd(false)
         .with_detach(true)

@@ -86,6 +86,7 @@ mod error;
 mod exec;
 pub mod logfmt;
 mod ns;
+mod propagation;
 mod server;
 mod spawn;
 mod sys;

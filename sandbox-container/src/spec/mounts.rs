@@ -262,9 +262,9 @@ pub(crate) struct Mounts {
 /// sets it.
 ///
 /// libcontainer 0.7 ignores the per-mount propagation options (runc
-/// honours them): a bind is a copy of the host mount in the container's
-/// namespace after the rootfs propagation was applied, so it is a slave of
-/// a shared host mount under `slave` and its peer under `shared`.
+/// honours them) and applies the rootfs propagation to every mount: under
+/// `shared` the monitor's executor (`monitor::propagation`) sets each
+/// bind's own `rprivate` or `rslave` before the container's exec.
 ///
 /// Host paths are not created or resolved here: see
 /// [`super::prepare_host_paths`].
