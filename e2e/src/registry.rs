@@ -103,9 +103,12 @@ impl Registry {
                 ),
             ));
         }
-        let dir = tempfile::Builder::new()
-            .prefix("crius-registry-")
-            .tempdir()?;
+        sweep_stale_dirs();
+        let dir = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir()?;
+        // The shared fixture's registry lives in a static, never dropped:
+        // its directory outlives the test process, and the next start
+        // removes it (see `sweep_stale_dirs`).
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
         let storage_dir = dir.path().join("storage");
         std::fs::create_dir_all(&storage_dir)?;
         let htpasswd = match &credentials {
@@ -246,6 +249,38 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The prefix of a registry's directory in the temp dir.
+const DIR_PREFIX: &str = "crius-registry-";
+/// The pid of the process that made a registry directory.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes the registry directories (ours by their prefix) that a test
+/// process left when it exited: their owner is gone, or, for directories
+/// of older harnesses without an owner file, they are over an hour old.
+fn sweep_stale_dirs() {
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let stale = match std::fs::read_to_string(path.join(OWNER_FILE)) {
+            Ok(pid) => pid.trim().parse::<u32>().is_ok_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            }),
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600)),
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
 }
 
