@@ -120,6 +120,17 @@ fn read_report(path: &PathBuf) -> Result<Vec<SpecResult>, String> {
     Ok(out)
 }
 
+/// critest's temporary directories (`<temp dir>/cri-test*`).
+fn critest_temp_dirs() -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cri-test"))
+        .map(|e| e.path())
+        .collect()
+}
+
 fn run(args: Args) -> Result<bool, String> {
     let expected = read_expected(&args.expected)?;
     let registry = Registry::start().map_err(|e| format!("start registry: {e}"))?;
@@ -148,13 +159,23 @@ fn run(args: Args) -> Result<bool, String> {
     if let Some(f) = &args.focus {
         cmd.arg(format!("--ginkgo.focus={f}"));
     }
+    let leftovers_before = critest_temp_dirs();
     let status = cmd
         .status()
         .map_err(|e| format!("run {}: {e}", args.critest.display()))?;
     eprintln!("critest exited with {status}");
     let _ = crius.crictl(&["rmp", "--force", "--all"]);
     let _ = crius.stop();
-    let specs = read_report(&report)?;
+    // critest leaves some of its temporary log directories behind: the
+    // ones that appeared during this run are ours to remove.
+    for dir in critest_temp_dirs().difference(&leftovers_before) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let specs = read_report(&report);
+    if args.report.is_none() {
+        let _ = std::fs::remove_file(&report);
+    }
+    let specs = specs?;
     if specs.is_empty() {
         return Err("the critest report has no specs".into());
     }
