@@ -371,7 +371,7 @@ impl ConsoleWatch {
 
     fn saw_up(&mut self, path: &Path) -> bool {
         if self.seen || self.offset >= Self::LIMIT {
-            return self.seen || self.offset >= Self::LIMIT;
+            return true;
         }
         let needle = format!(
             "{}{}",

@@ -264,9 +264,14 @@ impl Ctr {
             .with_root_path(a.state_root)
             .map_err(|e| Fail::libcontainer("runtime root", e))?
             .with_console_socket(Some(&path));
-        let mut lc = build(builder, &a)?;
-        let master = receive_pty_master(&listener);
+        let built = build(builder, &a);
+        let master = match &built {
+            Ok(_) => receive_pty_master(&listener),
+            Err(_) => Err(io::Error::other("no container")),
+        };
+        // Gone on every path, the failed create's among them.
         let _ = std::fs::remove_file(&path);
+        let mut lc = built?;
         let master = match master {
             Ok(fd) => fd,
             Err(e) => {
