@@ -3,6 +3,7 @@
 //! monitor process. Not built yet: see issue "The namespace sandbox".
 
 pub mod cgroup_update;
+pub mod cgroup_warm;
 pub mod cni;
 pub mod monitor;
 pub mod spec;

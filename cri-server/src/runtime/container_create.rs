@@ -44,6 +44,8 @@ impl Runtime {
                 pod.id
             )));
         }
+        let controller = self.controller(&pod.runtime_handler)?;
+        controller.warm_up();
         if let Some(existing) = self
             .store
             .containers_of(&pod.id)
@@ -91,7 +93,6 @@ impl Runtime {
             mount_image_refs: Vec::new(),
         };
         self.store.put_container(&c)?;
-        let controller = self.controller(&pod.runtime_handler)?;
         if let Err(e) = controller.create_container(&pod, &mut c, &image).await {
             tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "create failed, rolling back");
             if let Err(e2) = controller.remove_container(Some(&pod), &c).await {

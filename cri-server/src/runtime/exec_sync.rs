@@ -23,10 +23,9 @@ impl Runtime {
         }
         let pod = self.pod_of(&c)?;
         let timeout_ms = (req.timeout.max(0) as u64).saturating_mul(1000);
-        let r = self
-            .controller(&pod.runtime_handler)?
-            .exec_sync(&pod, &c, req.cmd, timeout_ms)
-            .await?;
+        let controller = self.controller(&pod.runtime_handler)?;
+        controller.warm_up();
+        let r = controller.exec_sync(&pod, &c, req.cmd, timeout_ms).await?;
         if r.timed_out {
             return Err(Error::DeadlineExceeded(format!(
                 "command timed out after {} s",

@@ -27,6 +27,9 @@ pub trait SandboxController: Send + Sync {
     /// Whether what keeps the pod (its monitor) is still there; a Ready
     /// pod without it is reported NotReady, so kubelet replaces it.
     fn pod_alive(&self, pod: &PodRecord) -> bool;
+    /// A container or exec process is about to be made in this sandbox:
+    /// starts slow kernel set-up that can run beside the call's own work.
+    fn warm_up(&self) {}
     /// Prepares the rootfs and bundle and creates the (not started)
     /// container; fills in its pid and bundle. On error it leaves nothing.
     async fn create_container(

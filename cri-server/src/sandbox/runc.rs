@@ -584,6 +584,17 @@ impl SandboxController for RuncSandbox {
         !dir.exists() || sandbox_container::monitor::monitor_alive(&dir)
     }
 
+    /// libcontainer moves each new container and exec process into its
+    /// cgroup: the kernel lock that takes is warmed here first (see
+    /// `sandbox_container::cgroup_warm`), on a blocking thread.
+    fn warm_up(&self) {
+        tokio::task::spawn_blocking(|| {
+            if let Err(e) = sandbox_container::cgroup_warm::warm() {
+                tracing::debug!("warming the cgroup attach lock: {e}");
+            }
+        });
+    }
+
     async fn remove_container(
         &self,
         pod: Option<&PodRecord>,
