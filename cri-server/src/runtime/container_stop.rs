@@ -11,7 +11,8 @@ use crate::error::Error;
 use crate::store::ContainerPhase;
 
 /// How often a stopping container's exit is looked for: first after a
-/// millisecond (most processes die at once), doubling up to this.
+/// quarter of a millisecond (most processes die at once), doubling up to
+/// this.
 const POLL: Duration = Duration::from_millis(20);
 /// How long a SIGKILLed container may take to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -87,7 +88,7 @@ impl Runtime {
     /// Waits until the container has exited; false on timeout.
     async fn wait_exit(&self, id: &str, timeout: Duration) -> Result<bool, Error> {
         let deadline = Instant::now() + timeout;
-        let mut poll = Duration::from_millis(1);
+        let mut poll = Duration::from_micros(250);
         loop {
             let c = self.container(id)?;
             let c = self.refresh(c)?;

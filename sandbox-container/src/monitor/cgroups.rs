@@ -76,8 +76,9 @@ impl CgroupMounts {
         self.v2.as_ref().map(|mnt| mnt.join(relative(cgroup)))
     }
 
-    /// Removes `cgroup` (empty by now) from every hierarchy, as
-    /// libcontainer's delete does; a missing directory is fine.
+    /// Removes `cgroup` from every hierarchy; a missing directory is fine.
+    /// Processes still in it (killed ones not yet gone) are SIGKILLed and
+    /// the removal retried for up to [`REMOVE_WAIT`].
     pub fn remove(&self, cgroup: &Path) -> io::Result<()> {
         if !is_container_cgroup(cgroup) {
             return Err(io::Error::other(format!(
@@ -91,12 +92,7 @@ impl CgroupMounts {
             .map(|(_, mnt)| mnt.join(relative(cgroup)))
             .chain(self.v2_dir(cgroup));
         for dir in dirs {
-            match std::fs::remove_dir(&dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display())));
-                }
-                _ => {}
-            }
+            remove_dir(&dir)?;
         }
         Ok(())
     }
@@ -232,6 +228,28 @@ fn signal_procs(dir: &Path, signal: i32, frozen: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long [`CgroupMounts::remove`] waits for a cgroup to empty.
+const REMOVE_WAIT: Duration = Duration::from_secs(1);
+
+/// Removes one cgroup directory, killing what is left in it (EBUSY) and
+/// retrying with a growing pause until [`REMOVE_WAIT`] passes.
+fn remove_dir(dir: &Path) -> io::Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < REMOVE_WAIT => {
+                let _ = signal_procs(dir, libc::SIGKILL, false);
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+        }
+    }
 }
 
 const FREEZE_WAIT: Duration = Duration::from_millis(500);

@@ -471,9 +471,12 @@ impl Ctr {
             .map_err(|e| Fail::internal(format!("reopening log file: {e}")))
     }
 
-    /// Removes libcontainer's state and the container's cgroup. The init
-    /// must have been reaped.
-    pub fn delete_state(&mut self, state_root: &Path) -> Result<(), Fail> {
+    /// Removes the container's cgroup and libcontainer's state. The init
+    /// must have been reaped. (Not libcontainer's delete: it would run no
+    /// hooks here, as the spec has none, and its cgroup manager looks the
+    /// hierarchies up again through a dozen fresh procfs mounts, 2.4 ms
+    /// against 0.2 ms for this.)
+    pub fn delete_state(&mut self, state_root: &Path, cgroups: &CgroupMounts) -> Result<(), Fail> {
         // Flush what is left in the pipes.
         for kind in [StreamKind::Stdout, StreamKind::Stderr] {
             self.read_pipe(kind, DRAIN_BUDGET);
@@ -485,12 +488,15 @@ impl Ctr {
                 self.log.write_lines(|out| pipe.split.finish(out), kind);
             }
         }
-        let r = self.lc.delete(true);
-        let dir = state_root.join(&self.id);
-        if dir.exists() {
-            let _ = std::fs::remove_dir_all(&dir);
+        cgroups
+            .remove(&self.cgroup)
+            .map_err(|e| Fail::internal(format!("removing the container's cgroup: {e}")))?;
+        match std::fs::remove_dir_all(state_root.join(&self.id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Fail::internal(format!(
+                "removing the container's runtime state: {e}"
+            ))),
+            _ => Ok(()),
         }
-        r.map_err(|e| Fail::libcontainer("deleting container", e))
     }
 }
 

@@ -576,8 +576,13 @@ impl Monitor {
         let Some(mut c) = self.ctrs.remove(id) else {
             return Ok(());
         };
-        let r = c.delete_state(&self.cfg.runtime_root);
-        tracing::info!(id, "container deleted");
+        let start = Instant::now();
+        let r = c.delete_state(&self.cfg.runtime_root, &self.cgroups);
+        tracing::info!(
+            id,
+            us = start.elapsed().as_micros() as u64,
+            "container deleted"
+        );
         r
     }
 
@@ -614,7 +619,7 @@ impl Monitor {
         let ids: Vec<String> = self.ctrs.keys().cloned().collect();
         for id in ids {
             if let Some(mut c) = self.ctrs.remove(&id)
-                && let Err(e) = c.delete_state(&self.cfg.runtime_root)
+                && let Err(e) = c.delete_state(&self.cfg.runtime_root, &self.cgroups)
             {
                 tracing::warn!(id, "{}", e.message);
             }
