@@ -51,6 +51,9 @@ pub struct Config {
     /// Mount image volumes (CRI mounts naming an image); on by default,
     /// `false` refuses them.
     pub image_volumes: bool,
+    /// Where the streaming server (the URLs of Exec and PortForward)
+    /// listens: `host:port`, port 0 for any free one.
+    pub stream_address: String,
     pub registry: RegistryConfig,
     pub image: ImageConfig,
     pub cni: CniConfig,
@@ -87,6 +90,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             image_volumes: true,
+            stream_address: "127.0.0.1:0".to_string(),
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
             cni: CniConfig::default(),

@@ -9,6 +9,7 @@ mod runtime;
 mod sandbox;
 mod server;
 mod store;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

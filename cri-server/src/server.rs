@@ -42,6 +42,8 @@ pub enum ServeError {
     Store(#[source] crate::store::StoreError),
     #[error("set up the runc sandbox")]
     Sandbox(#[source] crate::error::Error),
+    #[error("listen for streaming on {0}")]
+    Streaming(String, #[source] std::io::Error),
     #[error("serve")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -105,7 +107,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     let store = Arc::new(Store::open(&config.state.join("cri")).map_err(ServeError::Store)?);
     let runc = Arc::new(RuncSandbox::new(&config, images.clone()).map_err(ServeError::Sandbox)?);
-    let runtime = Runtime::new(&config, store.clone(), images.clone(), runc);
+    let streams = crate::streaming::StreamServer::start(&config.stream_address)
+        .await
+        .map_err(|e| ServeError::Streaming(config.stream_address.clone(), e))?;
+    let runtime = Runtime::new(&config, store.clone(), images.clone(), runc, streams);
     runtime.recover().await;
     // On SIGINT or SIGTERM: stop accepting, let running calls finish, and
     // exit after SHUTDOWN_GRACE even if clients (kubelet always has one)

@@ -194,13 +194,13 @@ impl Crius {
         ImageServiceClient::new(self.channel().await.expect("connect to crius"))
     }
 
-    /// Runs crictl against this crius.
-    pub fn crictl(&self, args: &[&str]) -> Output {
+    /// crictl pointed at this instance, to run as the caller likes.
+    pub fn crictl_command(&self, args: &[&str]) -> Command {
         let endpoint = format!("unix://{}", self.socket.display());
         let cfg = self.dir.path().join("crictl.yaml");
         let _ = fs::write(&cfg, "");
-        Command::new(crictl_bin())
-            .arg("--config")
+        let mut cmd = Command::new(crictl_bin());
+        cmd.arg("--config")
             .arg(&cfg)
             .arg("--runtime-endpoint")
             .arg(&endpoint)
@@ -208,12 +208,15 @@ impl Crius {
             .arg(&endpoint)
             .arg("--timeout")
             .arg("60s")
-            .args(args)
-            .output()
-            .expect("run crictl")
+            .args(args);
+        cmd
     }
 
-    /// crictl that must succeed; returns its stdout.
+    /// Runs crictl against this crius.
+    pub fn crictl(&self, args: &[&str]) -> Output {
+        self.crictl_command(args).output().expect("run crictl")
+    }
+
     pub fn crictl_ok(&self, args: &[&str]) -> String {
         let out = self.crictl(args);
         assert!(

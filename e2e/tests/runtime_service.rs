@@ -19,21 +19,7 @@ async fn env() -> Env {
     Env::start("").await
 }
 
-fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
+use e2e::pods::busybox as container_config;
 
 async fn wait_exited(c: &Crius, id: &str) -> ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -53,6 +53,18 @@ pub enum Request {
         cmd: Vec<String>,
         timeout_ms: u64,
     },
+    /// Starts a command in a running container for a streaming client
+    /// (CRI Exec). The answer, [`Response::Streams`], carries the client's
+    /// ends of the process's stdio as SCM_RIGHTS on the same message: the
+    /// pty master with `tty`, else stdin's write end (with `stdin`) and
+    /// the read ends of stdout and stderr. The connection then gets
+    /// [`Response::Exited`] when the process is reaped, and nothing else.
+    ExecStream {
+        id: String,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    },
     /// Closes and reopens the container's log file (after rotation).
     ReopenLog { id: String },
     /// Kills every container (SIGKILL), reaps them, records their exits,
@@ -64,11 +76,37 @@ pub enum Request {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Response {
     Ok,
-    Hello { version: u32, pid: u32 },
-    Created { pid: u32 },
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Created {
+        pid: u32,
+    },
     State(ContainerState),
     Exec(ExecResult),
-    Error { kind: ErrorKind, message: String },
+    /// The descriptors sent with this message (SCM_RIGHTS), in order.
+    Streams {
+        fds: Vec<StreamFd>,
+    },
+    /// A streaming exec's process was reaped.
+    Exited {
+        exit_code: i32,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// What a descriptor of [`Response::Streams`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFd {
+    Stdin,
+    Stdout,
+    Stderr,
+    Pty,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

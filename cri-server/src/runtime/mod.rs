@@ -9,6 +9,7 @@ mod container_status;
 mod container_stop;
 mod container_update;
 mod events;
+mod exec_stream;
 mod exec_sync;
 mod metrics;
 mod pod_remove;
@@ -35,6 +36,7 @@ use crate::config::{CgroupDriver, Config};
 use crate::error::{Error, unimplemented};
 use crate::sandbox::SandboxController;
 use crate::store::{ContainerPhase, ContainerRecord, PodRecord, Store};
+use crate::streaming::StreamServer;
 use events::EventStream;
 
 pub struct Runtime {
@@ -46,6 +48,8 @@ pub struct Runtime {
     events: broadcast::Sender<ContainerEventResponse>,
     /// The last CPU sample of each container and pod, for CPU rates.
     cpu_samples: stats::CpuSamples,
+    /// Where Exec and PortForward URLs point.
+    streams: Arc<StreamServer>,
 }
 
 impl Runtime {
@@ -54,6 +58,7 @@ impl Runtime {
         store: Arc<Store>,
         images: Arc<ImageStore>,
         runc: Arc<dyn SandboxController>,
+        streams: Arc<StreamServer>,
     ) -> Runtime {
         Runtime {
             cgroup_driver: config.cgroup_driver,
@@ -62,12 +67,17 @@ impl Runtime {
             runc,
             events: broadcast::channel(1024).0,
             cpu_samples: stats::CpuSamples::default(),
+            streams,
         }
     }
 
     fn controller(&self, handler: &str) -> Result<&dyn SandboxController, Error> {
+        self.controller_arc(handler).map(|c| &**c)
+    }
+
+    fn controller_arc(&self, handler: &str) -> Result<&Arc<dyn SandboxController>, Error> {
         match handler {
-            "" | "runc" => Ok(&*self.runc),
+            "" | "runc" => Ok(&self.runc),
             h => Err(Error::InvalidArgument(format!(
                 "unknown runtime handler {h:?}: crius has \"runc\" (also the empty handler); \
                  \"vm\" runs no pods yet"
@@ -276,6 +286,17 @@ impl RuntimeService for Runtime {
         reply(self.exec_sync(req.into_inner()).await)
     }
 
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        reply(self.exec(req.into_inner()))
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        reply(self.port_forward(req.into_inner()))
+    }
+
     async fn update_container_resources(
         &self,
         req: Request<UpdateContainerResourcesRequest>,
@@ -333,9 +354,7 @@ impl RuntimeService for Runtime {
     }
 
     not_yet! {
-        exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
     }

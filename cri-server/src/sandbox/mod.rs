@@ -14,6 +14,16 @@ use crate::error::Error;
 use crate::store::{ContainerRecord, PodRecord};
 pub use usage::{ContainerUsage, PodUsage};
 
+/// A CRI Exec's process: the client's ends of its stdio (the pty master
+/// with a tty, else the pipes asked for) and its exit code to come.
+pub struct StreamingExec {
+    pub stdin: Option<std::os::fd::OwnedFd>,
+    pub stdout: Option<std::os::fd::OwnedFd>,
+    pub stderr: Option<std::os::fd::OwnedFd>,
+    pub pty: Option<std::os::fd::OwnedFd>,
+    pub exit: futures_util::future::BoxFuture<'static, Result<i32, Error>>,
+}
+
 #[tonic::async_trait]
 pub trait SandboxController: Send + Sync {
     /// Sets the pod up (namespaces, network, monitor) and fills in its
@@ -63,6 +73,16 @@ pub trait SandboxController: Send + Sync {
         cmd: Vec<String>,
         timeout_ms: u64,
     ) -> Result<ExecResult, Error>;
+    /// Starts `cmd` in a running container for a streaming client (CRI
+    /// Exec) and hands over the process's stdio.
+    async fn exec_stream(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<StreamingExec, Error>;
     async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error>;
     /// Applies new resource limits to a created or running container.
     async fn update_resources(

@@ -650,6 +650,43 @@ impl SandboxController for RuncSandbox {
         }
     }
 
+    async fn exec_stream(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<super::StreamingExec, Error> {
+        use crius_proto::monitor::StreamFd;
+        use sandbox_container::monitor::{ExecStreams, MonitorError};
+        let streams = ExecStreams::start(&self.pod_dir(&pod.id), &c.id, cmd, tty, stdin)
+            .await
+            .map_err(|e| match e {
+                MonitorError::Remote { kind, message } => answer_error(kind, message),
+                e => monitor_error(e),
+            })?;
+        let mut exec = super::StreamingExec {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            pty: None,
+            exit: Box::pin(std::future::ready(Ok(0))),
+        };
+        let mut streams = streams;
+        for (kind, fd) in std::mem::take(&mut streams.fds) {
+            let slot = match kind {
+                StreamFd::Stdin => &mut exec.stdin,
+                StreamFd::Stdout => &mut exec.stdout,
+                StreamFd::Stderr => &mut exec.stderr,
+                StreamFd::Pty => &mut exec.pty,
+            };
+            *slot = Some(fd);
+        }
+        exec.exit = Box::pin(async move { streams.wait().await.map_err(monitor_error) });
+        Ok(exec)
+    }
+
     async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error> {
         self.ask(pod, Request::ReopenLog { id: c.id.clone() })
             .await

@@ -1,9 +1,10 @@
 //! The server's async client of a pod monitor.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crius_proto::monitor::{ContainerState, ExecResult, MAX_LINE, Request, Response};
+use crius_proto::monitor::{ContainerState, ExecResult, MAX_LINE, Request, Response, StreamFd};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
@@ -233,4 +234,152 @@ fn unexpected(r: Response) -> MonitorError {
             MonitorError::Protocol(s)
         }
     }
+}
+
+/// A streaming exec (CRI Exec) the monitor started: the client's ends of
+/// its stdio, and the connection its exit code comes on.
+#[derive(Debug)]
+pub struct ExecStreams {
+    pub fds: Vec<(StreamFd, OwnedFd)>,
+    conn: UnixStream,
+    /// What was read past the `Streams` line.
+    rest: Vec<u8>,
+}
+
+impl ExecStreams {
+    /// Starts `cmd` in container `id` of the pod at `pod_dir` (see
+    /// [`Request::ExecStream`]).
+    pub async fn start(
+        pod_dir: &Path,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<ExecStreams, MonitorError> {
+        let path = pod_dir.join(SOCKET_FILE);
+        let req = Request::ExecStream {
+            id: id.to_owned(),
+            cmd,
+            tty,
+            stdin,
+        };
+        let mut line =
+            serde_json::to_vec(&req).map_err(|e| MonitorError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        let started = async {
+            let mut conn = UnixStream::connect(&path)
+                .await
+                .map_err(|e| MonitorError::io(format!("connecting to {}", path.display()), e))?;
+            conn.write_all(&line)
+                .await
+                .map_err(|e| MonitorError::io("writing to the monitor", e))?;
+            let (buf, fds) = read_line_with_fds(&conn).await?;
+            Ok::<_, MonitorError>((conn, buf, fds))
+        };
+        let (conn, mut buf, received) = tokio::time::timeout(DEFAULT_TIMEOUT, started)
+            .await
+            .map_err(|_| MonitorError::Timeout(DEFAULT_TIMEOUT))??;
+        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+            return Err(MonitorError::Protocol("response line cut".into()));
+        };
+        let rest = buf.split_off(nl + 1);
+        let resp = serde_json::from_slice::<Response>(&buf[..nl])
+            .map_err(|e| MonitorError::Protocol(format!("bad response: {e}")))?;
+        let kinds = match resp {
+            Response::Streams { fds } => fds,
+            other => return Err(unexpected(other)),
+        };
+        if kinds.len() != received.len() {
+            return Err(MonitorError::Protocol(format!(
+                "{} descriptors announced, {} received",
+                kinds.len(),
+                received.len()
+            )));
+        }
+        Ok(ExecStreams {
+            fds: kinds.into_iter().zip(received).collect(),
+            conn,
+            rest,
+        })
+    }
+
+    /// Waits for the exec's exit code (no timeout: an exec may run for
+    /// ever). The stdio descriptors must have been taken out first if the
+    /// caller wants them to stay open meanwhile.
+    pub async fn wait(self) -> Result<i32, MonitorError> {
+        let ExecStreams { conn, rest, .. } = self;
+        let mut reader = BufReader::new(rest.as_slice().chain(conn));
+        let mut buf = Vec::new();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+            .map_err(|e| MonitorError::io("reading from the monitor", e))?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            return Err(MonitorError::Protocol(
+                "the monitor closed the connection".into(),
+            ));
+        }
+        match serde_json::from_slice::<Response>(&buf[..buf.len() - 1])
+            .map_err(|e| MonitorError::Protocol(format!("bad response: {e}")))?
+        {
+            Response::Exited { exit_code } => Ok(exit_code),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// Reads until a newline (or [`MAX_LINE`]), keeping the descriptors sent
+/// with the data (SCM_RIGHTS, at most 4).
+async fn read_line_with_fds(conn: &UnixStream) -> Result<(Vec<u8>, Vec<OwnedFd>), MonitorError> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut buf = Vec::new();
+    let mut fds = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    while !buf.contains(&b'\n') {
+        if buf.len() > MAX_LINE {
+            return Err(MonitorError::Protocol("response line too long".into()));
+        }
+        conn.readable()
+            .await
+            .map_err(|e| MonitorError::io("reading from the monitor", e))?;
+        let got = conn.try_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            let msg = recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            let mut got = Vec::new();
+            for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY: the kernel installed these descriptors in
+                    // this process for this message; nothing else owns them.
+                    got.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            Ok((msg.bytes, got))
+        });
+        match got {
+            Ok((0, _)) => {
+                return Err(MonitorError::Protocol(
+                    "the monitor closed the connection".into(),
+                ));
+            }
+            Ok((n, got)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                fds.extend(got);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(MonitorError::io("reading from the monitor", e)),
+        }
+    }
+    Ok((buf, fds))
 }

@@ -519,7 +519,9 @@ fn build(builder: ContainerBuilder, a: &CreateArgs<'_>) -> Result<Container, Fai
 /// Accepts libcontainer's connection on the console socket (it has sent
 /// the pty master by the time the container is created) and takes the
 /// master from it, non-blocking for the log reader.
-fn receive_pty_master(listener: &std::os::unix::net::UnixListener) -> io::Result<OwnedFd> {
+pub(super) fn receive_pty_master(
+    listener: &std::os::unix::net::UnixListener,
+) -> io::Result<OwnedFd> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::AsRawFd as _;
     listener.set_nonblocking(true)?;

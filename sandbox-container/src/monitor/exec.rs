@@ -55,7 +55,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::Instant;
 
-use crius_proto::monitor::{EXEC_OUTPUT_LIMIT, ErrorKind, ExecResult};
+use crius_proto::monitor::{EXEC_OUTPUT_LIMIT, ErrorKind, ExecResult, StreamFd};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::oci_spec::runtime::{
     Capabilities, Capability, LinuxCapabilities, LinuxNamespaceType, LinuxSeccomp, Process, Spec,
@@ -85,12 +85,107 @@ pub struct Exec {
     err: Vec<u8>,
     pub deadline: Option<Instant>,
     pub timed_out: bool,
+    /// A CRI Exec: answered with `Exited` (its stdio went to the client).
+    pub streaming: bool,
+}
+
+/// The exec's stdio ends (the process's sides).
+struct Stdio {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+/// How the exec gets its terminal, if any.
+enum Terminal<'a> {
+    /// No terminal: these pipes (or /dev/null).
+    None(Stdio),
+    /// A pty libcontainer makes in the container, its master sent to this
+    /// console socket.
+    Console(&'a Path),
+}
+
+/// Starts `cmd` in `ctr` as the process of its spec with the command
+/// replaced, under the spec's seccomp filter (see the module
+/// documentation); its pid.
+fn spawn(
+    state_root: &Path,
+    ctr: &Ctr,
+    cmd: Vec<String>,
+    terminal: Terminal<'_>,
+) -> Result<i32, Fail> {
+    if cmd.is_empty() {
+        return Err(Fail::new(ErrorKind::InvalidArgument, "empty command"));
+    }
+    if cmd.iter().any(|a| a.contains('\0')) {
+        return Err(Fail::new(ErrorKind::InvalidArgument, "NUL in command"));
+    }
+    let spec = Spec::load(ctr.bundle.join("config.json"))
+        .map_err(|e| Fail::internal(format!("loading the container's spec: {e}")))?;
+    // libcontainer 0.7's tenant builder joins every namespace of the
+    // container but its user namespace: the executor joins that one.
+    let userns_pin = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::User))
+        .map(|n| n.path().clone());
+    // The container's own process, with the command replaced: user,
+    // groups, cwd, env, capabilities, rlimits, no_new_privileges and
+    // AppArmor profile all come from the spec.
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(cmd));
+    process.set_terminal(Some(matches!(terminal, Terminal::Console(_))));
+    process.set_console_size(None);
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let mut executor = FilterExecutor::prepare(seccomp, &mut process)?;
+    if let Some(pin) = userns_pin {
+        executor.join_userns(pin.as_deref(), &mut process)?;
+    }
+    let process_json = state_root.join(&ctr.id).join("exec-process.json");
+    let json = serde_json::to_vec(&process)
+        .map_err(|e| Fail::internal(format!("encoding the exec process: {e}")))?;
+    write_atomic(&process_json, &json, 0o600)
+        .map_err(|e| Fail::internal(format!("writing the exec process: {e}")))?;
+
+    let mut builder = ContainerBuilder::new(ctr.id.clone(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(|e| Fail::libcontainer("runtime root", e))?;
+    match terminal {
+        Terminal::None(stdio) => {
+            builder.stdin = Some(stdio.stdin);
+            builder.stdout = Some(stdio.stdout);
+            builder.stderr = Some(stdio.stderr);
+        }
+        Terminal::Console(path) => builder = builder.with_console_socket(Some(path)),
+    }
+    let built = builder
+        .with_executor(executor)
+        .as_tenant()
+        .with_process(Some(&process_json))
+        .with_detach(true)
+        .build();
+    let _ = std::fs::remove_file(&process_json);
+    let pid = built.map_err(|e| {
+        let mut fail = Fail::libcontainer("starting exec", e);
+        // libcontainer pads the exec's error report with NULs.
+        fail.message.retain(|c| c != '\0');
+        fail
+    })?;
+    Ok(pid.as_raw())
+}
+
+fn dev_null() -> std::io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/null")?
+        .into())
 }
 
 impl Exec {
-    /// Starts `cmd` in `ctr` as the process of its spec with the command
-    /// replaced, under the spec's seccomp filter (see the module
-    /// documentation); stdin is /dev/null.
+    /// Starts `cmd` in `ctr` for ExecSync, its output captured here (see
+    /// the module documentation); stdin is /dev/null.
     pub fn start(
         state_root: &Path,
         ctr: &Ctr,
@@ -98,71 +193,17 @@ impl Exec {
         conn: u64,
         deadline: Option<Instant>,
     ) -> Result<Exec, Fail> {
-        if cmd.is_empty() {
-            return Err(Fail::new(ErrorKind::InvalidArgument, "empty command"));
-        }
-        if cmd.iter().any(|a| a.contains('\0')) {
-            return Err(Fail::new(ErrorKind::InvalidArgument, "NUL in command"));
-        }
-        let spec = Spec::load(ctr.bundle.join("config.json"))
-            .map_err(|e| Fail::internal(format!("loading the container's spec: {e}")))?;
-        // libcontainer 0.7's tenant builder joins every namespace of the
-        // container but its user namespace: the executor joins that one.
-        let userns_pin = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .and_then(|ns| ns.iter().find(|n| n.typ() == LinuxNamespaceType::User))
-            .map(|n| n.path().clone());
-        // The container's own process, with the command replaced: user,
-        // groups, cwd, env, capabilities, rlimits, no_new_privileges and
-        // AppArmor profile all come from the spec.
-        let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(cmd));
-        process.set_terminal(Some(false));
-        process.set_console_size(None);
-        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        let mut executor = FilterExecutor::prepare(seccomp, &mut process)?;
-        if let Some(pin) = userns_pin {
-            executor.join_userns(pin.as_deref(), &mut process)?;
-        }
-        let process_json = state_root.join(&ctr.id).join("exec-process.json");
-        let json = serde_json::to_vec(&process)
-            .map_err(|e| Fail::internal(format!("encoding the exec process: {e}")))?;
-        write_atomic(&process_json, &json, 0o600)
-            .map_err(|e| Fail::internal(format!("writing the exec process: {e}")))?;
-
         let io = |e: std::io::Error| Fail::internal(format!("making exec pipes: {e}"));
         let (out_r, out_w) = sys::pipe(true, false).map_err(io)?;
         let (err_r, err_w) = sys::pipe(true, false).map_err(io)?;
-        let null: OwnedFd = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/null")
-            .map_err(io)?
-            .into();
-
-        let mut builder = ContainerBuilder::new(ctr.id.clone(), SyscallType::default())
-            .with_root_path(state_root)
-            .map_err(|e| Fail::libcontainer("runtime root", e))?;
-        builder.stdin = Some(null);
-        builder.stdout = Some(out_w);
-        builder.stderr = Some(err_w);
-        let built = builder
-            .with_executor(executor)
-            .as_tenant()
-            .with_process(Some(&process_json))
-            .with_detach(true)
-            .build();
-        let _ = std::fs::remove_file(&process_json);
-        let pid = built.map_err(|e| {
-            let mut fail = Fail::libcontainer("starting exec", e);
-            // libcontainer pads the exec's error report with NULs.
-            fail.message.retain(|c| c != '\0');
-            fail
-        })?;
+        let stdio = Stdio {
+            stdin: dev_null().map_err(io)?,
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let pid = spawn(state_root, ctr, cmd, Terminal::None(stdio))?;
         Ok(Exec {
-            pid: pid.as_raw(),
+            pid,
             conn,
             ctr: ctr.id.clone(),
             stdout: Some(out_r),
@@ -171,7 +212,79 @@ impl Exec {
             err: Vec::new(),
             deadline,
             timed_out: false,
+            streaming: false,
         })
+    }
+
+    /// Starts `cmd` in `ctr` for a streaming client (CRI Exec) and returns
+    /// the client's ends of its stdio: the pty master with `tty`, else
+    /// stdin's write end (with `stdin`; /dev/null otherwise) and the read
+    /// ends of stdout and stderr. Nothing is read here.
+    pub fn start_streaming(
+        state_root: &Path,
+        ctr: &Ctr,
+        cmd: Vec<String>,
+        conn: u64,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<(Exec, Vec<(StreamFd, OwnedFd)>), Fail> {
+        let io = |e: std::io::Error| Fail::internal(format!("making exec pipes: {e}"));
+        let mut fds = Vec::new();
+        let pid = if tty {
+            let path = state_root.join(format!("{}.etty", ctr.id));
+            let _ = std::fs::remove_file(&path);
+            let listener = std::os::unix::net::UnixListener::bind(&path)
+                .map_err(|e| Fail::internal(format!("console socket: {e}")))?;
+            let spawned = spawn(state_root, ctr, cmd, Terminal::Console(&path));
+            let master = match &spawned {
+                Ok(_) => super::container::receive_pty_master(&listener),
+                Err(_) => Err(std::io::Error::other("no exec")),
+            };
+            let _ = std::fs::remove_file(&path);
+            let pid = spawned?;
+            match master {
+                Ok(m) => fds.push((StreamFd::Pty, m)),
+                Err(e) => {
+                    let _ = sys::kill_raw(pid, libc::SIGKILL);
+                    return Err(Fail::internal(format!("receiving the pty master: {e}")));
+                }
+            }
+            pid
+        } else {
+            let (stdin_r, stdin_w) = if stdin {
+                let (r, w) = sys::pipe(false, false).map_err(io)?;
+                (r, Some(w))
+            } else {
+                (dev_null().map_err(io)?, None)
+            };
+            let (out_r, out_w) = sys::pipe(false, false).map_err(io)?;
+            let (err_r, err_w) = sys::pipe(false, false).map_err(io)?;
+            let stdio = Stdio {
+                stdin: stdin_r,
+                stdout: out_w,
+                stderr: err_w,
+            };
+            let pid = spawn(state_root, ctr, cmd, Terminal::None(stdio))?;
+            if let Some(w) = stdin_w {
+                fds.push((StreamFd::Stdin, w));
+            }
+            fds.push((StreamFd::Stdout, out_r));
+            fds.push((StreamFd::Stderr, err_r));
+            pid
+        };
+        let exec = Exec {
+            pid,
+            conn,
+            ctr: ctr.id.clone(),
+            stdout: None,
+            stderr: None,
+            out: Vec::new(),
+            err: Vec::new(),
+            deadline: None,
+            timed_out: false,
+            streaming: true,
+        };
+        Ok((exec, fds))
     }
 
     /// Reads what a pipe has (at most `budget` bytes), keeping the first

@@ -98,7 +98,7 @@ use std::path::{Path, PathBuf};
 use crius_proto::monitor::ExitRecord;
 use serde::{Deserialize, Serialize};
 
-pub use client::MonitorClient;
+pub use client::{ExecStreams, MonitorClient};
 pub use daemon::main;
 pub use error::MonitorError;
 pub use spawn::{

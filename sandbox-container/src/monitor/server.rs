@@ -7,7 +7,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crius_proto::monitor::{ErrorKind, MAX_LINE, PROTOCOL_VERSION, Phase, Request, Response};
+use crius_proto::monitor::{
+    ErrorKind, MAX_LINE, PROTOCOL_VERSION, Phase, Request, Response, StreamFd,
+};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -238,8 +240,14 @@ impl Monitor {
             c.exited(status, &self.cgroups);
         } else if let Some(e) = self.execs.remove(&pid) {
             let conn = e.conn;
+            let streaming = e.streaming;
             let result = e.finish(status);
-            self.answer(conn, Response::Exec(result));
+            if streaming {
+                let exit_code = result.exit_code;
+                self.answer(conn, Response::Exited { exit_code });
+            } else {
+                self.answer(conn, Response::Exec(result));
+            }
         } else if self.ns.init_reaped(pid) {
             tracing::error!(pid, "the pod's PID namespace init died");
         } else {
@@ -459,6 +467,15 @@ impl Monitor {
                 Ok(()) => return None,
                 Err(e) => Err(e),
             },
+            Request::ExecStream {
+                id,
+                cmd,
+                tty,
+                stdin,
+            } => match self.exec_stream(conn, &id, cmd, tty, stdin) {
+                Ok(()) => return None,
+                Err(e) => Err(e),
+            },
             Request::ReopenLog { id } => self
                 .ctr_mut(&id)
                 .and_then(|c| c.reopen_log())
@@ -533,6 +550,41 @@ impl Monitor {
         let e = Exec::start(&self.cfg.runtime_root, ctr, cmd, conn, deadline)?;
         tracing::debug!(id, pid = e.pid, "exec started");
         self.execs.insert(e.pid, e);
+        Ok(())
+    }
+
+    /// Starts a CRI Exec and sends the client its ends of the process's
+    /// stdio with the `Streams` answer; `Exited` follows at the reap.
+    fn exec_stream(
+        &mut self,
+        conn: u64,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<(), Fail> {
+        let ctr = self.ctrs.get(id).ok_or_else(not_found)?;
+        if ctr.phase != Phase::Running {
+            return Err(Fail::new(
+                ErrorKind::FailedPrecondition,
+                "container is not running",
+            ));
+        }
+        let (e, fds) = Exec::start_streaming(&self.cfg.runtime_root, ctr, cmd, conn, tty, stdin)?;
+        let pid = e.pid;
+        let sent = match self.conns.get(&conn) {
+            Some(c) => send_with_fds(&c.stream, &fds),
+            None => Err(io::Error::other("the client is gone")),
+        };
+        // Our copies of the client's ends are closed either way.
+        drop(fds);
+        if let Err(err) = sent {
+            let _ = sys::kill_raw(pid, libc::SIGKILL);
+            // Reaped as an orphan; nobody waits for it.
+            return Err(Fail::internal(format!("sending the exec's stdio: {err}")));
+        }
+        tracing::debug!(id, pid, tty, stdin, "streaming exec started");
+        self.execs.insert(pid, e);
         Ok(())
     }
 
@@ -640,6 +692,38 @@ impl Monitor {
             self.flush(id);
         }
         tracing::info!("monitor exits");
+    }
+}
+
+/// Sends a `Streams` answer with `fds` as SCM_RIGHTS, whole (it is short,
+/// and nothing else is queued on the connection while a request is served).
+fn send_with_fds(stream: &UnixStream, fds: &[(StreamFd, OwnedFd)]) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let resp = Response::Streams {
+        fds: fds.iter().map(|(k, _)| *k).collect(),
+    };
+    let mut line = serde_json::to_vec(&resp).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let raw: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    let iov = [io::IoSlice::new(&line)];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) if n == line.len() => return Ok(()),
+            Ok(_) => return Err(io::Error::other("answer cut short")),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

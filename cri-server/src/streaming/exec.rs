@@ -1,0 +1,357 @@
+//! CRI Exec over SPDY: the server side of Kubernetes' remotecommand
+//! protocol `v4.channel.k8s.io`. The client opens one stream per channel,
+//! named by its `streamType` header: `error`, then `stdin`, `stdout`,
+//! `stderr` (not with a tty) and `resize` (with a tty), each only when
+//! asked for. Once they are all there the command starts in the container
+//! (through its pod's monitor, which hands over the process's stdio);
+//! stdout and stderr are copied to their streams until EOF, stdin from its
+//! stream until the client closes it, resize messages (JSON
+//! `{"Width":w,"Height":h}`, one after another) go to the pty. At the exit
+//! the error stream gets a `metav1.Status`: `Success`, or `Failure` with
+//! reason `NonZeroExitCode` and the code.
+
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use super::spdy::{Session, Stream};
+use crate::sandbox::{SandboxController, StreamingExec};
+use crate::store::{ContainerRecord, PodRecord};
+
+/// How long the client has to open its streams.
+const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the process exits, how long output still held open (by a child
+/// left behind) is copied before the streams are closed.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// A CRI Exec, checked when its URL was made.
+pub struct ExecRequest {
+    pub controller: Arc<dyn SandboxController>,
+    pub pod: PodRecord,
+    pub container: ContainerRecord,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+#[derive(Default)]
+struct Channels {
+    error: Option<Stream>,
+    stdin: Option<Stream>,
+    stdout: Option<Stream>,
+    stderr: Option<Stream>,
+    resize: Option<Stream>,
+}
+
+impl Channels {
+    fn complete(&self, req: &ExecRequest) -> bool {
+        self.error.is_some()
+            && (!req.stdin || self.stdin.is_some())
+            && (!req.stdout || self.stdout.is_some())
+            && (!req.stderr || req.tty || self.stderr.is_some())
+            && (!req.tty || self.resize.is_some())
+    }
+}
+
+pub async fn serve(req: ExecRequest, session: Session, mut incoming: mpsc::Receiver<Stream>) {
+    let mut ch = Channels::default();
+    let gathered = tokio::time::timeout(STREAMS_TIMEOUT, async {
+        while !ch.complete(&req) {
+            let Some(stream) = incoming.recv().await else {
+                return false;
+            };
+            let slot = match stream.header("streamtype") {
+                Some("error") => &mut ch.error,
+                Some("stdin") if req.stdin => &mut ch.stdin,
+                Some("stdout") if req.stdout => &mut ch.stdout,
+                Some("stderr") if req.stderr && !req.tty => &mut ch.stderr,
+                Some("resize") if req.tty => &mut ch.resize,
+                other => {
+                    tracing::debug!(?other, "exec: unexpected stream");
+                    let _ = stream.reset(3).await;
+                    continue;
+                }
+            };
+            if stream.reply().await.is_err() {
+                return false;
+            }
+            *slot = Some(stream);
+        }
+        true
+    })
+    .await;
+    if gathered != Ok(true) {
+        tracing::debug!("exec: the client did not open its streams");
+        session.close().await;
+        return;
+    }
+    let started = req
+        .controller
+        .exec_stream(
+            &req.pod,
+            &req.container,
+            req.cmd.clone(),
+            req.tty,
+            req.stdin,
+        )
+        .await;
+    let process = match started {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = crate::error::chain(&e);
+            if let Some(err) = &ch.error {
+                let _ = err.send(failure_status(&msg, None).as_bytes()).await;
+            }
+            finish(&session, &ch).await;
+            return;
+        }
+    };
+    let exit_code = run(process, &mut ch, &session).await;
+    if let Some(err) = &ch.error {
+        let status = match exit_code {
+            Ok(0) => r#"{"metadata":{},"status":"Success"}"#.to_string(),
+            Ok(code) => failure_status(
+                &format!("command terminated with non-zero exit code: exit code {code}"),
+                Some(code),
+            ),
+            Err(msg) => failure_status(&msg, None),
+        };
+        let _ = err.send(status.as_bytes()).await;
+    }
+    finish(&session, &ch).await;
+}
+
+/// Copies between the process and the streams until it exits; its exit
+/// code.
+async fn run(process: StreamingExec, ch: &mut Channels, session: &Session) -> Result<i32, String> {
+    let StreamingExec {
+        stdin,
+        stdout,
+        stderr,
+        pty,
+        exit,
+    } = process;
+    let mut outputs = tokio::task::JoinSet::new();
+    let mut inputs = tokio::task::JoinSet::new();
+    let pty = match pty.map(Fd::new).transpose() {
+        Ok(p) => p.map(Arc::new),
+        Err(e) => return Err(format!("pty: {e}")),
+    };
+    if let Some(pty) = &pty {
+        if let Some(out) = ch.stdout.take() {
+            outputs.spawn(copy_out(pty.clone(), out));
+        }
+        if let Some(input) = ch.stdin.take() {
+            inputs.spawn(copy_in(input, pty.clone()));
+        }
+        if let Some(resize) = ch.resize.take() {
+            inputs.spawn(resizes(resize, pty.clone()));
+        }
+    } else {
+        for (fd, stream) in [(stdout, ch.stdout.take()), (stderr, ch.stderr.take())] {
+            match (fd.map(Fd::new).transpose(), stream) {
+                (Ok(Some(fd)), Some(stream)) => {
+                    outputs.spawn(copy_out(Arc::new(fd), stream));
+                }
+                (Err(e), _) => return Err(format!("exec output: {e}")),
+                // Not asked for: the fd is closed (the process gets EPIPE),
+                // as a client that does not read would.
+                _ => {}
+            }
+        }
+        match (stdin.map(Fd::new).transpose(), ch.stdin.take()) {
+            (Ok(Some(fd)), Some(stream)) => {
+                inputs.spawn(copy_in(stream, Arc::new(fd)));
+            }
+            (Err(e), _) => return Err(format!("exec input: {e}")),
+            _ => {}
+        }
+    }
+    let exit = tokio::select! {
+        code = exit => code.map_err(|e| crate::error::chain(&e)),
+        () = session.closed() => Err("the client went away".to_string()),
+    };
+    // Output a child left behind still holds is copied a little longer.
+    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+        while outputs.join_next().await.is_some() {}
+    })
+    .await;
+    outputs.abort_all();
+    inputs.abort_all();
+    exit
+}
+
+/// Closes every stream and the session.
+async fn finish(session: &Session, ch: &Channels) {
+    for s in [&ch.error, &ch.stdin, &ch.stdout, &ch.stderr, &ch.resize]
+        .into_iter()
+        .flatten()
+    {
+        let _ = s.close().await;
+    }
+    session.close().await;
+}
+
+fn failure_status(message: &str, exit_code: Option<i32>) -> String {
+    let mut status = serde_json::json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+    });
+    if let Some(code) = exit_code {
+        status["reason"] = "NonZeroExitCode".into();
+        status["details"] = serde_json::json!({
+            "causes": [{"reason": "ExitCode", "message": code.to_string()}]
+        });
+    } else {
+        status["reason"] = "InternalError".into();
+    }
+    status.to_string()
+}
+
+/// A pipe end or pty master, non-blocking, for tokio.
+pub(super) struct Fd(AsyncFd<OwnedFd>);
+
+impl Fd {
+    pub(super) fn new(fd: OwnedFd) -> std::io::Result<Fd> {
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        // SAFETY: `fd` is an open descriptor this `OwnedFd` owns; the
+        // `AsyncFd` takes it over and nothing else closes or replaces it.
+        Ok(Fd(unsafe { AsyncFd::register(fd)? }))
+    }
+
+    /// Reads some bytes; 0 at EOF (EIO on a pty master whose slave side
+    /// is closed counts as EOF).
+    pub(super) async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(std::io::Error::from))
+            {
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    pub(super) async fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            let mut guard = self.0.writable().await?;
+            match guard
+                .try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(std::io::Error::from))
+            {
+                Ok(Ok(n)) => buf = &buf[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+
+    fn raw(&self) -> i32 {
+        self.0.get_ref().as_raw_fd()
+    }
+}
+
+async fn copy_out(fd: Arc<Fd>, stream: Stream) {
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        match fd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.send(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stream.close().await;
+}
+
+/// Copies the client's input to the process; closing the client's stdin
+/// closes the process's (but not a pty's: the process sees its EOF
+/// character only if the client sends one).
+async fn copy_in(mut stream: Stream, fd: Arc<Fd>) {
+    while let Some(data) = stream.recv().await {
+        if fd.write_all(&data).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies the client's terminal sizes to the pty.
+async fn resizes(mut stream: Stream, pty: Arc<Fd>) {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Size {
+        width: u16,
+        height: u16,
+    }
+    let mut pending = Vec::new();
+    while let Some(data) = stream.recv().await {
+        pending.extend_from_slice(&data);
+        if pending.len() > 4096 {
+            return;
+        }
+        let mut de = serde_json::Deserializer::from_slice(&pending).into_iter::<Size>();
+        let mut used = 0;
+        while let Some(Ok(size)) = de.next() {
+            used = de.byte_offset();
+            set_size(&pty, size.width, size.height);
+        }
+        pending.drain(..used);
+    }
+}
+
+fn set_size(pty: &Fd, cols: u16, rows: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives
+    // across the call; the descriptor is ours and open.
+    let r = unsafe { libc::ioctl(pty.raw(), libc::TIOCSWINSZ, &ws) };
+    if r != 0 {
+        tracing::debug!(
+            "setting the terminal size: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_status_carries_the_exit_code() {
+        let s: serde_json::Value =
+            serde_json::from_str(&failure_status("command terminated", Some(3))).unwrap();
+        assert_eq!(s["status"], "Failure");
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+    }
+
+    #[tokio::test]
+    async fn fd_reads_and_writes_a_pipe() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = (Fd::new(r).unwrap(), Fd::new(w).unwrap());
+        w.write_all(b"hello").await.unwrap();
+        drop(w);
+        let mut buf = [0u8; 16];
+        assert_eq!(r.read(&mut buf).await.unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(r.read(&mut buf).await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,10 @@
+//! The streaming server behind CRI Exec and PortForward: single-use URLs
+//! on an HTTP endpoint (`server`), SPDY/3.1 sessions (`spdy`), and the
+//! Kubernetes subprotocols spoken over them (`exec`, `portforward`).
+
+mod exec;
+mod portforward;
+mod server;
+pub mod spdy;
+
+pub use server::{Pending, StreamServer, exec_pending};

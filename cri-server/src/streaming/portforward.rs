@@ -1,0 +1,164 @@
+//! CRI PortForward over SPDY (`portforward.k8s.io`): for each connection
+//! the client opens two streams with the same `requestID` and `port`
+//! headers, `streamType: error` and `streamType: data`. The server
+//! connects to that port on the pod's loopback, from inside the pod's
+//! network namespace (the host's for a host-network pod), and copies bytes
+//! both ways; a failure is written as text to the error stream. The
+//! session lasts until the client ends it.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::spdy::{Session, Stream};
+use crate::store::PodRecord;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pair whose other half does not come in this time is dropped.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many half-open pairs per session.
+const MAX_HALF_PAIRS: usize = 64;
+
+#[derive(Default)]
+struct Pair {
+    error: Option<Stream>,
+    data: Option<Stream>,
+    port: u16,
+    since: Option<tokio::time::Instant>,
+}
+
+pub async fn serve(pod: PodRecord, session: Session, mut incoming: mpsc::Receiver<Stream>) {
+    let netns = pod.netns.clone();
+    let mut pairs: HashMap<String, Pair> = HashMap::new();
+    loop {
+        let stream = tokio::select! {
+            s = incoming.recv() => s,
+            () = session.closed() => None,
+        };
+        let Some(stream) = stream else { break };
+        let kind = stream.header("streamtype").map(str::to_owned);
+        let request = stream.header("requestid").map(str::to_owned);
+        let port = stream.header("port").and_then(|p| p.parse::<u16>().ok());
+        let (Some(kind), Some(request), Some(port)) = (kind, request, port) else {
+            let _ = stream.reset(1).await;
+            continue;
+        };
+        if port == 0 || stream.reply().await.is_err() {
+            let _ = stream.reset(1).await;
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        pairs.retain(|_, p| {
+            p.since
+                .is_some_and(|t| now.duration_since(t) < PAIR_TIMEOUT)
+        });
+        if pairs.len() >= MAX_HALF_PAIRS && !pairs.contains_key(&request) {
+            let _ = stream.reset(3).await;
+            continue;
+        }
+        let pair = pairs.entry(request.clone()).or_insert_with(|| Pair {
+            port,
+            since: Some(now),
+            ..Pair::default()
+        });
+        match kind.as_str() {
+            "error" if pair.error.is_none() => pair.error = Some(stream),
+            "data" if pair.data.is_none() => pair.data = Some(stream),
+            _ => {
+                let _ = stream.reset(1).await;
+                continue;
+            }
+        }
+        if pair.error.is_some()
+            && pair.data.is_some()
+            && let Some(Pair {
+                error: Some(error),
+                data: Some(data),
+                port,
+                ..
+            }) = pairs.remove(&request)
+        {
+            tokio::spawn(forward(netns.clone(), port, error, data));
+        }
+    }
+    session.close().await;
+}
+
+/// One forwarded connection.
+async fn forward(netns: Option<PathBuf>, port: u16, error: Stream, mut data: Stream) {
+    let conn = match connect(netns, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("failed to connect to localhost:{port} in the pod: {e}");
+            tracing::debug!("{msg}");
+            let _ = error.send(msg.as_bytes()).await;
+            let _ = error.close().await;
+            let _ = data.close().await;
+            return;
+        }
+    };
+    let (mut r, mut w) = conn.into_split();
+    let tx = data.sender();
+    // Client to pod, until the client closes its side (then the pod's
+    // write side is shut) or the session ends.
+    let upstream = tokio::spawn(async move {
+        while let Some(chunk) = data.recv().await {
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    // Pod to client, until the pod closes: that ends the connection.
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    upstream.abort();
+    let _ = tx.close().await;
+    let _ = error.close().await;
+}
+
+/// A TCP connection to `port` on loopback inside `netns` (the host's when
+/// `None`): a thread of its own joins the namespace, connects and ends;
+/// the socket stays in the namespace it was made in.
+async fn connect(netns: Option<PathBuf>, port: u16) -> std::io::Result<TcpStream> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("portforward".into())
+        .spawn(move || {
+            let _ = tx.send(connect_blocking(netns, port));
+        })?;
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("connect thread ended"))??;
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
+fn connect_blocking(netns: Option<PathBuf>, port: u16) -> std::io::Result<std::net::TcpStream> {
+    if let Some(path) = netns {
+        let ns = std::fs::File::open(&path)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    }
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match std::net::TcpStream::connect_timeout(&v4, CONNECT_TIMEOUT) {
+        Ok(s) => Ok(s),
+        Err(e4) => {
+            let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+            std::net::TcpStream::connect_timeout(&v6, CONNECT_TIMEOUT).map_err(|_| e4)
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The streaming server: the HTTP endpoint the URLs of CRI Exec, Attach
+//! and PortForward point at (as containerd's and CRI-O's, on loopback by
+//! default). Each URL carries a random single-use token that expires after
+//! [`TOKEN_TTL`]; the request it stands for was checked when the token was
+//! made. A client upgrades the connection to SPDY/3.1 and negotiates the
+//! subprotocol: `v4.channel.k8s.io` for exec (remotecommand), and
+//! `portforward.k8s.io` for port forwarding.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{exec, portforward, spdy};
+use crate::error::Error;
+use crate::sandbox::SandboxController;
+use crate::store::{ContainerRecord, PodRecord};
+
+/// How long a URL stays valid (kubelet asks for it right before use).
+pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// At most this many URLs handed out and not used yet.
+const MAX_PENDING: usize = 1024;
+/// The most an HTTP request head may take, in bytes and in time.
+const MAX_HEAD: usize = 16 << 10;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The exec subprotocol spoken (client-go offers v5, v4, v3, v2 and
+/// channel.k8s.io; v5 adds nothing over SPDY).
+pub const EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
+pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
+/// What a URL was handed out for.
+pub enum Pending {
+    Exec(Box<exec::ExecRequest>),
+    PortForward { pod: Box<PodRecord> },
+}
+
+impl Pending {
+    fn path(&self) -> &'static str {
+        match self {
+            Pending::Exec(_) => "exec",
+            Pending::PortForward { .. } => "portforward",
+        }
+    }
+}
+
+pub struct StreamServer {
+    addr: SocketAddr,
+    pending: Mutex<HashMap<String, (Pending, Instant)>>,
+}
+
+impl StreamServer {
+    /// Listens on `address` (`host:port`, port 0 for any) and serves in
+    /// the background.
+    pub async fn start(address: &str) -> Result<Arc<StreamServer>, std::io::Error> {
+        let listener = TcpListener::bind(address).await?;
+        let server = Arc::new(StreamServer {
+            addr: listener.local_addr()?,
+            pending: Mutex::new(HashMap::new()),
+        });
+        tracing::info!(address = %server.addr, "streaming server listening");
+        let s = server.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((conn, peer)) => {
+                        let s = s.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = s.serve(conn).await {
+                                tracing::debug!(%peer, "streaming request: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("streaming server accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(server)
+    }
+
+    /// Records `what` and returns its URL.
+    pub fn url_for(&self, what: Pending) -> Result<String, Error> {
+        let token = new_token()?;
+        let url = format!("http://{}/{}/{token}", self.addr, what.path());
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| Error::Internal("streaming server state poisoned".into()))?;
+        let now = Instant::now();
+        pending.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
+        if pending.len() >= MAX_PENDING {
+            return Err(Error::FailedPrecondition(format!(
+                "{MAX_PENDING} streaming URLs are waiting to be used; try again later"
+            )));
+        }
+        pending.insert(token, (what, now));
+        Ok(url)
+    }
+
+    /// Takes the request of `kind`/`token` if it is there and not expired.
+    fn take(&self, kind: &str, token: &str) -> Option<Pending> {
+        let mut pending = self.pending.lock().ok()?;
+        let (what, at) = pending.remove(token)?;
+        (at.elapsed() < TOKEN_TTL && what.path() == kind).then_some(what)
+    }
+
+    async fn serve(&self, mut conn: TcpStream) -> Result<(), String> {
+        let (head, rest) = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn))
+            .await
+            .map_err(|_| "no request head in time".to_string())??;
+        let req = parse_head(&head)?;
+        let Some((kind, token)) = req.path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            return respond(&mut conn, 404, "not found").await;
+        };
+        let Some(what) = self.take(kind, token) else {
+            return respond(&mut conn, 404, "unknown or expired streaming URL").await;
+        };
+        if !req.upgrade_spdy {
+            return respond(
+                &mut conn,
+                400,
+                "this endpoint speaks SPDY/3.1 only (use --transport spdy)",
+            )
+            .await;
+        }
+        let wanted = match what {
+            Pending::Exec(_) => EXEC_PROTOCOL,
+            Pending::PortForward { .. } => PORT_FORWARD_PROTOCOL,
+        };
+        if !req.protocols.iter().any(|p| p == wanted) {
+            return respond(
+                &mut conn,
+                403,
+                &format!("unable to negotiate a protocol: this server speaks {wanted}"),
+            )
+            .await;
+        }
+        let reply = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+             X-Stream-Protocol-Version: {wanted}\r\n\r\n"
+        );
+        conn.write_all(reply.as_bytes())
+            .await
+            .map_err(|e| format!("writing the upgrade: {e}"))?;
+        let (r, w) = conn.into_split();
+        let io = tokio::io::join(std::io::Cursor::new(rest).chain(r), w);
+        let (session, streams) = spdy::Session::start(io);
+        match what {
+            Pending::Exec(req) => exec::serve(*req, session, streams).await,
+            Pending::PortForward { pod } => portforward::serve(*pod, session, streams).await,
+        }
+        Ok(())
+    }
+}
+
+/// What an exec URL stands for.
+pub fn exec_pending(
+    controller: Arc<dyn SandboxController>,
+    pod: PodRecord,
+    container: ContainerRecord,
+    req: &crius_proto::cri::ExecRequest,
+) -> Pending {
+    Pending::Exec(Box::new(exec::ExecRequest {
+        controller,
+        pod,
+        container,
+        cmd: req.cmd.clone(),
+        tty: req.tty,
+        stdin: req.stdin,
+        stdout: req.stdout,
+        stderr: req.stderr,
+    }))
+}
+
+/// A 128-bit random token, URL-safe.
+fn new_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom(&mut bytes).map_err(|e| Error::Internal(format!("random token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// Reads up to the end of the request head; returns it and what followed.
+async fn read_head(conn: &mut TcpStream) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err("request head too long".into());
+        }
+        let n = conn
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the request: {e}"))?;
+        if n == 0 {
+            return Err("the client closed the connection".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+struct Head {
+    path: String,
+    upgrade_spdy: bool,
+    /// Every `X-Stream-Protocol-Version` value offered, in order.
+    protocols: Vec<String>,
+}
+
+fn parse_head(head: &[u8]) -> Result<Head, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("request head cut".into()),
+        Err(e) => return Err(format!("bad request head: {e}")),
+    }
+    let path = req.path.unwrap_or("").split('?').next().unwrap_or("");
+    let mut upgrade_spdy = false;
+    let mut connection_upgrade = false;
+    let mut protocols = Vec::new();
+    for h in req.headers.iter() {
+        let value = String::from_utf8_lossy(h.value);
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade_spdy |= value
+                .split(',')
+                .any(|v| v.trim().eq_ignore_ascii_case("SPDY/3.1"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            connection_upgrade |= value
+                .split(',')
+                .any(|v| v.trim().eq_ignore_ascii_case("upgrade"));
+        } else if h.name.eq_ignore_ascii_case("x-stream-protocol-version") {
+            protocols.extend(value.split(',').map(|v| v.trim().to_string()));
+        }
+    }
+    Ok(Head {
+        path: path.to_string(),
+        upgrade_spdy: upgrade_spdy && connection_upgrade,
+        protocols,
+    })
+}
+
+async fn respond(conn: &mut TcpStream, code: u16, message: &str) -> Result<(), String> {
+    let reason = match code {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        _ => "Not Found",
+    };
+    let body = format!("{message}\n");
+    let resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(resp.as_bytes()).await;
+    let _ = conn.shutdown().await;
+    Err(format!("answered {code}: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_an_upgrade_request() {
+        let head = b"POST /exec/abc HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: Upgrade\r\n\
+                     Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v5.channel.k8s.io\r\n\
+                     X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n";
+        let h = parse_head(head).unwrap();
+        assert_eq!(h.path, "/exec/abc");
+        assert!(h.upgrade_spdy);
+        assert_eq!(h.protocols, ["v5.channel.k8s.io", "v4.channel.k8s.io"]);
+        let plain = parse_head(b"GET /exec/abc HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert!(!plain.upgrade_spdy);
+        assert!(parse_head(b"\x00garbage\r\n\r\n").is_err());
+    }
+
+    fn pod() -> PodRecord {
+        PodRecord {
+            id: "p".into(),
+            config: Default::default(),
+            runtime_handler: String::new(),
+            state: crate::store::PodState::Ready,
+            created_at: 0,
+            ips: Vec::new(),
+            netns: None,
+            monitor_pid: None,
+            network_attached: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_single_use_and_typed() {
+        let server = StreamServer::start("127.0.0.1:0").await.unwrap();
+        let url = server
+            .url_for(Pending::PortForward {
+                pod: Box::new(pod()),
+            })
+            .unwrap();
+        let token = url.rsplit('/').next().unwrap().to_string();
+        assert!(url.contains("/portforward/"));
+        assert_eq!(token.len(), 32);
+        assert!(server.take("exec", &token).is_none());
+        // A failed take of the wrong kind used it up.
+        assert!(server.take("portforward", &token).is_none());
+        let url = server
+            .url_for(Pending::PortForward {
+                pod: Box::new(pod()),
+            })
+            .unwrap();
+        let token = url.rsplit('/').next().unwrap().to_string();
+        assert!(server.take("portforward", &token).is_some());
+        assert!(server.take("portforward", &token).is_none());
+    }
+}

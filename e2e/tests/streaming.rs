@@ -1,0 +1,170 @@
+//! CRI Exec and PortForward through the streaming server, driven by the
+//! real crictl over SPDY (its default transport): output and exit codes,
+//! stdin, a terminal, and a TCP connection forwarded into the pod.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use e2e::pods::{Env, create, pod_config, run_pod, start, stop_remove_pod};
+
+use e2e::pods::busybox as container_config;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
+    let e = Env::start("").await;
+    let pc = pod_config(&e, "exec");
+    let pod = run_pod(&e.c, &pc).await;
+    let ctr = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &ctr).await;
+
+    // Output on both streams, kept apart, and the exit code.
+    let out = e.c.crictl(&[
+        "exec",
+        &ctr,
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; exit 3",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-out\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("to-err\n"), "{err}");
+    // crictl reports the code (and exits 1).
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(!out.status.success());
+    let ok = e.c.crictl_ok(&["exec", &ctr, "cat", "/proc/self/cgroup"]);
+    assert!(
+        ok.contains(&ctr),
+        "the exec runs in the container's cgroup: {ok}"
+    );
+
+    // stdin to the process, its EOF when ours ends.
+    let mut child =
+        e.c.crictl_command(&["exec", "-i", &ctr, "sh", "-c", "tr a-z A-Z; echo done"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED IN\ndone\n");
+
+    // A terminal: crictl wants one itself, so it runs under script(1).
+    let crictl =
+        e.c.crictl_command(&["exec", "-it", &ctr, "sh", "-c", "tty; stty size"]);
+    let line = std::iter::once(crictl.get_program())
+        .chain(crictl.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty cols 91 rows 17; {line}"),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("/dev/pts/"),
+        "the exec has a terminal: {text}"
+    );
+    assert!(
+        text.contains("17 91"),
+        "the client's size reaches the pty: {text}"
+    );
+
+    // Bad requests get clear errors.
+    let bad = e.c.crictl(&["exec", "no-such-container", "true"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not found"),
+        "{bad:?}"
+    );
+
+    stop_remove_pod(&e.c, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_port_forward_reaches_a_server_in_the_pod() {
+    let e = Env::start("").await;
+    let pc = pod_config(&e, "pf");
+    let pod = run_pod(&e.c, &pc).await;
+    // A one-line web server on the pod's loopback only: reachable through
+    // the pod's network namespace, not from the host.
+    let ctr = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config(
+            "web",
+            &[
+                "sh",
+                "-c",
+                "mkdir /www && echo hello-through-the-forward > /www/index.html && \
+                 exec httpd -f -p 127.0.0.1:8080 -h /www",
+            ],
+        ),
+    )
+    .await;
+    start(&e.c, &ctr).await;
+
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = local.local_addr().unwrap().port();
+    drop(local);
+    let mut pf =
+        e.c.crictl_command(&["port-forward", &pod, &format!("{port}:8080")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut out = BufReader::new(pf.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("Forwarding from"), "{first}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let got = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut r = String::new();
+            s.read_to_string(&mut r)?;
+            Ok(r)
+        })();
+        match got {
+            Ok(r) if r.contains("hello-through-the-forward") => break r,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no page through the forward: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    // A second connection over the same session.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    assert!(r.contains("hello-through-the-forward"), "{r}");
+
+    let _ = pf.kill();
+    let _ = pf.wait();
+    stop_remove_pod(&e.c, &pod).await;
+}
