@@ -1,6 +1,7 @@
-//! CRI Exec and PortForward through the streaming server, driven by the
-//! real crictl over SPDY (its default transport): output and exit codes,
-//! stdin, a terminal, and a TCP connection forwarded into the pod.
+//! CRI Exec, Attach and PortForward through the streaming server, driven
+//! by the real crictl over SPDY (its default transport): output and exit
+//! codes, stdin, a terminal, attaching to a container's stdio, and TCP
+//! connections forwarded into the pod.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -8,6 +9,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crius_proto::cri::{ContainerConfig, ContainerState};
 use e2e::pods::{Env, create, pod_config, run_pod, start, stop_remove_pod};
 
 use e2e::pods::busybox as container_config;
@@ -120,6 +122,26 @@ async fn crictl_port_forward_reaches_a_server_in_the_pod() {
     )
     .await;
     start(&e.c, &ctr).await;
+    // Serving before the forward starts: client-go ends a port forward
+    // whose connection the pod refuses (crius reports the refusal).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !e
+        .c
+        .crictl(&[
+            "exec",
+            "-s",
+            &ctr,
+            "wget",
+            "-q",
+            "-O-",
+            "http://127.0.0.1:8080/index.html",
+        ])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "httpd never served in the pod");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = local.local_addr().unwrap().port();
@@ -166,5 +188,66 @@ async fn crictl_port_forward_reaches_a_server_in_the_pod() {
 
     let _ = pf.kill();
     let _ = pf.wait();
+    stop_remove_pod(&e.c, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_attach_talks_to_the_containers_stdio() {
+    let e = Env::start("").await;
+    let pc = pod_config(&e, "attach");
+    let pod = run_pod(&e.c, &pc).await;
+    // A shell reading commands from stdin, which closes when the first
+    // attached client closes it.
+    let config = ContainerConfig {
+        stdin: true,
+        stdin_once: true,
+        ..container_config("sh", &["sh"])
+    };
+    let ctr = create(&e.c, &pod, &pc, config).await;
+    start(&e.c, &ctr).await;
+
+    let mut child =
+        e.c.crictl_command(&["attach", "-i", &ctr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(b"echo hello-attach; echo to-err >&2\n")
+        .unwrap();
+    // Give the shell time to answer before its stdin closes (and it exits).
+    std::thread::sleep(Duration::from_millis(500));
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-attach\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("to-err"),
+        "{out:?}"
+    );
+    // stdin_once: the shell got EOF and exited.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = e2e::pods::status(&e.c, &ctr).await;
+        if s.state == ContainerState::ContainerExited as i32 {
+            assert_eq!(s.exit_code, 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shell did not exit: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the log has what the attached client saw.
+    let logs = e.c.crictl_ok(&["logs", &ctr]);
+    assert!(logs.contains("hello-attach"), "{logs}");
+    // A stopped container cannot be attached to.
+    let bad = e.c.crictl(&["attach", &ctr]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not running"),
+        "{bad:?}"
+    );
+
     stop_remove_pod(&e.c, &pod).await;
 }

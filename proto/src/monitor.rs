@@ -65,6 +65,23 @@ pub enum Request {
         tty: bool,
         stdin: bool,
     },
+    /// Attaches a streaming client to a running container's stdio (CRI
+    /// Attach). The answer, [`Response::Streams`], carries: with a tty, a
+    /// duplicate of the pty master (for input and resizing; the monitor
+    /// keeps reading the output) and, with `stdout`, the read end of a
+    /// pipe that gets a copy of the terminal's output; without a tty, with
+    /// `stdin` (when the container has one) its stdin's write end, and
+    /// with `stdout` / `stderr` the read ends of pipes that get a copy of
+    /// each stream. Copies end with the container's output or when the
+    /// client closes its end; a client that does not keep up loses output
+    /// rather than stall the container. With `stdin_once`, the first
+    /// client gets the container's only stdin end.
+    Attach {
+        id: String,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
     /// Closes and reopens the container's log file (after rotation).
     ReopenLog { id: String },
     /// Kills every container (SIGKILL), reaps them, records their exits,

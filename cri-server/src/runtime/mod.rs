@@ -290,6 +290,13 @@ impl RuntimeService for Runtime {
         reply(self.exec(req.into_inner()))
     }
 
+    async fn attach(
+        &self,
+        req: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        reply(self.attach(req.into_inner()))
+    }
+
     async fn port_forward(
         &self,
         req: Request<PortForwardRequest>,
@@ -354,7 +361,6 @@ impl RuntimeService for Runtime {
     }
 
     not_yet! {
-        attach(AttachRequest) -> AttachResponse = "Attach";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
     }

@@ -14,14 +14,15 @@ use crate::error::Error;
 use crate::store::{ContainerRecord, PodRecord};
 pub use usage::{ContainerUsage, PodUsage};
 
-/// A CRI Exec's process: the client's ends of its stdio (the pty master
-/// with a tty, else the pipes asked for) and its exit code to come.
-pub struct StreamingExec {
+/// The stdio a streaming client gets (CRI Exec and Attach): the pty
+/// master with a tty (for Attach only to write to and resize), the pipes
+/// asked for otherwise, and for an exec its exit code to come.
+pub struct StreamIo {
     pub stdin: Option<std::os::fd::OwnedFd>,
     pub stdout: Option<std::os::fd::OwnedFd>,
     pub stderr: Option<std::os::fd::OwnedFd>,
     pub pty: Option<std::os::fd::OwnedFd>,
-    pub exit: futures_util::future::BoxFuture<'static, Result<i32, Error>>,
+    pub exit: Option<futures_util::future::BoxFuture<'static, Result<i32, Error>>>,
 }
 
 #[tonic::async_trait]
@@ -82,7 +83,17 @@ pub trait SandboxController: Send + Sync {
         cmd: Vec<String>,
         tty: bool,
         stdin: bool,
-    ) -> Result<StreamingExec, Error>;
+    ) -> Result<StreamIo, Error>;
+    /// Attaches a streaming client to a running container's stdio (CRI
+    /// Attach).
+    async fn attach(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<StreamIo, Error>;
     async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error>;
     /// Applies new resource limits to a created or running container.
     async fn update_resources(

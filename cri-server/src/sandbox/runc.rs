@@ -14,10 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crius_proto::cri::{IdMapping, NamespaceMode};
-use crius_proto::monitor::{ErrorKind, ExecResult, ExitRecord, Request, Response};
+use crius_proto::monitor::{ErrorKind, ExecResult, ExitRecord, Request, Response, StreamFd};
 use image_store::{Image, ImageStore};
 use sandbox_container::cni::{self, Cni, CniOptions, PodNetwork};
-use sandbox_container::monitor::{IdRange, MonitorClient, MonitorConfig, UsernsMaps};
+use sandbox_container::monitor::{
+    ExecStreams, IdRange, MonitorClient, MonitorConfig, MonitorError, UsernsMaps,
+};
 use sandbox_container::spec;
 
 use super::SandboxController;
@@ -43,6 +45,34 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 fn monitor_error(e: sandbox_container::monitor::MonitorError) -> Error {
     Error::Internal(format!("pod monitor: {}", crate::error::chain(&e)))
+}
+
+fn streams_error(e: MonitorError) -> Error {
+    match e {
+        MonitorError::Remote { kind, message } => answer_error(kind, message),
+        e => monitor_error(e),
+    }
+}
+
+/// Sorts the descriptors the monitor handed over.
+fn stream_io(mut streams: ExecStreams) -> (super::StreamIo, ExecStreams) {
+    let mut io = super::StreamIo {
+        stdin: None,
+        stdout: None,
+        stderr: None,
+        pty: None,
+        exit: None,
+    };
+    for (kind, fd) in std::mem::take(&mut streams.fds) {
+        let slot = match kind {
+            StreamFd::Stdin => &mut io.stdin,
+            StreamFd::Stdout => &mut io.stdout,
+            StreamFd::Stderr => &mut io.stderr,
+            StreamFd::Pty => &mut io.pty,
+        };
+        *slot = Some(fd);
+    }
+    (io, streams)
 }
 
 fn cni_error(e: cni::Error) -> Error {
@@ -657,34 +687,29 @@ impl SandboxController for RuncSandbox {
         cmd: Vec<String>,
         tty: bool,
         stdin: bool,
-    ) -> Result<super::StreamingExec, Error> {
-        use crius_proto::monitor::StreamFd;
-        use sandbox_container::monitor::{ExecStreams, MonitorError};
+    ) -> Result<super::StreamIo, Error> {
         let streams = ExecStreams::start(&self.pod_dir(&pod.id), &c.id, cmd, tty, stdin)
             .await
-            .map_err(|e| match e {
-                MonitorError::Remote { kind, message } => answer_error(kind, message),
-                e => monitor_error(e),
-            })?;
-        let mut exec = super::StreamingExec {
-            stdin: None,
-            stdout: None,
-            stderr: None,
-            pty: None,
-            exit: Box::pin(std::future::ready(Ok(0))),
-        };
-        let mut streams = streams;
-        for (kind, fd) in std::mem::take(&mut streams.fds) {
-            let slot = match kind {
-                StreamFd::Stdin => &mut exec.stdin,
-                StreamFd::Stdout => &mut exec.stdout,
-                StreamFd::Stderr => &mut exec.stderr,
-                StreamFd::Pty => &mut exec.pty,
-            };
-            *slot = Some(fd);
-        }
-        exec.exit = Box::pin(async move { streams.wait().await.map_err(monitor_error) });
-        Ok(exec)
+            .map_err(streams_error)?;
+        let (mut io, streams) = stream_io(streams);
+        io.exit = Some(Box::pin(async move {
+            streams.wait().await.map_err(monitor_error)
+        }));
+        Ok(io)
+    }
+
+    async fn attach(
+        &self,
+        pod: &PodRecord,
+        c: &ContainerRecord,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<super::StreamIo, Error> {
+        let streams = ExecStreams::attach(&self.pod_dir(&pod.id), &c.id, stdin, stdout, stderr)
+            .await
+            .map_err(streams_error)?;
+        Ok(stream_io(streams).0)
     }
 
     async fn reopen_log(&self, pod: &PodRecord, c: &ContainerRecord) -> Result<(), Error> {

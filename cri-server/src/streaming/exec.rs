@@ -1,14 +1,17 @@
-//! CRI Exec over SPDY: the server side of Kubernetes' remotecommand
-//! protocol `v4.channel.k8s.io`. The client opens one stream per channel,
+//! CRI Exec and Attach over SPDY: the server side of Kubernetes'
+//! remotecommand protocol `v4.channel.k8s.io`. The client opens one stream per channel,
 //! named by its `streamType` header: `error`, then `stdin`, `stdout`,
 //! `stderr` (not with a tty) and `resize` (with a tty), each only when
 //! asked for. Once they are all there the command starts in the container
-//! (through its pod's monitor, which hands over the process's stdio);
+//! (through its pod's monitor, which hands over the process's stdio), or
+//! for Attach the monitor hands over the container's stdin and copies of
+//! its output;
 //! stdout and stderr are copied to their streams until EOF, stdin from its
 //! stream until the client closes it, resize messages (JSON
 //! `{"Width":w,"Height":h}`, one after another) go to the pty. At the exit
 //! the error stream gets a `metav1.Status`: `Success`, or `Failure` with
-//! reason `NonZeroExitCode` and the code.
+//! reason `NonZeroExitCode` and the code. An attach ends with the
+//! container's output (or the client), with `Success`.
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::spdy::{Session, Stream};
-use crate::sandbox::{SandboxController, StreamingExec};
+use crate::sandbox::{SandboxController, StreamIo};
 use crate::store::{ContainerRecord, PodRecord};
 
 /// How long the client has to open its streams.
@@ -27,12 +30,13 @@ const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
 /// left behind) is copied before the streams are closed.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// A CRI Exec, checked when its URL was made.
+/// A CRI Exec (with its command) or Attach (`cmd` None), checked when
+/// its URL was made.
 pub struct ExecRequest {
     pub controller: Arc<dyn SandboxController>,
     pub pod: PodRecord,
     pub container: ContainerRecord,
-    pub cmd: Vec<String>,
+    pub cmd: Option<Vec<String>>,
     pub tty: bool,
     pub stdin: bool,
     pub stdout: bool,
@@ -90,16 +94,18 @@ pub async fn serve(req: ExecRequest, session: Session, mut incoming: mpsc::Recei
         session.close().await;
         return;
     }
-    let started = req
-        .controller
-        .exec_stream(
-            &req.pod,
-            &req.container,
-            req.cmd.clone(),
-            req.tty,
-            req.stdin,
-        )
-        .await;
+    let started = match &req.cmd {
+        Some(cmd) => {
+            req.controller
+                .exec_stream(&req.pod, &req.container, cmd.clone(), req.tty, req.stdin)
+                .await
+        }
+        None => {
+            req.controller
+                .attach(&req.pod, &req.container, req.stdin, req.stdout, req.stderr)
+                .await
+        }
+    };
     let process = match started {
         Ok(p) => p,
         Err(e) => {
@@ -128,8 +134,8 @@ pub async fn serve(req: ExecRequest, session: Session, mut incoming: mpsc::Recei
 
 /// Copies between the process and the streams until it exits; its exit
 /// code.
-async fn run(process: StreamingExec, ch: &mut Channels, session: &Session) -> Result<i32, String> {
-    let StreamingExec {
+async fn run(process: StreamIo, ch: &mut Channels, session: &Session) -> Result<i32, String> {
+    let StreamIo {
         stdin,
         stdout,
         stderr,
@@ -144,7 +150,14 @@ async fn run(process: StreamingExec, ch: &mut Channels, session: &Session) -> Re
     };
     if let Some(pty) = &pty {
         if let Some(out) = ch.stdout.take() {
-            outputs.spawn(copy_out(pty.clone(), out));
+            // An exec's output is the pty's; an attach gets a copy of it
+            // through a pipe (the monitor reads the pty for the log).
+            let source = match stdout.map(Fd::new).transpose() {
+                Ok(Some(pipe)) => Arc::new(pipe),
+                Ok(None) => pty.clone(),
+                Err(e) => return Err(format!("attach output: {e}")),
+            };
+            outputs.spawn(copy_out(source, out));
         }
         if let Some(input) = ch.stdin.take() {
             inputs.spawn(copy_in(input, pty.clone()));
@@ -172,9 +185,31 @@ async fn run(process: StreamingExec, ch: &mut Channels, session: &Session) -> Re
             _ => {}
         }
     }
-    let exit = tokio::select! {
-        code = exit => code.map_err(|e| crate::error::chain(&e)),
-        () = session.closed() => Err("the client went away".to_string()),
+    // Input the process does not take (an attach to a container without
+    // stdin) is read and dropped, so the session never stalls on it.
+    if let Some(mut input) = ch.stdin.take() {
+        inputs.spawn(async move { while input.recv().await.is_some() {} });
+    }
+    let exit = match exit {
+        Some(exit) => tokio::select! {
+            code = exit => code.map_err(|e| crate::error::chain(&e)),
+            () = session.closed() => Err("the client went away".to_string()),
+        },
+        // An attach: until the container's output ends (or, with no
+        // output asked for, its input), or the client goes.
+        None => {
+            let until = async {
+                if outputs.is_empty() {
+                    while inputs.join_next().await.is_some() {}
+                } else {
+                    while outputs.join_next().await.is_some() {}
+                }
+            };
+            tokio::select! {
+                () = until => Ok(0),
+                () = session.closed() => Err("the client went away".to_string()),
+            }
+        }
     };
     // Output a child left behind still holds is copied a little longer.
     let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {

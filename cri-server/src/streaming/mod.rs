@@ -1,4 +1,4 @@
-//! The streaming server behind CRI Exec and PortForward: single-use URLs
+//! The streaming server behind CRI Exec, Attach and PortForward: single-use URLs
 //! on an HTTP endpoint (`server`), SPDY/3.1 sessions (`spdy`), and the
 //! Kubernetes subprotocols spoken over them (`exec`, `portforward`).
 
@@ -7,4 +7,4 @@ mod portforward;
 mod server;
 pub mod spdy;
 
-pub use server::{Pending, StreamServer, exec_pending};
+pub use server::{Pending, StreamServer, attach_pending, exec_pending};

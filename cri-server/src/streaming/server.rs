@@ -3,7 +3,7 @@
 //! default). Each URL carries a random single-use token that expires after
 //! [`TOKEN_TTL`]; the request it stands for was checked when the token was
 //! made. A client upgrades the connection to SPDY/3.1 and negotiates the
-//! subprotocol: `v4.channel.k8s.io` for exec (remotecommand), and
+//! subprotocol: `v4.channel.k8s.io` for exec and attach (remotecommand), and
 //! `portforward.k8s.io` for port forwarding.
 
 use std::collections::HashMap;
@@ -34,6 +34,7 @@ pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// What a URL was handed out for.
 pub enum Pending {
     Exec(Box<exec::ExecRequest>),
+    Attach(Box<exec::ExecRequest>),
     PortForward { pod: Box<PodRecord> },
 }
 
@@ -41,6 +42,7 @@ impl Pending {
     fn path(&self) -> &'static str {
         match self {
             Pending::Exec(_) => "exec",
+            Pending::Attach(_) => "attach",
             Pending::PortForward { .. } => "portforward",
         }
     }
@@ -129,7 +131,7 @@ impl StreamServer {
             .await;
         }
         let wanted = match what {
-            Pending::Exec(_) => EXEC_PROTOCOL,
+            Pending::Exec(_) | Pending::Attach(_) => EXEC_PROTOCOL,
             Pending::PortForward { .. } => PORT_FORWARD_PROTOCOL,
         };
         if !req.protocols.iter().any(|p| p == wanted) {
@@ -151,7 +153,7 @@ impl StreamServer {
         let io = tokio::io::join(std::io::Cursor::new(rest).chain(r), w);
         let (session, streams) = spdy::Session::start(io);
         match what {
-            Pending::Exec(req) => exec::serve(*req, session, streams).await,
+            Pending::Exec(req) | Pending::Attach(req) => exec::serve(*req, session, streams).await,
             Pending::PortForward { pod } => portforward::serve(*pod, session, streams).await,
         }
         Ok(())
@@ -169,7 +171,26 @@ pub fn exec_pending(
         controller,
         pod,
         container,
-        cmd: req.cmd.clone(),
+        cmd: Some(req.cmd.clone()),
+        tty: req.tty,
+        stdin: req.stdin,
+        stdout: req.stdout,
+        stderr: req.stderr,
+    }))
+}
+
+/// What an attach URL stands for.
+pub fn attach_pending(
+    controller: Arc<dyn SandboxController>,
+    pod: PodRecord,
+    container: ContainerRecord,
+    req: &crius_proto::cri::AttachRequest,
+) -> Pending {
+    Pending::Attach(Box::new(exec::ExecRequest {
+        controller,
+        pod,
+        container,
+        cmd: None,
         tty: req.tty,
         stdin: req.stdin,
         stdout: req.stdout,

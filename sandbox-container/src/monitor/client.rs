@@ -256,15 +256,39 @@ impl ExecStreams {
         tty: bool,
         stdin: bool,
     ) -> Result<ExecStreams, MonitorError> {
-        let path = pod_dir.join(SOCKET_FILE);
         let req = Request::ExecStream {
             id: id.to_owned(),
             cmd,
             tty,
             stdin,
         };
+        Self::open(pod_dir, &req).await
+    }
+
+    /// Attaches to container `id`'s stdio (see [`Request::Attach`]); only
+    /// `fds` is of use then.
+    pub async fn attach(
+        pod_dir: &Path,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<ExecStreams, MonitorError> {
+        let req = Request::Attach {
+            id: id.to_owned(),
+            stdin,
+            stdout,
+            stderr,
+        };
+        Self::open(pod_dir, &req).await
+    }
+
+    /// Sends `req` on a connection of its own and reads the `Streams`
+    /// answer with its descriptors.
+    async fn open(pod_dir: &Path, req: &Request) -> Result<ExecStreams, MonitorError> {
+        let path = pod_dir.join(SOCKET_FILE);
         let mut line =
-            serde_json::to_vec(&req).map_err(|e| MonitorError::Protocol(e.to_string()))?;
+            serde_json::to_vec(req).map_err(|e| MonitorError::Protocol(e.to_string()))?;
         line.push(b'\n');
         let started = async {
             let mut conn = UnixStream::connect(&path)

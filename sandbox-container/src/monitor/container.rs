@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crius_proto::monitor::{ContainerState, ErrorKind, ExitRecord, Phase};
+use crius_proto::monitor::{ContainerState, ErrorKind, ExitRecord, Phase, StreamFd};
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::error::LibcontainerError;
@@ -153,9 +153,14 @@ pub struct Ctr {
     /// The resolved cgroup path (libcontainer's), for OOM and signal-all.
     pub cgroup: PathBuf,
     lc: Container,
-    /// The write end of the container's stdin, when it has one (kept for
-    /// attach; nothing writes to it yet).
-    _stdin: Option<OwnedFd>,
+    /// The write end of the container's stdin, when it has one and no
+    /// `stdin_once` client has taken it: for attach.
+    stdin: Option<OwnedFd>,
+    stdin_once: bool,
+    /// The container has a terminal: `stdout` is the pty master.
+    tty: bool,
+    /// Attached clients' pipes (write ends) that get copies of the output.
+    attached: Vec<Attached>,
     pub stdout: Option<OutPipe>,
     pub stderr: Option<OutPipe>,
     pub log: LogSink,
@@ -167,6 +172,7 @@ pub struct CreateArgs<'a> {
     pub bundle: &'a Path,
     pub log_path: Option<PathBuf>,
     pub stdin: bool,
+    pub stdin_once: bool,
     /// A terminal: libcontainer opens a pty in the container's devpts
     /// and hands its master over a console socket; the master is then the
     /// container's only output (logged as stdout).
@@ -310,7 +316,10 @@ impl Ctr {
             exit: None,
             cgroup,
             lc,
-            _stdin: stdin,
+            stdin,
+            stdin_once: a.stdin_once,
+            tty: a.tty,
+            attached: Vec::new(),
             stdout: stdout.map(|fd| pipe(fd, StreamKind::Stdout)),
             stderr: stderr.map(|fd| pipe(fd, StreamKind::Stderr)),
             log,
@@ -396,6 +405,9 @@ impl Ctr {
                     total += n;
                     let split = &mut pipe.split;
                     log.write_lines(|out| split.feed(&buf[..n], out), kind);
+                    for a in &mut self.attached {
+                        a.copy(kind, &buf[..n]);
+                    }
                 }
                 Ok(None) => break,
                 // A pty master reads EIO once the container's side closed.
@@ -414,7 +426,13 @@ impl Ctr {
             let split = &mut pipe.split;
             log.write_lines(|out| split.finish(out), kind);
             *slot = None;
+            // The attached clients see the end of this stream too.
+            for a in &mut self.attached {
+                *a.slot(kind) = None;
+            }
         }
+        self.attached
+            .retain(|a| a.stdout.is_some() || a.stderr.is_some());
     }
 
     pub fn read_ready(&mut self, kind: StreamKind) {
@@ -456,7 +474,73 @@ impl Ctr {
         self.exit = Some(rec);
         self.phase = Phase::Exited;
         self.pid = 0;
-        self._stdin = None;
+        self.stdin = None;
+    }
+
+    /// Attaches a client (see `Request::Attach`): its descriptors.
+    pub fn attach(
+        &mut self,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<Vec<(StreamFd, OwnedFd)>, Fail> {
+        if self.phase != Phase::Running {
+            return Err(Fail::new(
+                ErrorKind::FailedPrecondition,
+                "container is not running",
+            ));
+        }
+        let io = |e: io::Error| Fail::internal(format!("attach: {e}"));
+        let mut fds = Vec::new();
+        let mut attached = Attached::default();
+        // A copy pipe per output stream; one whose stream has ended
+        // already is handed over closed (the client sees EOF at once).
+        let mut copy_pipe = |kind: StreamKind, open: bool| -> Result<OwnedFd, Fail> {
+            let (r, w) = sys::pipe(false, true).map_err(io)?;
+            if open {
+                *attached.slot(kind) = Some(w);
+            }
+            Ok(r)
+        };
+        if self.tty {
+            let master = self.stdout.as_ref().ok_or_else(|| {
+                Fail::new(ErrorKind::FailedPrecondition, "the terminal is closed")
+            })?;
+            let dup = nix::unistd::dup(&master.fd)
+                .map_err(|e| io(e.into()))
+                .and_then(|fd| sys::set_cloexec(fd.as_fd()).map(|()| fd).map_err(io))?;
+            fds.push((StreamFd::Pty, dup));
+            if stdout {
+                fds.push((StreamFd::Stdout, copy_pipe(StreamKind::Stdout, true)?));
+            }
+        } else {
+            if stdin {
+                let fd = if self.stdin_once {
+                    self.stdin.take()
+                } else {
+                    match &self.stdin {
+                        Some(w) => Some(nix::unistd::dup(w).map_err(|e| io(e.into()))?),
+                        None => None,
+                    }
+                };
+                if let Some(fd) = fd {
+                    sys::set_cloexec(fd.as_fd()).map_err(io)?;
+                    fds.push((StreamFd::Stdin, fd));
+                }
+            }
+            if stdout {
+                let open = self.stdout.is_some();
+                fds.push((StreamFd::Stdout, copy_pipe(StreamKind::Stdout, open)?));
+            }
+            if stderr {
+                let open = self.stderr.is_some();
+                fds.push((StreamFd::Stderr, copy_pipe(StreamKind::Stderr, open)?));
+            }
+        }
+        if attached.stdout.is_some() || attached.stderr.is_some() {
+            self.attached.push(attached);
+        }
+        Ok(fds)
     }
 
     pub fn reopen_log(&mut self) -> Result<(), Fail> {
@@ -596,5 +680,42 @@ pub fn unix_nanos(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
         Err(_) => 0,
+    }
+}
+
+/// The pipes (write ends, non-blocking) an attached client reads copies of
+/// the container's output from.
+#[derive(Default)]
+struct Attached {
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+impl Attached {
+    fn slot(&mut self, kind: StreamKind) -> &mut Option<OwnedFd> {
+        match kind {
+            StreamKind::Stdout => &mut self.stdout,
+            StreamKind::Stderr => &mut self.stderr,
+        }
+    }
+
+    /// Copies `data` to the client's pipe of `kind`: what does not fit is
+    /// dropped (the container never waits for a client); a client that
+    /// closed its end is forgotten.
+    fn copy(&mut self, kind: StreamKind, data: &[u8]) {
+        let slot = self.slot(kind);
+        let Some(fd) = slot else { return };
+        let mut rest = data;
+        while !rest.is_empty() {
+            match nix::unistd::write(&*fd, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => {
+                    *slot = None;
+                    return;
+                }
+            }
+        }
     }
 }

@@ -443,9 +443,9 @@ impl Monitor {
                 bundle,
                 log_path,
                 stdin,
-                stdin_once: _,
+                stdin_once,
                 tty,
-            } => self.create(&id, bundle, log_path, stdin, tty),
+            } => self.create(&id, bundle, log_path, stdin, stdin_once, tty),
             Request::StartContainer { id } => self
                 .ctr_mut(&id)
                 .and_then(|c| c.start())
@@ -475,6 +475,35 @@ impl Monitor {
             } => match self.exec_stream(conn, &id, cmd, tty, stdin) {
                 Ok(()) => return None,
                 Err(e) => Err(e),
+            },
+            Request::Attach {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => match self.ctrs.get_mut(&id) {
+                Some(c) => match c.attach(stdin, stdout, stderr) {
+                    Ok(fds) => {
+                        let sent = match self.conns.get(&conn) {
+                            Some(cn) => send_with_fds(&cn.stream, &fds),
+                            None => Err(io::Error::other("the client is gone")),
+                        };
+                        match sent {
+                            Ok(()) => {
+                                // Answered with the descriptors already.
+                                if let Some(cn) = self.conns.get_mut(&conn) {
+                                    cn.busy = false;
+                                }
+                                return None;
+                            }
+                            Err(e) => Err(Fail::internal(format!(
+                                "sending the attach descriptors: {e}"
+                            ))),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Err(not_found()),
             },
             Request::ReopenLog { id } => self
                 .ctr_mut(&id)
@@ -508,6 +537,7 @@ impl Monitor {
         bundle: PathBuf,
         log_path: Option<PathBuf>,
         stdin: bool,
+        stdin_once: bool,
         tty: bool,
     ) -> Result<Response, Fail> {
         if self.ctrs.contains_key(id) {
@@ -523,6 +553,7 @@ impl Monitor {
             bundle: &bundle,
             log_path,
             stdin,
+            stdin_once,
             tty,
         })?;
         let pid = u32::try_from(ctr.pid).unwrap_or(0);
