@@ -116,6 +116,28 @@ async fn runtime_answers_version_status_config_and_errors() {
         rc.linux.unwrap().cgroup_driver,
         CgroupDriver::Cgroupfs as i32
     );
+    // kubelet's pod CIDR: checked, remembered, shown in verbose Status.
+    let cidr = |c: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig {
+                pod_cidr: c.to_string(),
+            }),
+        }),
+    };
+    rt.update_runtime_config(cidr("198.18.7.0/24"))
+        .await
+        .unwrap();
+    let e = rt
+        .update_runtime_config(cidr("198.18.7.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let verbose = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verbose.info["podCIDR"], "198.18.7.0/24");
     let e = rt
         .checkpoint_container(CheckpointContainerRequest::default())
         .await

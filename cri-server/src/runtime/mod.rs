@@ -1,6 +1,5 @@
 //! RuntimeService: one file per implemented call (or family of calls);
-//! those not built yet (streaming, resource updates, checkpoints) answer
-//! Unimplemented.
+//! CheckpointContainer, not built, answers Unimplemented.
 
 mod container_create;
 mod container_remove;
@@ -21,6 +20,7 @@ mod reopen_log;
 mod runtime_config;
 mod stats;
 mod status;
+mod update_runtime_config;
 mod version;
 
 use std::collections::HashMap;
@@ -48,8 +48,10 @@ pub struct Runtime {
     events: broadcast::Sender<ContainerEventResponse>,
     /// The last CPU sample of each container and pod, for CPU rates.
     cpu_samples: stats::CpuSamples,
-    /// Where Exec and PortForward URLs point.
+    /// Where Exec, Attach and PortForward URLs point.
     streams: Arc<StreamServer>,
+    /// The node's pod CIDR, as kubelet last passed it.
+    pod_cidr: std::sync::Mutex<String>,
 }
 
 impl Runtime {
@@ -68,6 +70,7 @@ impl Runtime {
             events: broadcast::channel(1024).0,
             cpu_samples: stats::CpuSamples::default(),
             streams,
+            pod_cidr: Default::default(),
         }
     }
 
@@ -165,9 +168,11 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let pod_cidr = self.pod_cidr.lock().map(|c| c.clone()).unwrap_or_default();
         Ok(Response::new(status::status(
             req.into_inner(),
             self.runc.network_status(),
+            &pod_cidr,
         )))
     }
 
@@ -360,8 +365,14 @@ impl RuntimeService for Runtime {
         reply(self.list_pod_sandbox_metrics(req.into_inner()).await)
     }
 
+    async fn update_runtime_config(
+        &self,
+        req: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        reply(self.update_runtime_config(req.into_inner()))
+    }
+
     not_yet! {
-        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
     }
 }

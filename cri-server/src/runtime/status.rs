@@ -2,7 +2,8 @@
 //! handlers crius answers to with their features (recursive read-only
 //! mounts when the kernel has mount_setattr), and the runtime's features
 //! (SupplementalGroupsPolicy). Verbose, it says in `info["vm"]` which
-//! hypervisor driver and accelerator VMs get on this host.
+//! hypervisor driver and accelerator VMs get on this host, and in
+//! `info["podCIDR"]` the pod CIDR kubelet last passed (UpdateRuntimeConfig).
 
 use crius_proto::cri::{
     RuntimeCondition, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
@@ -13,7 +14,7 @@ use crius_proto::cri::{
 /// are the namespace sandbox.
 const HANDLERS: &[&str] = &["", "runc"];
 
-pub fn status(req: StatusRequest, network: Result<(), String>) -> StatusResponse {
+pub fn status(req: StatusRequest, network: Result<(), String>, pod_cidr: &str) -> StatusResponse {
     let conditions = vec![
         RuntimeCondition {
             r#type: "RuntimeReady".to_string(),
@@ -39,7 +40,12 @@ pub fn status(req: StatusRequest, network: Result<(), String>) -> StatusResponse
     StatusResponse {
         status: Some(RuntimeStatus { conditions }),
         info: if req.verbose {
-            [("vm".to_string(), vm_info())].into()
+            let mut info: std::collections::HashMap<String, String> =
+                [("vm".to_string(), vm_info())].into();
+            if !pod_cidr.is_empty() {
+                info.insert("podCIDR".to_string(), pod_cidr.to_string());
+            }
+            info
         } else {
             Default::default()
         },
@@ -88,9 +94,10 @@ mod tests {
 
     #[test]
     fn verbose_status_names_the_vm_driver_and_accelerator() {
-        let quiet = status(StatusRequest { verbose: false }, Ok(()));
+        let quiet = status(StatusRequest { verbose: false }, Ok(()), "");
         assert!(quiet.info.is_empty());
-        let verbose = status(StatusRequest { verbose: true }, Ok(()));
+        let verbose = status(StatusRequest { verbose: true }, Ok(()), "198.18.4.0/24");
+        assert_eq!(verbose.info["podCIDR"], "198.18.4.0/24");
         let vm: serde_json::Value = serde_json::from_str(&verbose.info["vm"]).unwrap();
         assert_eq!(vm["driver"], "qemu");
         assert!(["kvm", "tcg"].contains(&vm["accelerator"].as_str().unwrap()));
