@@ -88,6 +88,38 @@ async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
         "the client's size reaches the pty: {text}"
     );
 
+    // Sessions leave no descriptor behind, in the server or the monitor.
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let server = e.c.pid().unwrap();
+    let monitor: u32 =
+        std::fs::read_to_string(e.c.state.join("pods").join(&pod).join("monitor.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let before = (fds(server), fds(monitor));
+    for _ in 0..20 {
+        e.c.crictl_ok(&["exec", &ctr, "true"]);
+        let mut child =
+            e.c.crictl_command(&["exec", "-i", &ctr, "cat"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+        child.stdin.take().unwrap().write_all(b"x").unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        (fds(server), fds(monitor)),
+        before,
+        "descriptors (server, monitor)"
+    );
+
     // Bad requests get clear errors.
     let bad = e.c.crictl(&["exec", "no-such-container", "true"]);
     assert!(!bad.status.success());
