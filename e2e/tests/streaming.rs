@@ -88,6 +88,37 @@ async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
         "the client's size reaches the pty: {text}"
     );
 
+    // The same over WebSocket (v5.channel.k8s.io).
+    let out = e.c.crictl(&[
+        "exec",
+        "-r",
+        "websocket",
+        &ctr,
+        "sh",
+        "-c",
+        "echo ws-out; echo ws-err >&2; exit 4",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ws-out\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("ws-err\n"), "{err}");
+    assert!(err.contains("exit code 4"), "{err}");
+    let mut child =
+        e.c.crictl_command(&["exec", "-r", "websocket", "-i", &ctr, "tr", "a-z", "A-Z"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"over websocket\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OVER WEBSOCKET\n");
+
     // Sessions leave no descriptor behind, in the server or the monitor.
     let fds = |pid: u32| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -113,12 +144,20 @@ async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
         child.stdin.take().unwrap().write_all(b"x").unwrap();
         assert!(child.wait().unwrap().success());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        (fds(server), fds(monitor)),
-        before,
-        "descriptors (server, monitor)"
-    );
+    // (Connections of earlier sessions may still be closing when `before`
+    // is taken: at most as many as then.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = (fds(server), fds(monitor));
+        if now.0 <= before.0 && now.1 <= before.1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "descriptors (server, monitor): {now:?}, before {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Bad requests get clear errors.
     let bad = e.c.crictl(&["exec", "no-such-container", "true"]);
@@ -229,7 +268,7 @@ async fn crictl_attach_talks_to_the_containers_stdio() {
     let pc = pod_config(&e, "attach");
     let pod = run_pod(&e.c, &pc).await;
     // A shell reading commands from stdin, which closes when the first
-    // attached client closes it.
+    // attached client closes it (attached over WebSocket; exec covers SPDY).
     let config = ContainerConfig {
         stdin: true,
         stdin_once: true,
@@ -239,7 +278,7 @@ async fn crictl_attach_talks_to_the_containers_stdio() {
     start(&e.c, &ctr).await;
 
     let mut child =
-        e.c.crictl_command(&["attach", "-i", &ctr])
+        e.c.crictl_command(&["attach", "-r", "websocket", "-i", &ctr])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,8 +1,10 @@
-//! CRI Exec and Attach over SPDY: the server side of Kubernetes'
-//! remotecommand protocol `v4.channel.k8s.io`. The client opens one stream per channel,
+//! CRI Exec and Attach: the server side of Kubernetes' remotecommand
+//! protocol, `v4.channel.k8s.io` over SPDY and `v5.channel.k8s.io` (or v4)
+//! over WebSocket. Over SPDY the client opens one stream per channel,
 //! named by its `streamType` header: `error`, then `stdin`, `stdout`,
 //! `stderr` (not with a tty) and `resize` (with a tty), each only when
-//! asked for. Once they are all there the command starts in the container
+//! asked for; over WebSocket the channels are numbered in one connection
+//! (`ws`). Once they are all there the command starts in the container
 //! (through its pod's monitor, which hands over the process's stdio), or
 //! for Attach the monitor hands over the container's stdin and copies of
 //! its output;
@@ -17,12 +19,70 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::spdy::{Session, Stream};
+use super::{spdy, ws};
 use crate::sandbox::{SandboxController, StreamIo};
 use crate::store::{ContainerRecord, PodRecord};
+
+/// One channel (stdin, stdout, ...) over either transport.
+pub(super) trait Chan: Send + Sync + 'static {
+    /// Sends `data`; false once the channel or connection is gone.
+    fn send(&self, data: &[u8]) -> impl Future<Output = bool> + Send;
+    /// Ends this side of the channel.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+    /// The client's next data; None at its end of the channel.
+    fn recv(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+/// The connection the channels run on.
+pub(super) trait Conn: Send + Sync {
+    fn close(&self) -> impl Future<Output = ()> + Send;
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Chan for spdy::Stream {
+    async fn send(&self, data: &[u8]) -> bool {
+        spdy::Stream::send(self, data).await.is_ok()
+    }
+    async fn close(&self) {
+        let _ = spdy::Stream::close(self).await;
+    }
+    async fn recv(&mut self) -> Option<Bytes> {
+        spdy::Stream::recv(self).await
+    }
+}
+
+impl Conn for spdy::Session {
+    async fn close(&self) {
+        spdy::Session::close(self).await;
+    }
+    async fn closed(&self) {
+        spdy::Session::closed(self).await;
+    }
+}
+
+impl Chan for ws::Channel {
+    async fn send(&self, data: &[u8]) -> bool {
+        ws::Channel::send(self, data).await
+    }
+    /// The client reads a channel's end at the connection's end.
+    async fn close(&self) {}
+    async fn recv(&mut self) -> Option<Bytes> {
+        ws::Channel::recv(self).await
+    }
+}
+
+impl Conn for ws::Session {
+    async fn close(&self) {
+        ws::Session::close(self).await;
+    }
+    async fn closed(&self) {
+        ws::Session::closed(self).await;
+    }
+}
 
 /// How long the client has to open its streams.
 const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,16 +103,27 @@ pub struct ExecRequest {
     pub stderr: bool,
 }
 
-#[derive(Default)]
-struct Channels {
-    error: Option<Stream>,
-    stdin: Option<Stream>,
-    stdout: Option<Stream>,
-    stderr: Option<Stream>,
-    resize: Option<Stream>,
+struct Channels<C> {
+    error: Option<C>,
+    stdin: Option<C>,
+    stdout: Option<C>,
+    stderr: Option<C>,
+    resize: Option<C>,
 }
 
-impl Channels {
+impl<C> Default for Channels<C> {
+    fn default() -> Self {
+        Channels {
+            error: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            resize: None,
+        }
+    }
+}
+
+impl<C> Channels<C> {
     fn complete(&self, req: &ExecRequest) -> bool {
         self.error.is_some()
             && (!req.stdin || self.stdin.is_some())
@@ -62,7 +133,12 @@ impl Channels {
     }
 }
 
-pub async fn serve(req: ExecRequest, session: Session, mut incoming: mpsc::Receiver<Stream>) {
+/// Over SPDY: gathers the client's streams, then runs.
+pub async fn serve(
+    req: ExecRequest,
+    session: spdy::Session,
+    mut incoming: mpsc::Receiver<spdy::Stream>,
+) {
     let mut ch = Channels::default();
     let gathered = tokio::time::timeout(STREAMS_TIMEOUT, async {
         while !ch.complete(&req) {
@@ -94,6 +170,28 @@ pub async fn serve(req: ExecRequest, session: Session, mut incoming: mpsc::Recei
         session.close().await;
         return;
     }
+    execute(req, ch, &session).await;
+}
+
+/// Over WebSocket: the channels the request asked for exist from the
+/// start (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize).
+pub async fn serve_ws(
+    req: ExecRequest,
+    session: ws::Session,
+    mut inputs: std::collections::HashMap<u8, mpsc::Receiver<Bytes>>,
+) {
+    let ch = Channels {
+        error: Some(session.channel(3, None)),
+        stdin: req.stdin.then(|| session.channel(0, inputs.remove(&0))),
+        stdout: req.stdout.then(|| session.channel(1, None)),
+        stderr: (req.stderr && !req.tty).then(|| session.channel(2, None)),
+        resize: req.tty.then(|| session.channel(4, inputs.remove(&4))),
+    };
+    execute(req, ch, &session).await;
+}
+
+/// Starts the exec (or attach), copies until it ends, writes the status.
+async fn execute<C: Chan, S: Conn>(req: ExecRequest, mut ch: Channels<C>, session: &S) {
     let started = match &req.cmd {
         Some(cmd) => {
             req.controller
@@ -113,11 +211,11 @@ pub async fn serve(req: ExecRequest, session: Session, mut incoming: mpsc::Recei
             if let Some(err) = &ch.error {
                 let _ = err.send(failure_status(&msg, None).as_bytes()).await;
             }
-            finish(&session, &ch).await;
+            finish(session, &ch).await;
             return;
         }
     };
-    let exit_code = run(process, &mut ch, &session).await;
+    let exit_code = run(process, &mut ch, session).await;
     if let Some(err) = &ch.error {
         let status = match exit_code {
             Ok(0) => r#"{"metadata":{},"status":"Success"}"#.to_string(),
@@ -129,12 +227,16 @@ pub async fn serve(req: ExecRequest, session: Session, mut incoming: mpsc::Recei
         };
         let _ = err.send(status.as_bytes()).await;
     }
-    finish(&session, &ch).await;
+    finish(session, &ch).await;
 }
 
 /// Copies between the process and the streams until it exits; its exit
 /// code.
-async fn run(process: StreamIo, ch: &mut Channels, session: &Session) -> Result<i32, String> {
+async fn run<C: Chan, S: Conn>(
+    process: StreamIo,
+    ch: &mut Channels<C>,
+    session: &S,
+) -> Result<i32, String> {
     let StreamIo {
         stdin,
         stdout,
@@ -222,12 +324,12 @@ async fn run(process: StreamIo, ch: &mut Channels, session: &Session) -> Result<
 }
 
 /// Closes every stream and the session.
-async fn finish(session: &Session, ch: &Channels) {
+async fn finish<C: Chan, S: Conn>(session: &S, ch: &Channels<C>) {
     for s in [&ch.error, &ch.stdin, &ch.stdout, &ch.stderr, &ch.resize]
         .into_iter()
         .flatten()
     {
-        let _ = s.close().await;
+        s.close().await;
     }
     session.close().await;
 }
@@ -296,25 +398,25 @@ impl Fd {
     }
 }
 
-async fn copy_out(fd: Arc<Fd>, stream: Stream) {
+async fn copy_out<C: Chan>(fd: Arc<Fd>, stream: C) {
     let mut buf = vec![0u8; 32 << 10];
     loop {
         match fd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if stream.send(&buf[..n]).await.is_err() {
+                if !stream.send(&buf[..n]).await {
                     break;
                 }
             }
         }
     }
-    let _ = stream.close().await;
+    stream.close().await;
 }
 
 /// Copies the client's input to the process; closing the client's stdin
 /// closes the process's (but not a pty's: the process sees its EOF
 /// character only if the client sends one).
-async fn copy_in(mut stream: Stream, fd: Arc<Fd>) {
+async fn copy_in<C: Chan>(mut stream: C, fd: Arc<Fd>) {
     while let Some(data) = stream.recv().await {
         if fd.write_all(&data).await.is_err() {
             return;
@@ -323,7 +425,7 @@ async fn copy_in(mut stream: Stream, fd: Arc<Fd>) {
 }
 
 /// Applies the client's terminal sizes to the pty.
-async fn resizes(mut stream: Stream, pty: Arc<Fd>) {
+async fn resizes<C: Chan>(mut stream: C, pty: Arc<Fd>) {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Size {

@@ -1,10 +1,12 @@
-//! The streaming server behind CRI Exec, Attach and PortForward: single-use URLs
-//! on an HTTP endpoint (`server`), SPDY/3.1 sessions (`spdy`), and the
-//! Kubernetes subprotocols spoken over them (`exec`, `portforward`).
+//! The streaming server behind CRI Exec, Attach and PortForward:
+//! single-use URLs on an HTTP endpoint (`server`), SPDY/3.1 (`spdy`) and
+//! WebSocket (`ws`) sessions, and the Kubernetes subprotocols spoken over
+//! them (`exec`, `portforward`).
 
 mod exec;
 mod portforward;
 mod server;
 pub mod spdy;
+mod ws;
 
 pub use server::{Pending, StreamServer, attach_pending, exec_pending};

@@ -4,7 +4,8 @@
 //! [`TOKEN_TTL`]; the request it stands for was checked when the token was
 //! made. A client upgrades the connection to SPDY/3.1 and negotiates the
 //! subprotocol: `v4.channel.k8s.io` for exec and attach (remotecommand), and
-//! `portforward.k8s.io` for port forwarding.
+//! `portforward.k8s.io` for port forwarding; or, for exec and attach, to
+//! WebSocket with `v5.channel.k8s.io` or `v4.channel.k8s.io`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{exec, portforward, spdy};
+use super::{exec, portforward, spdy, ws};
 use crate::error::Error;
 use crate::sandbox::SandboxController;
 use crate::store::{ContainerRecord, PodRecord};
@@ -30,6 +31,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// channel.k8s.io; v5 adds nothing over SPDY).
 pub const EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+/// Over WebSocket, in order of preference (v5 adds the client's CLOSE
+/// signal for stdin).
+const WS_EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 /// What a URL was handed out for.
 pub enum Pending {
@@ -122,13 +126,13 @@ impl StreamServer {
         let Some(what) = self.take(kind, token) else {
             return respond(&mut conn, 404, "unknown or expired streaming URL").await;
         };
+        if let Some(key) = &req.websocket_key {
+            return self
+                .serve_websocket(conn, what, key, &req.ws_protocols, rest)
+                .await;
+        }
         if !req.upgrade_spdy {
-            return respond(
-                &mut conn,
-                400,
-                "this endpoint speaks SPDY/3.1 only (use --transport spdy)",
-            )
-            .await;
+            return respond(&mut conn, 400, "upgrade to SPDY/3.1 or WebSocket").await;
         }
         let wanted = match what {
             Pending::Exec(_) | Pending::Attach(_) => EXEC_PROTOCOL,
@@ -156,6 +160,49 @@ impl StreamServer {
             Pending::Exec(req) | Pending::Attach(req) => exec::serve(*req, session, streams).await,
             Pending::PortForward { pod } => portforward::serve(*pod, session, streams).await,
         }
+        Ok(())
+    }
+}
+
+impl StreamServer {
+    /// Exec and attach over WebSocket (port forwarding is SPDY only).
+    async fn serve_websocket(
+        &self,
+        mut conn: TcpStream,
+        what: Pending,
+        key: &str,
+        offered: &[String],
+        rest: Vec<u8>,
+    ) -> Result<(), String> {
+        let req = match what {
+            Pending::Exec(req) | Pending::Attach(req) => req,
+            Pending::PortForward { .. } => {
+                return respond(&mut conn, 400, "port forwarding speaks SPDY/3.1 only").await;
+            }
+        };
+        let Some(protocol) = WS_EXEC_PROTOCOLS
+            .iter()
+            .find(|p| offered.iter().any(|o| o == *p))
+        else {
+            return respond(
+                &mut conn,
+                403,
+                "unable to negotiate a protocol: this server speaks v5.channel.k8s.io and v4.channel.k8s.io",
+            )
+            .await;
+        };
+        let reply = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n",
+            ws::accept_key(key)
+        );
+        conn.write_all(reply.as_bytes())
+            .await
+            .map_err(|e| format!("writing the upgrade: {e}"))?;
+        let (r, w) = conn.into_split();
+        let io = tokio::io::join(std::io::Cursor::new(rest).chain(r), w);
+        let (session, inputs) = ws::Session::start(io, &[0, 4]);
+        exec::serve_ws(*req, session, inputs).await;
         Ok(())
     }
 }
@@ -238,6 +285,10 @@ struct Head {
     upgrade_spdy: bool,
     /// Every `X-Stream-Protocol-Version` value offered, in order.
     protocols: Vec<String>,
+    /// A WebSocket upgrade (version 13): its key.
+    websocket_key: Option<String>,
+    /// Every `Sec-WebSocket-Protocol` value offered, in order.
+    ws_protocols: Vec<String>,
 }
 
 fn parse_head(head: &[u8]) -> Result<Head, String> {
@@ -252,12 +303,25 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
     let mut upgrade_spdy = false;
     let mut connection_upgrade = false;
     let mut protocols = Vec::new();
+    let mut upgrade_ws = false;
+    let mut ws_key = None;
+    let mut ws_version_13 = false;
+    let mut ws_protocols = Vec::new();
     for h in req.headers.iter() {
         let value = String::from_utf8_lossy(h.value);
         if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade_spdy |= value
                 .split(',')
                 .any(|v| v.trim().eq_ignore_ascii_case("SPDY/3.1"));
+            upgrade_ws |= value
+                .split(',')
+                .any(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-key") {
+            ws_key = Some(value.trim().to_string());
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-version") {
+            ws_version_13 |= value.trim() == "13";
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            ws_protocols.extend(value.split(',').map(|v| v.trim().to_string()));
         } else if h.name.eq_ignore_ascii_case("connection") {
             connection_upgrade |= value
                 .split(',')
@@ -266,10 +330,13 @@ fn parse_head(head: &[u8]) -> Result<Head, String> {
             protocols.extend(value.split(',').map(|v| v.trim().to_string()));
         }
     }
+    let websocket = upgrade_ws && connection_upgrade && ws_version_13 && req.method == Some("GET");
     Ok(Head {
         path: path.to_string(),
         upgrade_spdy: upgrade_spdy && connection_upgrade,
         protocols,
+        websocket_key: ws_key.filter(|k| websocket && !k.is_empty() && k.len() <= 64),
+        ws_protocols,
     })
 }
 
@@ -303,6 +370,19 @@ mod tests {
         assert_eq!(h.path, "/exec/abc");
         assert!(h.upgrade_spdy);
         assert_eq!(h.protocols, ["v5.channel.k8s.io", "v4.channel.k8s.io"]);
+        assert!(h.websocket_key.is_none());
+        let ws = parse_head(
+            b"GET /exec/abc HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ws.websocket_key.as_deref(),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
+        );
+        assert_eq!(ws.ws_protocols, ["v5.channel.k8s.io"]);
+        assert!(!ws.upgrade_spdy);
         let plain = parse_head(b"GET /exec/abc HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert!(!plain.upgrade_spdy);
         assert!(parse_head(b"\x00garbage\r\n\r\n").is_err());
