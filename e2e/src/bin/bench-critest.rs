@@ -69,7 +69,9 @@
 //!      CRI's default); the server's `VmRSS` growth; and the size of the
 //!      memfds the server holds (crius's sealed copy of its own binary,
 //!      which the monitors run from: shmem that is not in the server's
-//!      `VmRSS`); then stops and removes every pod.
+//!      `VmRSS`); times 20 ExecSync calls and 20 `crictl exec` runs of
+//!      `true` in the first pod's container (after one warm-up each); then
+//!      stops and removes every pod.
 //! 3. Prints per-round lines and a Markdown table of the medians over all
 //!    samples of all rounds (memory: the median over rounds), one column per
 //!    runtime, with the ratio best containerd / crius: for each figure the
@@ -123,12 +125,12 @@ use std::time::{Duration, Instant};
 use crius_proto::cri::image_service_client::ImageServiceClient;
 use crius_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crius_proto::cri::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig,
-    ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StatusRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    LinuxPodSandboxConfig, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StatusRequest, StopPodSandboxRequest,
 };
-use e2e::crius::{Crius, die_with_parent};
+use e2e::crius::{Crius, crictl_bin, die_with_parent};
 use e2e::network::TestNetwork;
 use e2e::registry::Registry;
 use e2e::test_images::{self, BUSYBOX, MIRRORED_HOSTS, PAUSE};
@@ -585,6 +587,10 @@ struct Mem {
     /// The executables the per-pod processes run (`/proc/<pid>/exe`): which
     /// shim a containerd started.
     exes: Vec<String>,
+    /// ExecSync of `true` in the first pod's container, each (ms).
+    exec_sync: Vec<f64>,
+    /// `crictl exec <container> true` (the streaming Exec, SPDY), each (ms).
+    crictl_exec: Vec<f64>,
 }
 
 #[derive(Clone, Copy)]
@@ -1040,6 +1046,7 @@ fn memory(ctx: &RunCtx, socket: &Path, pid: u32, pod_procs: &dyn Fn() -> Vec<u32
     let n = ctx.args.memory_pods;
     sleep_checked(Duration::from_secs(1))?;
     let server_before = status_kib(pid, "VmRSS")?;
+    let mut first_ctr = None;
     block_on(async {
         let (mut rt, _) = clients(socket).await?;
         for i in 0..n {
@@ -1090,13 +1097,20 @@ fn memory(ctx: &RunCtx, socket: &Path, pid: u32, pod_procs: &dyn Fn() -> Vec<u32
             .container_id;
             rpc(
                 "StartContainer",
-                rt.start_container(StartContainerRequest { container_id: ctr }),
+                rt.start_container(StartContainerRequest {
+                    container_id: ctr.clone(),
+                }),
             )
             .await?;
+            first_ctr.get_or_insert(ctr);
         }
         Res::Ok(())
     })??;
     sleep_checked(Duration::from_secs(2))?;
+    let (exec_sync, crictl_exec) = match &first_ctr {
+        Some(ctr) => exec_times(socket, ctr)?,
+        None => (Vec::new(), Vec::new()),
+    };
     let procs = pod_procs();
     let table = process_table();
     let mut per_pod = Vec::new();
@@ -1131,7 +1145,72 @@ fn memory(ctx: &RunCtx, socket: &Path, pid: u32, pod_procs: &dyn Fn() -> Vec<u32
         helper_names: helper_names.into_iter().collect(),
         sleepers,
         exes: exes.into_iter().collect(),
+        exec_sync,
+        crictl_exec,
     })
+}
+
+/// Samples of each exec measurement.
+const EXEC_SAMPLES: usize = 20;
+
+/// ExecSync and `crictl exec` of `true` in `ctr`, one after another, each
+/// timed (ms); after a warm-up call of each.
+fn exec_times(socket: &Path, ctr: &str) -> Res<(Vec<f64>, Vec<f64>)> {
+    let sync = block_on(async {
+        let (mut rt, _) = clients(socket).await?;
+        let mut times = Vec::new();
+        for i in 0..=EXEC_SAMPLES {
+            check_stop()?;
+            let start = Instant::now();
+            let r = rpc(
+                "ExecSync",
+                rt.exec_sync(ExecSyncRequest {
+                    container_id: ctr.to_owned(),
+                    cmd: vec!["true".into()],
+                    timeout: 10,
+                }),
+            )
+            .await?;
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            if r.exit_code != 0 {
+                return Err(format!("ExecSync true exited {}", r.exit_code).into());
+            }
+            if i > 0 {
+                times.push(ms);
+            }
+        }
+        Res::Ok(times)
+    })??;
+    let endpoint = format!("unix://{}", socket.display());
+    let mut crictl = Vec::new();
+    for i in 0..=EXEC_SAMPLES {
+        check_stop()?;
+        let start = Instant::now();
+        let out = Command::new(crictl_bin())
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--timeout",
+                "30s",
+                "exec",
+                ctr,
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .output()?;
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        if !out.status.success() {
+            return Err(format!(
+                "crictl exec failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        if i > 0 {
+            crictl.push(ms);
+        }
+    }
+    Ok((sync, crictl))
 }
 
 fn print_run(round: usize, kind: Kind, r: &RunResult) {
@@ -1278,6 +1357,13 @@ fn report(args: &Args, runtimes: &[Runtime], results: &[(usize, Kind, RunResult)
     time_line(
         "**container cycle** (create, start, status, stop, remove)",
         &|r| r.containers.cycles.clone(),
+    );
+    time_line("ExecSync (`true` in a running busybox)", &|r| {
+        r.mem.exec_sync.clone()
+    });
+    time_line(
+        "`crictl exec` round trip (`true`; streaming Exec over SPDY)",
+        &|r| r.mem.crictl_exec.clone(),
     );
     if args.image_samples > 0 {
         let ops = |name: &'static str| {
