@@ -68,7 +68,7 @@ use nix::sys::wait::WaitStatus;
 
 use super::container::{Ctr, DRAIN_BUDGET, Fail};
 use super::logfmt::StreamKind;
-use super::{sys, write_atomic};
+use super::sys;
 
 /// How much one readiness event may read from one exec pipe.
 const READ_BUDGET: usize = 1 << 20;
@@ -145,7 +145,16 @@ fn spawn(
     let process_json = state_root.join(&ctr.id).join("exec-process.json");
     let json = serde_json::to_vec(&process)
         .map_err(|e| Fail::internal(format!("encoding the exec process: {e}")))?;
-    write_atomic(&process_json, &json, 0o600)
+    // Read by libcontainer right away and removed after: a plain write
+    // (no fsync; it need not survive a crash).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&process_json)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
         .map_err(|e| Fail::internal(format!("writing the exec process: {e}")))?;
 
     let mut builder = ContainerBuilder::new(ctr.id.clone(), SyscallType::default())
