@@ -161,6 +161,30 @@ async fn pod_user_namespace_maps_root_and_idmaps_the_image() {
     )
     .unwrap();
     assert_eq!(meta.uid(), HOST_ID, "the exec's write is the mapped root's");
+    // A terminal exec's pty is its user's (mapped root), not host root's
+    // (nobody inside). crictl wants a terminal of its own: script(1).
+    let crictl =
+        e.c.crictl_command(&["exec", "-it", &sleeper, "sh", "-c", "ls -ln $(tty)"]);
+    let line = std::iter::once(crictl.get_program())
+        .chain(crictl.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pty = text
+        .lines()
+        .find(|l| l.contains("/dev/pts/"))
+        .unwrap_or_default();
+    assert_eq!(
+        pty.split_whitespace().nth(2),
+        Some("0"),
+        "the pty's owner inside: {text}"
+    );
     let mut nobody = container("n", &ns, "sleep 1000");
     nobody
         .linux

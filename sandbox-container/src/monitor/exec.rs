@@ -484,6 +484,23 @@ fn enter_userns(u: &UsernsJoin) -> Result<(), String> {
     if (meta.dev(), meta.ino()) != u.ns {
         return Err("the container's PID 1 is not in the pod's user namespace".into());
     }
+    // A terminal libcontainer opened for the exec before this join belongs
+    // to host root (nobody inside, so /dev/tty would not reopen): it goes
+    // to the exec's user, as a pty made inside the namespace would.
+    // Best effort: without CAP_CHOWN in the spec it stays as it is.
+    let stdin = std::io::stdin();
+    if nix::unistd::isatty(&stdin).unwrap_or(false)
+        && let (Some(uid), Some(gid)) = (
+            host_id("/proc/1/uid_map", u.uid),
+            host_id("/proc/1/gid_map", u.gid),
+        )
+    {
+        let _ = nix::unistd::fchown(
+            &stdin,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+    }
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUSER)
         .map_err(|e| format!("joining the pod's user namespace: {e}"))?;
     let groups: Vec<nix::unistd::Gid> = u
@@ -501,6 +518,21 @@ fn enter_userns(u: &UsernsJoin) -> Result<(), String> {
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
     nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("keepcaps: {e}"))?;
     Ok(())
+}
+
+/// The host ID that `id` inside maps to, from an `{uid,gid}_map` file read
+/// from the host's user namespace.
+fn host_id(map: &str, id: u32) -> Option<u32> {
+    map_id(&std::fs::read_to_string(map).ok()?, id)
+}
+
+fn map_id(map: &str, id: u32) -> Option<u32> {
+    map.lines().find_map(|l| {
+        let mut f = l.split_whitespace().map(|n| n.parse::<u32>().ok());
+        let (inside, outside, count) = (f.next()??, f.next()??, f.next()??);
+        let offset = id.checked_sub(inside).filter(|o| *o < count)?;
+        outside.checked_add(offset)
+    })
 }
 
 /// `caps` with [`LOAD_CAPS`] in the bounding, effective and permitted sets
@@ -561,5 +593,20 @@ impl Executor for FilterExecutor {
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::map_id;
+
+    #[test]
+    fn ids_map_through_each_range() {
+        let map = "         0     200000      65536\n     65536     300000         10\n";
+        assert_eq!(map_id(map, 0), Some(200_000));
+        assert_eq!(map_id(map, 5), Some(200_005));
+        assert_eq!(map_id(map, 65_536), Some(300_000));
+        assert_eq!(map_id(map, 65_546), None);
+        assert_eq!(map_id("garbage\n", 0), None);
     }
 }
