@@ -322,3 +322,53 @@ async fn crictl_attach_talks_to_the_containers_stdio() {
 
     stop_remove_pod(&e.c, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_clients_attach_at_once_and_leave_the_container_running() {
+    let e = Env::start("").await;
+    let pc = pod_config(&e, "attach2");
+    let pod = run_pod(&e.c, &pc).await;
+    let ctr = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config(
+            "ticker",
+            &["sh", "-c", "while true; do echo tick; sleep 0.1; done"],
+        ),
+    )
+    .await;
+    start(&e.c, &ctr).await;
+    let attach = || {
+        e.c.crictl_command(&["attach", &ctr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (attach(), attach());
+    let mut out_a = BufReader::new(a.stdout.take().unwrap());
+    let mut out_b = BufReader::new(b.stdout.take().unwrap());
+    for out in [&mut out_a, &mut out_b] {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "tick\n");
+    }
+    // Detaching (the clients go away) leaves the container running and
+    // logging.
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = (a.wait(), b.wait());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = e2e::pods::status(&e.c, &ctr).await;
+    assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{s:?}");
+    let mut again = attach();
+    let mut line = String::new();
+    BufReader::new(again.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "tick\n");
+    let _ = again.kill();
+    let _ = again.wait();
+    stop_remove_pod(&e.c, &pod).await;
+}
