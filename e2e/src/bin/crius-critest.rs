@@ -12,7 +12,11 @@
 //!
 //! ```text
 //! crius-critest --critest PATH --expected FILE [--report FILE] [--focus REGEX] [--parallel N]
+//!               [--websocket]
 //! ```
+//!
+//! `--websocket` has critest's exec and attach specs use WebSocket
+//! (`v5.channel.k8s.io`) instead of SPDY.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +33,7 @@ struct Args {
     report: Option<PathBuf>,
     focus: Option<String>,
     parallel: u32,
+    websocket: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
     let mut report = None;
     let mut focus = None;
     let mut parallel = 1;
+    let mut websocket = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
@@ -46,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
             "--report" => report = Some(PathBuf::from(val()?)),
             "--focus" => focus = Some(val()?),
             "--parallel" => parallel = val()?.parse().map_err(|_| "--parallel takes a number")?,
+            "--websocket" => websocket = true,
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -55,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         report,
         focus,
         parallel,
+        websocket,
     })
 }
 
@@ -158,6 +166,9 @@ fn run(args: Args) -> Result<bool, String> {
     }
     if let Some(f) = &args.focus {
         cmd.arg(format!("--ginkgo.focus={f}"));
+    }
+    if args.websocket {
+        cmd.args(["--websocket-exec", "--websocket-attach"]);
     }
     let leftovers_before = critest_temp_dirs();
     let status = cmd
