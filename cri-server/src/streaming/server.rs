@@ -425,4 +425,64 @@ mod tests {
         assert!(server.take("portforward", &token).is_some());
         assert!(server.take("portforward", &token).is_none());
     }
+
+    /// Sends `request` to the server and reads the answer's status line.
+    async fn status_line(server: &StreamServer, request: &[u8]) -> String {
+        let mut conn = TcpStream::connect(server.addr).await.unwrap();
+        conn.write_all(request).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_http_errors() {
+        let server = StreamServer::start("127.0.0.1:0").await.unwrap();
+        let upgrade = |path: &str| {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+                 X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+            )
+        };
+        // Unknown token, unknown kind, no token.
+        for path in ["/exec/0123", "/nope/0123", "/"] {
+            let line = status_line(&server, upgrade(path).as_bytes()).await;
+            assert!(line.starts_with("HTTP/1.1 404"), "{path}: {line}");
+        }
+        // A real token, but no upgrade: refused, and the token is spent.
+        let url = server
+            .url_for(Pending::PortForward {
+                pod: Box::new(pod()),
+            })
+            .unwrap();
+        let path = url.split_once("//").unwrap().1.split_once('/').unwrap().1;
+        let plain = format!("GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(
+            status_line(&server, plain.as_bytes())
+                .await
+                .starts_with("HTTP/1.1 400")
+        );
+        let again = upgrade(&format!("/{path}"));
+        assert!(
+            status_line(&server, again.as_bytes())
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        // A port forward offered only exec's protocol.
+        let url = server
+            .url_for(Pending::PortForward {
+                pod: Box::new(pod()),
+            })
+            .unwrap();
+        let path = url.split_once("//").unwrap().1.split_once('/').unwrap().1;
+        let line = status_line(&server, upgrade(&format!("/{path}")).as_bytes()).await;
+        assert!(line.starts_with("HTTP/1.1 403"), "{line}");
+        // Garbage and an endless head end the connection without an answer.
+        assert_eq!(status_line(&server, b"\x00\x01garbage\r\n\r\n").await, "");
+        assert_eq!(status_line(&server, &vec![b'a'; MAX_HEAD + 4096]).await, "");
+    }
 }
