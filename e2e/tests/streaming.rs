@@ -370,5 +370,48 @@ async fn two_clients_attach_at_once_and_leave_the_container_running() {
     assert_eq!(line, "tick\n");
     let _ = again.kill();
     let _ = again.wait();
+
+    // Clients that detach from a quiet container (nothing written to
+    // their pipes, so no EPIPE) are forgotten all the same.
+    let quiet = create(
+        &e.c,
+        &pod,
+        &pc,
+        container_config("quiet", &["sleep", "1000"]),
+    )
+    .await;
+    start(&e.c, &quiet).await;
+    let monitor: u32 =
+        std::fs::read_to_string(e.c.state.join("pods").join(&pod).join("monitor.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{monitor}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for _ in 0..5 {
+        let mut c =
+            e.c.crictl_command(&["attach", &quiet])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fds() > before {
+        assert!(
+            Instant::now() < deadline,
+            "the monitor keeps {} descriptors, had {before}",
+            fds()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop_remove_pod(&e.c, &pod).await;
 }

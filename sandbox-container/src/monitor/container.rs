@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -475,6 +475,29 @@ impl Ctr {
         self.phase = Phase::Exited;
         self.pid = 0;
         self.stdin = None;
+    }
+
+    /// The attached clients' pipes (write ends): watched for their readers
+    /// going away (POLLERR), which a quiet container would never notice.
+    pub fn attached_fds(&self) -> impl Iterator<Item = i32> + '_ {
+        self.attached
+            .iter()
+            .flat_map(|a| [&a.stdout, &a.stderr])
+            .flatten()
+            .map(|fd| fd.as_raw_fd())
+    }
+
+    /// Forgets the attached client pipe `raw` (its reader is gone).
+    pub fn detach(&mut self, raw: i32) {
+        for a in &mut self.attached {
+            for slot in [&mut a.stdout, &mut a.stderr] {
+                if slot.as_ref().is_some_and(|fd| fd.as_raw_fd() == raw) {
+                    *slot = None;
+                }
+            }
+        }
+        self.attached
+            .retain(|a| a.stdout.is_some() || a.stderr.is_some());
     }
 
     /// Attaches a client (see `Request::Attach`): its descriptors.

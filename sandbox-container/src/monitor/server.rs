@@ -47,6 +47,8 @@ enum Tag {
     Conn(u64),
     CtrPipe(String, StreamKind),
     ExecPipe(i32, StreamKind),
+    /// An attached client's copy pipe (write end), by container and fd.
+    AttachPipe(String, i32),
 }
 
 pub struct Monitor {
@@ -146,6 +148,12 @@ impl Monitor {
                 );
             }
         }
+        for (id, c) in &self.ctrs {
+            for fd in c.attached_fds() {
+                // No events asked: POLLERR comes when the reader is gone.
+                add(fd, 0, Tag::AttachPipe(id.clone(), fd));
+            }
+        }
         for (pid, e) in &self.execs {
             if let Some(fd) = &e.stdout {
                 add(
@@ -187,6 +195,11 @@ impl Monitor {
             Tag::CtrPipe(id, kind) => {
                 if let Some(c) = self.ctrs.get_mut(&id) {
                     c.read_ready(kind);
+                }
+            }
+            Tag::AttachPipe(id, fd) => {
+                if let Some(c) = self.ctrs.get_mut(&id) {
+                    c.detach(fd);
                 }
             }
             Tag::ExecPipe(pid, kind) => {
