@@ -212,6 +212,36 @@ impl Crius {
         cmd
     }
 
+    /// crictl with a terminal of its own (under script(1): `exec -it` and
+    /// `attach -t` want one), the terminal first sized by `stty` (e.g.
+    /// "cols 91 rows 17") when given.
+    pub fn crictl_in_terminal(&self, args: &[&str], stty: Option<&str>) -> Output {
+        let crictl = self.crictl_command(args);
+        let line = std::iter::once(crictl.get_program())
+            .chain(crictl.get_args())
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let line = match stty {
+            Some(size) => format!("stty {size}; {line}"),
+            None => line,
+        };
+        Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script(1)")
+    }
+
+    /// The PID of pod `pod`'s monitor (its pid file).
+    pub fn monitor_pid(&self, pod: &str) -> u32 {
+        fs::read_to_string(self.state.join("pods").join(pod).join("monitor.pid"))
+            .expect("monitor pid file")
+            .trim()
+            .parse()
+            .expect("monitor pid")
+    }
+
     /// Runs crictl against this crius.
     pub fn crictl(&self, args: &[&str]) -> Output {
         self.crictl_command(args).output().expect("run crictl")
@@ -233,4 +263,9 @@ impl Drop for Crius {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// How many descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }

@@ -629,11 +629,7 @@ async fn a_pod_whose_monitor_died_stops_and_removes_cleanly() {
     let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
     start(&e.c, &id).await;
     let pod_dir = e.c.state.join("pods").join(&pod);
-    let monitor: i32 = fs::read_to_string(pod_dir.join("monitor.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let monitor = e.c.monitor_pid(&pod) as i32;
     let verbose =
         e.c.runtime()
             .await

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crius_proto::cri::{ContainerConfig, ContainerState};
+use e2e::crius::open_fds;
 use e2e::pods::{Env, create, pod_config, run_pod, start, stop_remove_pod};
 
 use e2e::pods::busybox as container_config;
@@ -61,22 +62,10 @@ async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED IN\ndone\n");
 
     // A terminal: crictl wants one itself, so it runs under script(1).
-    let crictl =
-        e.c.crictl_command(&["exec", "-it", &ctr, "sh", "-c", "tty; stty size"]);
-    let line = std::iter::once(crictl.get_program())
-        .chain(crictl.get_args())
-        .map(|a| format!("'{}'", a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = std::process::Command::new("script")
-        .args([
-            "-qec",
-            &format!("stty cols 91 rows 17; {line}"),
-            "/dev/null",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = e.c.crictl_in_terminal(
+        &["exec", "-it", &ctr, "sh", "-c", "tty; stty size"],
+        Some("cols 91 rows 17"),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -120,18 +109,9 @@ async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "OVER WEBSOCKET\n");
 
     // Sessions leave no descriptor behind, in the server or the monitor.
-    let fds = |pid: u32| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
+    let fds = open_fds;
     let server = e.c.pid().unwrap();
-    let monitor: u32 =
-        std::fs::read_to_string(e.c.state.join("pods").join(&pod).join("monitor.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+    let monitor = e.c.monitor_pid(&pod);
     let before = (fds(server), fds(monitor));
     for _ in 0..20 {
         e.c.crictl_ok(&["exec", &ctr, "true"]);
@@ -381,17 +361,8 @@ async fn two_clients_attach_at_once_and_leave_the_container_running() {
     )
     .await;
     start(&e.c, &quiet).await;
-    let monitor: u32 =
-        std::fs::read_to_string(e.c.state.join("pods").join(&pod).join("monitor.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{monitor}/fd"))
-            .unwrap()
-            .count()
-    };
+    let monitor = e.c.monitor_pid(&pod);
+    let fds = || open_fds(monitor);
     let before = fds();
     for _ in 0..5 {
         let mut c =

@@ -163,18 +163,10 @@ async fn pod_user_namespace_maps_root_and_idmaps_the_image() {
     assert_eq!(meta.uid(), HOST_ID, "the exec's write is the mapped root's");
     // A terminal exec's pty is its user's (mapped root), not host root's
     // (nobody inside). crictl wants a terminal of its own: script(1).
-    let crictl =
-        e.c.crictl_command(&["exec", "-it", &sleeper, "sh", "-c", "ls -ln $(tty)"]);
-    let line = std::iter::once(crictl.get_program())
-        .chain(crictl.get_args())
-        .map(|a| format!("'{}'", a.to_string_lossy()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = e.c.crictl_in_terminal(
+        &["exec", "-it", &sleeper, "sh", "-c", "ls -ln $(tty)"],
+        None,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let pty = text
         .lines()

@@ -24,10 +24,13 @@ use std::path::{Path, PathBuf};
 
 use crate::stats::Cgroups;
 
+/// The host's hierarchies, looked up once (they do not move).
+static HOST: std::sync::LazyLock<Cgroups> = std::sync::LazyLock::new(Cgroups::host);
+
 /// Moves this process into the cgroup it is in (see the module doc).
 pub fn warm() -> io::Result<()> {
     let own = fs::read_to_string("/proc/self/cgroup")?;
-    let procs = procs_file(&Cgroups::host(), &own).ok_or_else(|| {
+    let procs = procs_file(&HOST, &own).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             "no cgroup hierarchy of this process",

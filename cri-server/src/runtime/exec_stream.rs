@@ -9,71 +9,68 @@ use crius_proto::cri::{
 
 use super::Runtime;
 use crate::error::Error;
-use crate::store::{ContainerPhase, PodState};
-use crate::streaming::{Pending, attach_pending, exec_pending};
+use crate::store::PodState;
+use crate::streaming::{Pending, StdioRequest};
 
 impl Runtime {
     pub(super) fn exec(&self, req: ExecRequest) -> Result<ExecResponse, Error> {
         if req.cmd.is_empty() {
             return Err(Error::InvalidArgument("exec needs a command".into()));
         }
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(Error::InvalidArgument(
-                "exec needs one of stdin, stdout and stderr".into(),
-            ));
-        }
-        if req.tty && req.stderr {
-            return Err(Error::InvalidArgument(
-                "with a tty, stderr is stdout: ask for stdout only".into(),
-            ));
-        }
-        let c = self.container(&req.container_id)?;
-        let c = self.refresh(c)?;
-        if c.phase != ContainerPhase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        let pod = self.pod_of(&c)?;
-        let controller = self.controller_arc(&pod.runtime_handler)?.clone();
-        let url = self
-            .streams
-            .url_for(exec_pending(controller, pod, c, &req))?;
+        let url = self.stdio_url(
+            &req.container_id,
+            Some(req.cmd.clone()),
+            [req.tty, req.stdin, req.stdout, req.stderr],
+        )?;
         Ok(ExecResponse { url })
     }
 
     pub(super) fn attach(&self, req: AttachRequest) -> Result<AttachResponse, Error> {
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(Error::InvalidArgument(
-                "attach needs one of stdin, stdout and stderr".into(),
-            ));
-        }
-        let c = self.container(&req.container_id)?;
-        let c = self.refresh(c)?;
-        if c.phase != ContainerPhase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        if req.tty != c.config.tty {
+        let url = self.stdio_url(
+            &req.container_id,
+            None,
+            [req.tty, req.stdin, req.stdout, req.stderr],
+        )?;
+        Ok(AttachResponse { url })
+    }
+
+    /// The URL of an exec (`cmd`) or attach (None) of the running
+    /// container `id` with `[tty, stdin, stdout, stderr]`.
+    fn stdio_url(
+        &self,
+        id: &str,
+        cmd: Option<Vec<String>>,
+        [tty, stdin, stdout, stderr]: [bool; 4],
+    ) -> Result<String, Error> {
+        let what = if cmd.is_some() { "exec" } else { "attach" };
+        if !(stdin || stdout || stderr) {
             return Err(Error::InvalidArgument(format!(
-                "attach asks for tty={} but container {} has tty={}",
-                req.tty, c.id, c.config.tty
+                "{what} needs one of stdin, stdout and stderr"
             )));
         }
-        if req.tty && req.stderr {
+        if tty && stderr {
             return Err(Error::InvalidArgument(
                 "with a tty, stderr is stdout: ask for stdout only".into(),
             ));
         }
-        let pod = self.pod_of(&c)?;
+        let (container, pod) = self.running_container(id)?;
+        if cmd.is_none() && tty != container.config.tty {
+            return Err(Error::InvalidArgument(format!(
+                "attach asks for tty={tty} but container {} has tty={}",
+                container.id, container.config.tty
+            )));
+        }
         let controller = self.controller_arc(&pod.runtime_handler)?.clone();
-        let url = self
-            .streams
-            .url_for(attach_pending(controller, pod, c, &req))?;
-        Ok(AttachResponse { url })
+        self.streams.url_for(Pending::Stdio(Box::new(StdioRequest {
+            controller,
+            pod,
+            container,
+            cmd,
+            tty,
+            stdin,
+            stdout,
+            stderr,
+        })))
     }
 
     pub(super) fn port_forward(

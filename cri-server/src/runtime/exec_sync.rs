@@ -6,22 +6,13 @@ use crius_proto::cri::{ExecSyncRequest, ExecSyncResponse};
 
 use super::Runtime;
 use crate::error::Error;
-use crate::store::ContainerPhase;
 
 impl Runtime {
     pub(super) async fn exec_sync(&self, req: ExecSyncRequest) -> Result<ExecSyncResponse, Error> {
         if req.cmd.is_empty() {
             return Err(Error::InvalidArgument("exec needs a command".into()));
         }
-        let c = self.container(&req.container_id)?;
-        let c = self.refresh(c)?;
-        if c.phase != ContainerPhase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        let pod = self.pod_of(&c)?;
+        let (c, pod) = self.running_container(&req.container_id)?;
         let timeout_ms = (req.timeout.max(0) as u64).saturating_mul(1000);
         let controller = self.controller(&pod.runtime_handler)?;
         controller.warm_up();

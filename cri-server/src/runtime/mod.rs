@@ -103,6 +103,19 @@ impl Runtime {
         })
     }
 
+    /// A running container (its exit looked for first) and its pod.
+    fn running_container(&self, id: &str) -> Result<(ContainerRecord, PodRecord), Error> {
+        let c = self.refresh(self.container(id)?)?;
+        if c.phase != ContainerPhase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let pod = self.pod_of(&c)?;
+        Ok((c, pod))
+    }
+
     /// Picks up an exit the sandbox recorded since we last looked.
     fn refresh(&self, mut c: ContainerRecord) -> Result<ContainerRecord, Error> {
         if !matches!(c.phase, ContainerPhase::Created | ContainerPhase::Running) {

@@ -5,22 +5,13 @@ use crius_proto::cri::{ReopenContainerLogRequest, ReopenContainerLogResponse};
 
 use super::Runtime;
 use crate::error::Error;
-use crate::store::ContainerPhase;
 
 impl Runtime {
     pub(super) async fn reopen_container_log(
         &self,
         req: ReopenContainerLogRequest,
     ) -> Result<ReopenContainerLogResponse, Error> {
-        let c = self.container(&req.container_id)?;
-        let c = self.refresh(c)?;
-        if c.phase != ContainerPhase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        let pod = self.pod_of(&c)?;
+        let (c, pod) = self.running_container(&req.container_id)?;
         self.controller(&pod.runtime_handler)?
             .reopen_log(&pod, &c)
             .await?;

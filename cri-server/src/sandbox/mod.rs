@@ -17,6 +17,7 @@ pub use usage::{ContainerUsage, PodUsage};
 /// The stdio a streaming client gets (CRI Exec and Attach): the pty
 /// master with a tty (for Attach only to write to and resize), the pipes
 /// asked for otherwise, and for an exec its exit code to come.
+#[derive(Default)]
 pub struct StreamIo {
     pub stdin: Option<std::os::fd::OwnedFd>,
     pub stdout: Option<std::os::fd::OwnedFd>,

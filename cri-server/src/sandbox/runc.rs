@@ -56,13 +56,7 @@ fn streams_error(e: MonitorError) -> Error {
 
 /// Sorts the descriptors the monitor handed over.
 fn stream_io(mut streams: ExecStreams) -> (super::StreamIo, ExecStreams) {
-    let mut io = super::StreamIo {
-        stdin: None,
-        stdout: None,
-        stderr: None,
-        pty: None,
-        exit: None,
-    };
+    let mut io = super::StreamIo::default();
     for (kind, fd) in std::mem::take(&mut streams.fds) {
         let slot = match kind {
             StreamFd::Stdin => &mut io.stdin,

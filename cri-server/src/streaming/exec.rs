@@ -92,7 +92,7 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// A CRI Exec (with its command) or Attach (`cmd` None), checked when
 /// its URL was made.
-pub struct ExecRequest {
+pub struct StdioRequest {
     pub controller: Arc<dyn SandboxController>,
     pub pod: PodRecord,
     pub container: ContainerRecord,
@@ -124,7 +124,7 @@ impl<C> Default for Channels<C> {
 }
 
 impl<C> Channels<C> {
-    fn complete(&self, req: &ExecRequest) -> bool {
+    fn complete(&self, req: &StdioRequest) -> bool {
         self.error.is_some()
             && (!req.stdin || self.stdin.is_some())
             && (!req.stdout || self.stdout.is_some())
@@ -135,7 +135,7 @@ impl<C> Channels<C> {
 
 /// Over SPDY: gathers the client's streams, then runs.
 pub async fn serve(
-    req: ExecRequest,
+    req: StdioRequest,
     session: spdy::Session,
     mut incoming: mpsc::Receiver<spdy::Stream>,
 ) {
@@ -176,7 +176,7 @@ pub async fn serve(
 /// Over WebSocket: the channels the request asked for exist from the
 /// start (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize).
 pub async fn serve_ws(
-    req: ExecRequest,
+    req: StdioRequest,
     session: ws::Session,
     mut inputs: std::collections::HashMap<u8, mpsc::Receiver<Bytes>>,
 ) {
@@ -191,7 +191,7 @@ pub async fn serve_ws(
 }
 
 /// Starts the exec (or attach), copies until it ends, writes the status.
-async fn execute<C: Chan, S: Conn>(req: ExecRequest, mut ch: Channels<C>, session: &S) {
+async fn execute<C: Chan, S: Conn>(req: StdioRequest, mut ch: Channels<C>, session: &S) {
     let started = match &req.cmd {
         Some(cmd) => {
             req.controller

@@ -9,4 +9,5 @@ mod server;
 pub mod spdy;
 mod ws;
 
-pub use server::{Pending, StreamServer, attach_pending, exec_pending};
+pub use exec::StdioRequest;
+pub use server::{Pending, StreamServer};

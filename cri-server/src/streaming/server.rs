@@ -17,8 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{exec, portforward, spdy, ws};
 use crate::error::Error;
-use crate::sandbox::SandboxController;
-use crate::store::{ContainerRecord, PodRecord};
+use crate::store::PodRecord;
 
 /// How long a URL stays valid (kubelet asks for it right before use).
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -37,16 +36,18 @@ const WS_EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 /// What a URL was handed out for.
 pub enum Pending {
-    Exec(Box<exec::ExecRequest>),
-    Attach(Box<exec::ExecRequest>),
-    PortForward { pod: Box<PodRecord> },
+    /// An exec (with its command) or an attach.
+    Stdio(Box<exec::StdioRequest>),
+    PortForward {
+        pod: Box<PodRecord>,
+    },
 }
 
 impl Pending {
     fn path(&self) -> &'static str {
         match self {
-            Pending::Exec(_) => "exec",
-            Pending::Attach(_) => "attach",
+            Pending::Stdio(r) if r.cmd.is_some() => "exec",
+            Pending::Stdio(_) => "attach",
             Pending::PortForward { .. } => "portforward",
         }
     }
@@ -135,7 +136,7 @@ impl StreamServer {
             return respond(&mut conn, 400, "upgrade to SPDY/3.1 or WebSocket").await;
         }
         let wanted = match what {
-            Pending::Exec(_) | Pending::Attach(_) => EXEC_PROTOCOL,
+            Pending::Stdio(_) => EXEC_PROTOCOL,
             Pending::PortForward { .. } => PORT_FORWARD_PROTOCOL,
         };
         if !req.protocols.iter().any(|p| p == wanted) {
@@ -157,14 +158,12 @@ impl StreamServer {
         let io = tokio::io::join(std::io::Cursor::new(rest).chain(r), w);
         let (session, streams) = spdy::Session::start(io);
         match what {
-            Pending::Exec(req) | Pending::Attach(req) => exec::serve(*req, session, streams).await,
+            Pending::Stdio(req) => exec::serve(*req, session, streams).await,
             Pending::PortForward { pod } => portforward::serve(*pod, session, streams).await,
         }
         Ok(())
     }
-}
 
-impl StreamServer {
     /// Exec and attach over WebSocket (port forwarding is SPDY only).
     async fn serve_websocket(
         &self,
@@ -175,7 +174,7 @@ impl StreamServer {
         rest: Vec<u8>,
     ) -> Result<(), String> {
         let req = match what {
-            Pending::Exec(req) | Pending::Attach(req) => req,
+            Pending::Stdio(req) => req,
             Pending::PortForward { .. } => {
                 return respond(&mut conn, 400, "port forwarding speaks SPDY/3.1 only").await;
             }
@@ -205,44 +204,6 @@ impl StreamServer {
         exec::serve_ws(*req, session, inputs).await;
         Ok(())
     }
-}
-
-/// What an exec URL stands for.
-pub fn exec_pending(
-    controller: Arc<dyn SandboxController>,
-    pod: PodRecord,
-    container: ContainerRecord,
-    req: &crius_proto::cri::ExecRequest,
-) -> Pending {
-    Pending::Exec(Box::new(exec::ExecRequest {
-        controller,
-        pod,
-        container,
-        cmd: Some(req.cmd.clone()),
-        tty: req.tty,
-        stdin: req.stdin,
-        stdout: req.stdout,
-        stderr: req.stderr,
-    }))
-}
-
-/// What an attach URL stands for.
-pub fn attach_pending(
-    controller: Arc<dyn SandboxController>,
-    pod: PodRecord,
-    container: ContainerRecord,
-    req: &crius_proto::cri::AttachRequest,
-) -> Pending {
-    Pending::Attach(Box::new(exec::ExecRequest {
-        controller,
-        pod,
-        container,
-        cmd: None,
-        tty: req.tty,
-        stdin: req.stdin,
-        stdout: req.stdout,
-        stderr: req.stderr,
-    }))
 }
 
 /// A 128-bit random token, URL-safe.

@@ -494,29 +494,9 @@ impl Monitor {
                 stdin,
                 stdout,
                 stderr,
-            } => match self.ctrs.get_mut(&id) {
-                Some(c) => match c.attach(stdin, stdout, stderr) {
-                    Ok(fds) => {
-                        let sent = match self.conns.get(&conn) {
-                            Some(cn) => send_with_fds(&cn.stream, &fds),
-                            None => Err(io::Error::other("the client is gone")),
-                        };
-                        match sent {
-                            Ok(()) => {
-                                // Answered with the descriptors already.
-                                if let Some(cn) = self.conns.get_mut(&conn) {
-                                    cn.busy = false;
-                                }
-                                return None;
-                            }
-                            Err(e) => Err(Fail::internal(format!(
-                                "sending the attach descriptors: {e}"
-                            ))),
-                        }
-                    }
-                    Err(e) => Err(e),
-                },
-                None => Err(not_found()),
+            } => match self.attach(conn, &id, stdin, stdout, stderr) {
+                Ok(()) => return None,
+                Err(e) => Err(e),
             },
             Request::ReopenLog { id } => self
                 .ctr_mut(&id)
@@ -616,20 +596,47 @@ impl Monitor {
         }
         let (e, fds) = Exec::start_streaming(&self.cfg.runtime_root, ctr, cmd, conn, tty, stdin)?;
         let pid = e.pid;
-        let sent = match self.conns.get(&conn) {
-            Some(c) => send_with_fds(&c.stream, &fds),
-            None => Err(io::Error::other("the client is gone")),
-        };
-        // Our copies of the client's ends are closed either way.
-        drop(fds);
-        if let Err(err) = sent {
+        if let Err(err) = self.send_streams(conn, fds) {
             let _ = sys::kill_raw(pid, libc::SIGKILL);
             // Reaped as an orphan; nobody waits for it.
-            return Err(Fail::internal(format!("sending the exec's stdio: {err}")));
+            return Err(err);
         }
         tracing::debug!(id, pid, tty, stdin, "streaming exec started");
         self.execs.insert(pid, e);
         Ok(())
+    }
+
+    /// Attaches a client to a container's stdio; answered at once (with
+    /// the descriptors). A failed send leaves nothing: the copy pipes'
+    /// readers are closed with `fds`, and the monitor drops them.
+    fn attach(
+        &mut self,
+        conn: u64,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<(), Fail> {
+        let fds = self
+            .ctrs
+            .get_mut(id)
+            .ok_or_else(not_found)?
+            .attach(stdin, stdout, stderr)?;
+        self.send_streams(conn, fds)?;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.busy = false;
+        }
+        Ok(())
+    }
+
+    /// Sends the `Streams` answer with `fds` on `conn`; our copies of the
+    /// descriptors are closed either way.
+    fn send_streams(&self, conn: u64, fds: Vec<(StreamFd, OwnedFd)>) -> Result<(), Fail> {
+        let sent = match self.conns.get(&conn) {
+            Some(c) => send_with_fds(&c.stream, &fds),
+            None => Err(io::Error::other("the client is gone")),
+        };
+        sent.map_err(|e| Fail::internal(format!("sending the stdio descriptors: {e}")))
     }
 
     fn expire_execs(&mut self) {
