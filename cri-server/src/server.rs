@@ -86,6 +86,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Searchable by others (not listable): containers of pods with their
     // own user namespace reach their files under it by path.
     state_dir(&config.state, 0o711)?;
+    // Image content (configs carry env), snapshots with the images'
+    // setuid files, containers' writable layers: root's alone.
+    state_dir(&config.root, 0o700)?;
     let images = ImageStore::open(
         &config.root.join("images"),
         config.registry.clone(),

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -192,24 +192,6 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Writes `bytes` to `path` atomically and durably.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().map_or("x".into(), |n| n.to_string_lossy())
-    ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
-}
-
 fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     let entries = fs::read_dir(dir).map_err(|source| StoreError::Io {
@@ -239,8 +221,8 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let pods_dir = dir.join("pods");
         let containers_dir = dir.join("containers");
-        for d in [&pods_dir, &containers_dir] {
-            fs::create_dir_all(d).map_err(|source| StoreError::Io {
+        for d in [dir, &pods_dir, &containers_dir] {
+            crate::sandbox::files::make_dir(d, 0o700).map_err(|source| StoreError::Io {
                 what: "create",
                 path: d.to_path_buf(),
                 source,
@@ -284,10 +266,13 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        write_atomic(&path, &bytes).map_err(|source| StoreError::Io {
-            what: "write",
-            path,
-            source,
+        // 0600: a container's record carries its env (Secrets often go there).
+        sandbox_container::monitor::write_atomic(&path, &bytes, 0o600).map_err(|source| {
+            StoreError::Io {
+                what: "write",
+                path,
+                source,
+            }
         })
     }
 

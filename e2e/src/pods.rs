@@ -167,6 +167,40 @@ pub async fn stop_remove_pod(c: &Crius, id: &str) {
     .expect("remove pod");
 }
 
+/// Runs `sh -c script` in the container: (exit code, stdout + stderr).
+pub async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String) {
+    let r = c
+        .runtime()
+        .await
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {script}: {e:?}\n{}", c.log()))
+        .into_inner();
+    let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
+    out.push_str(&String::from_utf8_lossy(&r.stderr));
+    (r.exit_code, out)
+}
+
+/// Waits (up to a minute) for the container to exit; its last status.
+pub async fn wait_exited(c: &Crius, id: &str) -> ContainerStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = status(c, id).await;
+        if s.state == ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container {id} did not exit: {s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Mount points at or below `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     fs::read_to_string("/proc/self/mountinfo")

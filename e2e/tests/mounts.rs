@@ -13,8 +13,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crius_proto::cri::*;
-use e2e::crius::Crius;
-use e2e::pods::{self, Env, create, run_pod, start, status, stop_remove_pod, try_create};
+use e2e::pods::{self, Env, create, run_pod, sh, start, status, stop_remove_pod, try_create};
 use nix::mount::{MntFlags, MsFlags};
 use tonic::Code;
 
@@ -57,24 +56,6 @@ fn mount(host: &Path, container: &str) -> Mount {
         container_path: container.into(),
         ..Default::default()
     }
-}
-
-/// Runs `sh -c script` in the container: (exit code, stdout + stderr).
-async fn sh(c: &Crius, id: &str, script: &str) -> (i32, String) {
-    let r = c
-        .runtime()
-        .await
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
-    out.push_str(&String::from_utf8_lossy(&r.stderr));
-    (r.exit_code, out)
 }
 
 /// The mount points of this process's mount table.

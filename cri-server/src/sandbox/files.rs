@@ -2,6 +2,12 @@
 //! resolv.conf files bind-mounted into containers, the pod's /dev/shm
 //! tmpfs, and the container rootfs overlay. Unmounting never follows
 //! symlinks and detaches lazily, so a busy mount cannot wedge a removal.
+//!
+//! Every mount of a container's files is nosuid,nodev from the host's view
+//! ([`HOST_SAFE`]) and sits under directories only root (or, in a pod with
+//! its own user namespace, the pod's root) can search: a local user must
+//! not run an image's setuid binary as root, or open a device node that an
+//! image or a container made, through it.
 
 use std::fs;
 use std::io;
@@ -90,6 +96,26 @@ pub fn hostname(config: &PodSandboxConfig) -> Result<String, String> {
         ));
     }
     Ok(h)
+}
+
+/// The flags of every host mount of container files.
+pub const HOST_SAFE: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+
+/// Makes a container's rootfs mount nosuid,nodev in the host's mount
+/// namespace once the container is created. Flags belong to each mount:
+/// the container's own copy of the rootfs, made when its mount namespace
+/// was cloned from the monitor's, keeps the image's setuid bits working
+/// inside (a nosuid rootfs from the start would be bound nosuid into the
+/// container too).
+pub fn seal_rootfs(target: &Path) -> io::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | HOST_SAFE,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Mounts a 64 MiB tmpfs for the pod's /dev/shm.
@@ -282,7 +308,7 @@ pub fn mount_image(layers: &[PathBuf], target: &Path) -> io::Result<()> {
                 None::<&str>,
                 target,
                 None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | HOST_SAFE,
                 None::<&str>,
             )
             .map_err(io::Error::from)
@@ -308,7 +334,7 @@ pub fn mount_image(layers: &[PathBuf], target: &Path) -> io::Result<()> {
                 Some("overlay"),
                 target,
                 Some("overlay"),
-                MsFlags::MS_RDONLY,
+                MsFlags::MS_RDONLY | HOST_SAFE,
                 Some(data.as_str()),
             )
             .map_err(io::Error::from)

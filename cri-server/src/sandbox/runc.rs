@@ -455,11 +455,20 @@ impl SandboxController for RuncSandbox {
         let layer = self.layer_dir(&c.id);
         c.bundle = bundle.clone();
         let userns = Self::userns(pod)?;
-        files::make_dir(&rootfs, 0o700).map_err(internal("create bundle"))?;
-        if userns.is_some() {
-            // Set up from inside the pod's user namespace: reached by path.
-            files::make_dir(&bundle, 0o711).map_err(internal("create bundle"))?;
+        // Only root reaches the bundle (the rootfs is not nosuid on the
+        // host until the container is created), or in a pod with its own
+        // user namespace also the pod's root, as which the container is
+        // set up and reaches its rootfs by path.
+        files::make_dir(&bundle, 0o700).map_err(internal("create bundle"))?;
+        if let Some(maps) = &userns {
+            nix::unistd::chown(
+                &bundle,
+                Some(nix::unistd::Uid::from_raw(maps.uid.host)),
+                Some(nix::unistd::Gid::from_raw(maps.gid.host)),
+            )
+            .map_err(|e| internal("own bundle")(e.into()))?;
         }
+        files::make_dir(&rootfs, 0o700).map_err(internal("create bundle"))?;
         files::make_dir(&layer.join("upper"), 0o755).map_err(internal("create upper dir"))?;
         files::make_dir(&layer.join("work"), 0o700).map_err(internal("create work dir"))?;
         match userns {
@@ -515,7 +524,8 @@ impl SandboxController for RuncSandbox {
         }
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode spec: {e}")))?;
-        crate::store::write_atomic(&bundle.join("config.json"), &json)
+        // 0600: the spec carries the container's env.
+        sandbox_container::monitor::write_atomic(&bundle.join("config.json"), &json, 0o600)
             .map_err(internal("write config.json"))?;
         let resp = self
             .ask(
@@ -533,6 +543,7 @@ impl SandboxController for RuncSandbox {
         if let Response::Created { pid } = resp {
             c.pid = pid;
         }
+        files::seal_rootfs(&rootfs).map_err(internal("make the rootfs nosuid,nodev"))?;
         Ok(())
     }
 
