@@ -1,6 +1,7 @@
 //! The one place where errors become gRPC statuses.
 
 use image_store::registry::RegistryError;
+use sandbox_api::SandboxError;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,22 +23,11 @@ pub enum Error {
     Image(#[from] image_store::Error),
     #[error("state store")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox_api::SandboxError),
 }
 
-/// The error and its sources, each once.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
-}
+pub use sandbox_api::error::chain;
 
 fn code(e: &Error) -> Code {
     use image_store::Error as I;
@@ -48,6 +38,14 @@ fn code(e: &Error) -> Code {
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         Error::Unimplemented(_) => Code::Unimplemented,
         Error::Internal(_) | Error::Store(_) => Code::Internal,
+        Error::Sandbox(s) => match s {
+            SandboxError::InvalidArgument(_) => Code::InvalidArgument,
+            SandboxError::NotFound(_) => Code::NotFound,
+            SandboxError::FailedPrecondition(_) => Code::FailedPrecondition,
+            SandboxError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            SandboxError::Unimplemented(_) => Code::Unimplemented,
+            SandboxError::Internal { .. } => Code::Internal,
+        },
         Error::Image(i) => match i {
             I::Reference(_) => Code::InvalidArgument,
             I::NotFound(_) => Code::NotFound,

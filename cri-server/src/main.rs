@@ -6,7 +6,7 @@ mod cri_ext;
 mod error;
 mod image;
 mod runtime;
-mod sandbox;
+mod sandboxes;
 mod server;
 mod store;
 mod streaming;
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     if args.next().as_deref() == Some(std::ffi::OsStr::new("monitor")) {
         return match args.next() {
             Some(dir) if args.next().is_none() => {
-                sandbox_container::monitor::main(std::path::Path::new(&dir))
+                sandboxes::monitor_main(std::path::Path::new(&dir))
             }
             _ => {
                 eprintln!("usage: crius monitor POD_DIR");

@@ -18,8 +18,8 @@ use tonic::codegen::http;
 
 use crate::config::Config;
 use crate::image::Images;
-use crate::runtime::Runtime;
-use crate::sandbox::runc::RuncSandbox;
+use crate::runtime::{Runtime, RuntimeApi};
+use crate::sandboxes::Sandboxes;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +40,8 @@ pub enum ServeError {
     Images(#[source] image_store::Error),
     #[error("open state store")]
     Store(#[source] crate::store::StoreError),
-    #[error("set up the runc sandbox")]
-    Sandbox(#[source] crate::error::Error),
+    #[error("set up the sandboxes")]
+    Sandbox(#[source] sandbox_api::SandboxError),
     #[error("listen for streaming on {0}")]
     Streaming(String, #[source] std::io::Error),
     #[error("serve")]
@@ -98,22 +98,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let images = Arc::new(images);
     let listener = bind(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "crius serving CRI v1");
-    {
-        use sandbox_vm::hypervisor::{HostKvm, Hypervisor};
-        let driver = sandbox_vm::qemu::QemuDriver::from_host();
-        tracing::info!(
-            driver = driver.name(),
-            accelerator = %driver.accelerator(),
-            host_kvm = ?HostKvm::detect(),
-            "VM sandbox"
-        );
-    }
     let store = Arc::new(Store::open(&config.state.join("cri")).map_err(ServeError::Store)?);
-    let runc = Arc::new(RuncSandbox::new(&config, images.clone()).map_err(ServeError::Sandbox)?);
+    let (sink, events) = sandbox_api::EventSink::new();
+    let sandboxes =
+        Arc::new(Sandboxes::new(&config, images.clone(), sink).map_err(ServeError::Sandbox)?);
     let streams = crate::streaming::StreamServer::start(&config.stream_address)
         .await
         .map_err(|e| ServeError::Streaming(config.stream_address.clone(), e))?;
-    let runtime = Runtime::new(&config, store.clone(), images.clone(), runc, streams);
+    let runtime = Arc::new(Runtime::new(
+        &config,
+        store.clone(),
+        images.clone(),
+        sandboxes,
+        streams,
+    ));
+    // Exits are recorded from the start: recovery hands pods back to
+    // their sandboxes, which replay the exits that happened meanwhile.
+    tokio::spawn(runtime.clone().record_events(events));
     runtime.recover().await;
     // On SIGINT or SIGTERM: stop accepting, let running calls finish, and
     // exit after SHUTDOWN_GRACE even if clients (kubelet always has one)
@@ -132,7 +133,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let server = tonic::transport::Server::builder()
         .layer(LogLayer)
         .layer(crate::cri_ext::CriExtLayer)
-        .add_service(RuntimeServiceServer::new(runtime))
+        .add_service(RuntimeServiceServer::new(RuntimeApi(runtime)))
         .add_service(ImageServiceServer::new(Images::new(images, store)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     let grace = async {

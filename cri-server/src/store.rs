@@ -10,8 +10,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use crius_proto::cri::{ContainerConfig, LinuxContainerUser, NamespaceOption, PodSandboxConfig};
 use crius_proto::monitor::ExitRecord;
+use sandbox_api::{Container, Pod};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,74 +40,31 @@ pub enum PodState {
     NotReady,
 }
 
+/// A pod: what the sandbox sees of it ([`Pod`], with the sandbox's own
+/// state) and what the edge adds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
-    pub id: String,
-    pub config: PodSandboxConfig,
-    pub runtime_handler: String,
+    #[serde(flatten)]
+    pub pod: Pod,
     pub state: PodState,
     /// Unix nanoseconds.
     pub created_at: i64,
     /// Pod IPs, IPv4 first.
     pub ips: Vec<String>,
-    /// Network namespace pin, when the pod has its own.
-    pub netns: Option<PathBuf>,
-    /// The pod's monitor while it runs.
-    pub monitor_pid: Option<u32>,
-    /// Whether the CNI ADD succeeded (so DEL is owed).
-    pub network_attached: bool,
 }
 
-impl PodRecord {
-    /// The pod's cgroup parent as a cgroupfs path, None when kubelet gave
-    /// none (see [`cgroupfs_path`]).
-    pub fn cgroup_parent(&self) -> Option<String> {
-        self.config
-            .linux
-            .as_ref()
-            .map(|l| cgroupfs_path(&l.cgroup_parent))
-            .filter(|p| !p.is_empty())
-    }
-
-    /// The namespace options the pod was created with.
-    pub fn namespace_options(&self) -> NamespaceOption {
-        self.config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.clone())
-            .unwrap_or_default()
+/// A record reads as the pod it holds (`record.id`, `&record` as `&Pod`).
+impl std::ops::Deref for PodRecord {
+    type Target = Pod;
+    fn deref(&self) -> &Pod {
+        &self.pod
     }
 }
 
-/// A cgroup parent as kubelet gives it, as a path under the cgroup root:
-/// a path (the cgroupfs driver: `/kubepods/burstable/pod<uid>`) without its
-/// trailing `/`, or a systemd slice name (the systemd driver:
-/// `kubepods-burstable-pod<uid>.slice`) laid out as systemd nests slices
-/// (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`).
-pub fn cgroupfs_path(parent: &str) -> String {
-    let parent = parent.trim_end_matches('/');
-    let Some(stem) = parent
-        .strip_suffix(".slice")
-        .filter(|_| !parent.contains('/'))
-    else {
-        return parent.to_string();
-    };
-    if stem == "-" {
-        return "/".to_string();
+impl std::ops::DerefMut for PodRecord {
+    fn deref_mut(&mut self) -> &mut Pod {
+        &mut self.pod
     }
-    let parts: Vec<&str> = stem.split('-').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        // Not a valid slice name: taken as a plain directory name.
-        return format!("/{parent}");
-    }
-    let mut path = String::new();
-    for i in 1..=parts.len() {
-        path.push('/');
-        path.push_str(&parts[..i].join("-"));
-        path.push_str(".slice");
-    }
-    path
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,39 +77,30 @@ pub enum ContainerPhase {
     Exited,
 }
 
+/// A container: what the sandbox sees of it ([`Container`], with the
+/// sandbox's own state) and what the edge adds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerRecord {
-    pub id: String,
-    pub pod_id: String,
-    pub config: ContainerConfig,
-    /// The image as the user named it, and its ID.
-    pub image_name: String,
-    pub image_id: String,
+    #[serde(flatten)]
+    pub container: Container,
     pub phase: ContainerPhase,
     pub created_at: i64,
     pub started_at: i64,
-    pub pid: u32,
     pub exit: Option<ExitRecord>,
-    /// Absolute log path, or empty.
-    pub log_path: String,
-    /// The OCI bundle (config.json, rootfs mount point, exit.json).
-    pub bundle: PathBuf,
-    /// Whether the rootfs overlay is mounted.
-    pub rootfs_mounted: bool,
-    /// The uid, gid and supplementary groups of the container's process,
-    /// from its spec (ContainerStatus.user); `None` before the spec is
-    /// built and in records written before this was kept.
-    #[serde(default)]
-    pub user: Option<LinuxContainerUser>,
-    /// Each mount's `image_sub_path` (in `config.mounts` order), which our
-    /// CRI bindings do not carry (`crate::cri_ext`); None when the request
-    /// could not be read for them.
-    #[serde(default)]
-    pub mount_sub_paths: Option<Vec<String>>,
-    /// The image ID mounted by each image volume (in `config.mounts`
-    /// order; None for other mounts), for ContainerStatus.
-    #[serde(default)]
-    pub mount_image_refs: Vec<Option<String>>,
+}
+
+/// A record reads as the container it holds.
+impl std::ops::Deref for ContainerRecord {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.container
+    }
+}
+
+impl std::ops::DerefMut for ContainerRecord {
+    fn deref_mut(&mut self) -> &mut Container {
+        &mut self.container
+    }
 }
 
 pub struct Store {
@@ -185,11 +133,13 @@ pub fn new_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Unix nanoseconds now.
-pub fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+pub use sandbox_api::now_ns;
+
+/// Creates `dir` (and parents) and makes it 0700.
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, StoreError> {
@@ -209,11 +159,28 @@ fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, StoreErr
             path: path.clone(),
             source,
         })?;
-        out.push(
-            serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode { path, source })?,
-        );
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
+                path: path.clone(),
+                source,
+            })?;
+        upgrade(&mut v);
+        out.push(serde_json::from_value(v).map_err(|source| StoreError::Decode { path, source })?);
     }
     Ok(out)
+}
+
+/// A record written before the sandbox seam kept the sandbox's state in
+/// fields of its own (`netns`, `monitor_pid`, `bundle`...): the sandbox
+/// finds them under `sandbox`, named as they were.
+fn upgrade(record: &mut serde_json::Value) {
+    if let Some(obj) = record.as_object_mut()
+        && !obj.contains_key("sandbox")
+    {
+        let mut old = obj.clone();
+        old.remove("config");
+        obj.insert("sandbox".into(), serde_json::Value::Object(old));
+    }
 }
 
 impl Store {
@@ -222,7 +189,7 @@ impl Store {
         let pods_dir = dir.join("pods");
         let containers_dir = dir.join("containers");
         for d in [dir, &pods_dir, &containers_dir] {
-            crate::sandbox::files::make_dir(d, 0o700).map_err(|source| StoreError::Io {
+            make_private_dir(d).map_err(|source| StoreError::Io {
                 what: "create",
                 path: d.to_path_buf(),
                 source,
@@ -230,10 +197,10 @@ impl Store {
         }
         let mut inner = Inner::default();
         for p in read_all::<PodRecord>(&pods_dir)? {
-            inner.pods.insert(p.id.clone(), p);
+            inner.pods.insert(p.pod.id.clone(), p);
         }
         for c in read_all::<ContainerRecord>(&containers_dir)? {
-            inner.containers.insert(c.id.clone(), c);
+            inner.containers.insert(c.container.id.clone(), c);
         }
         Ok(Store {
             pods_dir,
@@ -267,12 +234,10 @@ impl Store {
             source,
         })?;
         // 0600: a container's record carries its env (Secrets often go there).
-        sandbox_container::monitor::write_atomic(&path, &bytes, 0o600).map_err(|source| {
-            StoreError::Io {
-                what: "write",
-                path,
-                source,
-            }
+        sandbox_api::fs::write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Io {
+            what: "write",
+            path,
+            source,
         })
     }
 
@@ -289,9 +254,28 @@ impl Store {
     }
 
     pub fn put_pod(&self, pod: &PodRecord) -> Result<(), StoreError> {
-        Self::persist(&self.pods_dir, &pod.id, pod)?;
-        self.inner().pods.insert(pod.id.clone(), pod.clone());
+        Self::persist(&self.pods_dir, &pod.pod.id, pod)?;
+        self.inner().pods.insert(pod.pod.id.clone(), pod.clone());
         Ok(())
+    }
+
+    /// Changes the pod `id` (exactly) with `f`, atomically with respect to
+    /// every other change: `f` sees the latest record and says whether it
+    /// changed it. The record after, if the pod exists.
+    pub fn update_pod(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut PodRecord) -> bool,
+    ) -> Result<Option<PodRecord>, StoreError> {
+        let mut inner = self.inner();
+        let Some(mut p) = inner.pods.get(id).cloned() else {
+            return Ok(None);
+        };
+        if f(&mut p) {
+            Self::persist(&self.pods_dir, id, &p)?;
+            inner.pods.insert(id.to_string(), p.clone());
+        }
+        Ok(Some(p))
     }
 
     pub fn remove_pod(&self, id: &str) -> Result<(), StoreError> {
@@ -301,9 +285,28 @@ impl Store {
     }
 
     pub fn put_container(&self, c: &ContainerRecord) -> Result<(), StoreError> {
-        Self::persist(&self.containers_dir, &c.id, c)?;
-        self.inner().containers.insert(c.id.clone(), c.clone());
+        let id = &c.container.id;
+        Self::persist(&self.containers_dir, id, c)?;
+        self.inner().containers.insert(id.clone(), c.clone());
         Ok(())
+    }
+
+    /// Changes the container `id` (exactly) with `f`, as
+    /// [`Store::update_pod`] does.
+    pub fn update_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord) -> bool,
+    ) -> Result<Option<ContainerRecord>, StoreError> {
+        let mut inner = self.inner();
+        let Some(mut c) = inner.containers.get(id).cloned() else {
+            return Ok(None);
+        };
+        if f(&mut c) {
+            Self::persist(&self.containers_dir, id, &c)?;
+            inner.containers.insert(id.to_string(), c.clone());
+        }
+        Ok(Some(c))
     }
 
     pub fn remove_container(&self, id: &str) -> Result<(), StoreError> {
@@ -336,7 +339,7 @@ impl Store {
         self.inner()
             .containers
             .values()
-            .filter(|c| c.pod_id == pod_id)
+            .filter(|c| c.container.pod_id == pod_id)
             .cloned()
             .collect()
     }
@@ -362,33 +365,17 @@ fn find<'a, T>(map: &'a BTreeMap<String, T>, id: &str) -> Option<&'a T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cgroup_parents_of_both_drivers() {
-        assert_eq!(
-            cgroupfs_path("/kubepods/burstable/pod1/"),
-            "/kubepods/burstable/pod1"
-        );
-        assert_eq!(cgroupfs_path(""), "");
-        assert_eq!(cgroupfs_path("kubepods.slice"), "/kubepods.slice");
-        assert_eq!(
-            cgroupfs_path("kubepods-burstable-pod1_2.slice"),
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1_2.slice"
-        );
-        assert_eq!(cgroupfs_path("-.slice"), "/");
-        assert_eq!(cgroupfs_path("a--b.slice"), "/a--b.slice");
-    }
-
     fn pod(id: &str) -> PodRecord {
         PodRecord {
-            id: id.to_string(),
-            config: PodSandboxConfig::default(),
-            runtime_handler: String::new(),
+            pod: Pod {
+                id: id.to_string(),
+                config: Default::default(),
+                runtime_handler: String::new(),
+                sandbox: Default::default(),
+            },
             state: PodState::Ready,
             created_at: 1,
             ips: vec![],
-            netns: None,
-            monitor_pid: None,
-            network_attached: false,
         }
     }
 
@@ -400,8 +387,8 @@ mod tests {
         s.put_pod(&pod("abc2")).unwrap();
         s.put_pod(&pod("def")).unwrap();
         assert!(s.pod("abc").is_none(), "ambiguous prefix");
-        assert_eq!(s.pod("abc2").unwrap().id, "abc2");
-        assert_eq!(s.pod("de").unwrap().id, "def");
+        assert_eq!(s.pod("abc2").unwrap().pod.id, "abc2");
+        assert_eq!(s.pod("de").unwrap().pod.id, "def");
         assert!(s.pod("").is_none());
         s.remove_pod("def").unwrap();
         s.remove_pod("def").unwrap();
@@ -411,26 +398,53 @@ mod tests {
     }
 
     #[test]
-    fn container_records_without_user_still_load() {
+    fn records_of_before_the_seam_load_with_their_sandbox_state() {
+        let t = tempfile::tempdir().unwrap();
         let old = serde_json::json!({
-            "id": "c1", "pod_id": "p1", "config": ContainerConfig::default(),
+            "id": "c1", "pod_id": "p1",
+            "config": crius_proto::cri::ContainerConfig::default(),
             "image_name": "busybox", "image_id": "sha256:x", "phase": "running",
             "created_at": 1, "started_at": 2, "pid": 3, "exit": null,
             "log_path": "", "bundle": "/b", "rootfs_mounted": true,
         });
-        let c: ContainerRecord = serde_json::from_value(old).unwrap();
-        assert!(c.user.is_none());
-        let user = LinuxContainerUser {
-            uid: 1000,
-            gid: 1000,
-            supplemental_groups: vec![1000, 1234],
-        };
-        let c = ContainerRecord {
-            user: Some(user.clone()),
-            ..c
-        };
-        let back: ContainerRecord =
-            serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
-        assert_eq!(back.user, Some(user));
+        std::fs::create_dir_all(t.path().join("containers")).unwrap();
+        std::fs::write(
+            t.path().join("containers/c1.json"),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let c = s.container("c1").unwrap();
+        assert!(c.container.user.is_none());
+        assert_eq!(c.container.sandbox.0["bundle"], "/b");
+        assert_eq!(c.container.sandbox.0["pid"], 3);
+        assert_eq!(c.phase, ContainerPhase::Running);
+        // Written back and read again, it stays as it is.
+        s.put_container(&c).unwrap();
+        let s = Store::open(t.path()).unwrap();
+        assert_eq!(
+            s.container("c1").unwrap().container.sandbox.0["bundle"],
+            "/b"
+        );
+    }
+
+    #[test]
+    fn updates_see_the_latest_record() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        s.put_pod(&pod("p")).unwrap();
+        let after = s
+            .update_pod("p", |p| {
+                p.state = PodState::NotReady;
+                true
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.state, PodState::NotReady);
+        let unchanged = s.update_pod("p", |_| false).unwrap().unwrap();
+        assert_eq!(unchanged.state, PodState::NotReady);
+        assert!(s.update_pod("absent", |_| true).unwrap().is_none());
+        let s = Store::open(t.path()).unwrap();
+        assert_eq!(s.pod("p").unwrap().state, PodState::NotReady);
     }
 }

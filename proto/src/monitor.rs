@@ -5,7 +5,6 @@
 //! responses as JSON, one object per line (`\n`-terminated), strictly in
 //! turn: one [`Request`], then its [`Response`]. A monitor serves several
 //! connections at once, so a long `ExecSync` does not hold up others.
-//! The VM sandbox's guest agent will speak the same protocol over vsock.
 
 use std::path::PathBuf;
 
@@ -84,6 +83,13 @@ pub enum Request {
     },
     /// Closes and reopens the container's log file (after rotation).
     ReopenLog { id: String },
+    /// Makes this connection a watch: no answer, but a
+    /// [`Response::ContainerExited`] for each container that has exited
+    /// already and then for each exit as it is recorded; nothing else is
+    /// read from it. A watch that does not keep up is closed (the client
+    /// watches again and gets every exit again). The monitor's own end
+    /// (Shutdown, or its death) closes it.
+    Watch,
     /// Kills every container (SIGKILL), reaps them, records their exits,
     /// answers, then exits.
     Shutdown,
@@ -109,6 +115,11 @@ pub enum Response {
     /// A streaming exec's process was reaped.
     Exited {
         exit_code: i32,
+    },
+    /// On a watch: a container's exit, recorded in its exit.json already.
+    ContainerExited {
+        id: String,
+        exit: ExitRecord,
     },
     Error {
         kind: ErrorKind,

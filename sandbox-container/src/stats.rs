@@ -15,6 +15,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crius_proto::usage::{
+    CgroupStats, CpuStats, DirUsage, FsInfo, IoStats, MemoryStats, NetInterface, PidsStats,
+    ProcessStats,
+};
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
@@ -33,94 +37,6 @@ enum Layout {
     /// on (`cpu,cpuacct` serves both). A hybrid host's cgroup2 mount
     /// (`unified/`) names no controller and is not used.
     Legacy(Vec<(String, PathBuf)>),
-}
-
-/// A cgroup's usage. Parts a host does not account (no such controller,
-/// unreadable files) are `None`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CgroupStats {
-    pub cpu: Option<CpuStats>,
-    pub memory: Option<MemoryStats>,
-    pub pids: Option<PidsStats>,
-    /// Bytes and operations per block device.
-    pub io: Vec<IoStats>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CpuStats {
-    /// Cumulative CPU time of all cores, nanoseconds.
-    pub usage_ns: u64,
-    pub user_ns: u64,
-    pub system_ns: u64,
-    /// CFS bandwidth control: enforcement periods elapsed, periods in
-    /// which the cgroup was throttled, and the time it was.
-    pub periods: u64,
-    pub throttled_periods: u64,
-    pub throttled_ns: u64,
-    /// The settings in force: cpu.shares (v2: from cpu.weight), the CFS
-    /// period and quota in microseconds (quota `None`: unlimited).
-    pub shares: Option<u64>,
-    pub period_us: Option<u64>,
-    pub quota_us: Option<u64>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct MemoryStats {
-    /// All memory charged, page cache included.
-    pub usage: u64,
-    /// `usage` less inactive file pages: what the kubelet evicts on.
-    pub working_set: u64,
-    /// Anonymous and swap cache memory.
-    pub rss: u64,
-    pub cache: u64,
-    pub mapped_file: u64,
-    /// Kernel memory, where accounted.
-    pub kernel: Option<u64>,
-    /// Swap in use, where accounted.
-    pub swap: Option<u64>,
-    /// The highest `usage` seen, where the kernel records it.
-    pub max_usage: Option<u64>,
-    /// Times the limit was hit.
-    pub failcnt: u64,
-    /// Page faults of the cgroup and its descendants.
-    pub page_faults: u64,
-    pub major_page_faults: u64,
-    /// Page faults of the cgroup alone (v2 has only the hierarchical count).
-    pub local_page_faults: u64,
-    pub local_major_page_faults: u64,
-    pub oom_kills: u64,
-    /// `None`: unlimited.
-    pub limit: Option<u64>,
-    /// Memory plus swap limit; `None`: unlimited or not accounted.
-    pub memsw_limit: Option<u64>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PidsStats {
-    /// Tasks (processes and threads) in the cgroup and its descendants.
-    pub current: u64,
-    /// `None`: unlimited.
-    pub limit: Option<u64>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct IoStats {
-    pub major: u64,
-    pub minor: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub reads: u64,
-    pub writes: u64,
-}
-
-/// The processes in one cgroup (not its descendants).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ProcessStats {
-    pub processes: u64,
-    pub threads: u64,
-    /// Open file descriptors of those processes, and how many are sockets.
-    pub fds: u64,
-    pub sockets: u64,
 }
 
 /// A limit above this is "unlimited" (cgroup v1 writes
@@ -571,6 +487,7 @@ fn device(devices: &mut Vec<IoStats>, major: u64, minor: u64) -> &mut IoStats {
         Some(i) => i,
         None => {
             devices.push(IoStats {
+                device: block_device_name(major, minor),
                 major,
                 minor,
                 ..IoStats::default()
@@ -583,7 +500,7 @@ fn device(devices: &mut Vec<IoStats>, major: u64, minor: u64) -> &mut IoStats {
 
 /// The name of a block device (`/dev/sda`), from sysfs; `major:minor`
 /// when it has none.
-pub fn block_device_name(major: u64, minor: u64) -> String {
+fn block_device_name(major: u64, minor: u64) -> String {
     read(Path::new(&format!("/sys/dev/block/{major}:{minor}/uevent")))
         .and_then(|u| {
             u.lines()
@@ -591,18 +508,6 @@ pub fn block_device_name(major: u64, minor: u64) -> String {
                 .map(|n| format!("/dev/{}", n.trim()))
         })
         .unwrap_or_else(|| format!("{major}:{minor}"))
-}
-
-/// Bytes and inodes of a directory tree.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DirUsage {
-    /// Allocated bytes (blocks, as du counts them); hard links once.
-    pub bytes: u64,
-    /// Inodes, the directory itself included.
-    pub inodes: u64,
-    /// False when the walk stopped at a bound (inodes, depth) or an
-    /// unreadable directory: the numbers are then lower bounds.
-    pub complete: bool,
 }
 
 /// How deep the walk descends: one open descriptor per level.
@@ -701,15 +606,6 @@ impl Walk {
     }
 }
 
-/// Size and free space of the filesystem holding `path`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FsInfo {
-    pub capacity_bytes: u64,
-    pub available_bytes: u64,
-    pub inodes: u64,
-    pub inodes_free: u64,
-}
-
 pub fn fs_info(path: &Path) -> io::Result<FsInfo> {
     let s = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
     let frag = s.fragment_size() as u64;
@@ -719,20 +615,6 @@ pub fn fs_info(path: &Path) -> io::Result<FsInfo> {
         inodes: s.files() as u64,
         inodes_free: s.files_free() as u64,
     })
-}
-
-/// Counters of one network interface, as /proc/net/dev has them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct NetInterface {
-    pub name: String,
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_errors: u64,
-    pub rx_dropped: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_errors: u64,
-    pub tx_dropped: u64,
 }
 
 /// Parses /proc/net/dev, leaving out the loopback interface.

@@ -12,9 +12,7 @@
 //! NUL-terminated name, padding to a multiple of 4, the data, padding to a
 //! multiple of 4; the archive ends with an entry named `TRAILER!!!`.
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// The name of the entry ending an archive.
@@ -223,45 +221,10 @@ pub fn write_initramfs(
         mods.push((name, bytes));
     }
     let image = build_initramfs(&binary, &mods)?;
-    write_atomic(out, &image).map_err(|source| InitramfsError::Write {
+    sandbox_api::fs::write_atomic(out, &image, 0o644).map_err(|source| InitramfsError::Write {
         path: out.to_owned(),
         source,
     })
-}
-
-/// Replaces `path` with `bytes` in one rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    // The rename itself, durable.
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

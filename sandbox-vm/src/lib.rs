@@ -2,8 +2,10 @@
 //! [`hypervisor::Hypervisor`] seam (the [`qemu`] driver now, our own VMM
 //! later), a guest kernel of our own (`scripts/guest-kernel`) and the guest
 //! agent (`sandbox-vm/agent`), reached over vsock ([`agent_client`]).
+//! [`controller`] is its side of the sandbox seam (`sandbox_api`).
 
 pub mod agent_client;
+pub mod controller;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod qemu;

@@ -6,6 +6,8 @@ use crius_proto::cri::{ContainerEventType, CreateContainerRequest, CreateContain
 
 use super::Runtime;
 use crate::error::Error;
+use sandbox_api::Container;
+
 use crate::store::{ContainerPhase, ContainerRecord, PodState, new_id, now_ns};
 
 impl Runtime {
@@ -44,7 +46,7 @@ impl Runtime {
                 pod.id
             )));
         }
-        let controller = self.controller(&pod.runtime_handler)?;
+        let controller = self.controller(&pod.runtime_handler)?.clone();
         controller.warm_up();
         if let Some(existing) = self
             .store
@@ -54,7 +56,7 @@ impl Runtime {
         {
             tracing::info!(container = %existing.id, "CreateContainer retried: returning the existing container");
             return Ok(CreateContainerResponse {
-                container_id: existing.id,
+                container_id: existing.container.id,
             });
         }
         let image = self.images.get(&image_name)?.ok_or_else(|| {
@@ -75,35 +77,54 @@ impl Runtime {
                 .to_string()
         };
         let mut c = ContainerRecord {
-            id: new_id(),
-            pod_id: pod.id.clone(),
-            image_name,
-            image_id: image.id.to_string(),
-            config,
+            container: Container {
+                id: new_id(),
+                pod_id: pod.id.clone(),
+                config,
+                image_name,
+                image_id: image.id.to_string(),
+                log_path,
+                mount_sub_paths: sub_paths,
+                user: None,
+                mount_image_refs: Vec::new(),
+                sandbox: Default::default(),
+            },
             phase: ContainerPhase::Creating,
             created_at: now_ns(),
             started_at: 0,
-            pid: 0,
             exit: None,
-            log_path,
-            bundle: Default::default(),
-            rootfs_mounted: false,
-            user: None,
-            mount_sub_paths: sub_paths,
-            mount_image_refs: Vec::new(),
         };
+        let c_lock = self.store.lock(&c.id);
+        let _c_held = c_lock.lock().await;
         self.store.put_container(&c)?;
-        if let Err(e) = controller.create_container(&pod, &mut c, &image).await {
-            tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "create failed, rolling back");
-            if let Err(e2) = controller.remove_container(Some(&pod), &c).await {
-                tracing::warn!(container = %c.id, error = %crate::error::chain(&e2), "rollback failed");
+        let journal = self.journal();
+        if let Err(e) = controller
+            .create_container(&pod, &mut c, &image, &journal)
+            .await
+        {
+            tracing::warn!(container = %c.id, error = %sandbox_api::error::chain(&e), "create failed, rolling back");
+            match controller.remove_container(Some(&pod), &c).await {
+                Ok(()) => self.store.remove_container(&c.id)?,
+                Err(e2) => {
+                    // Kept (Creating) for the next start's roll-back.
+                    tracing::warn!(container = %c.id, error = %sandbox_api::error::chain(&e2), "rollback failed");
+                }
             }
-            self.store.remove_container(&c.id)?;
-            return Err(e);
+            return Err(e.into());
         }
-        c.phase = ContainerPhase::Created;
-        self.store.put_container(&c)?;
-        self.emit(&c, ContainerEventType::ContainerCreatedEvent);
-        Ok(CreateContainerResponse { container_id: c.id })
+        let created = self.store.update_container(&c.id, |r| {
+            r.container = c.container.clone();
+            // An exit recorded meanwhile stays.
+            if r.phase == ContainerPhase::Creating {
+                r.phase = ContainerPhase::Created;
+            }
+            true
+        })?;
+        if let Some(created) = created {
+            self.emit(&created, ContainerEventType::ContainerCreatedEvent);
+        }
+        Ok(CreateContainerResponse {
+            container_id: c.container.id,
+        })
     }
 }

@@ -28,9 +28,9 @@ impl Runtime {
         let pod = self.store.pod(&c.pod_id);
         let handler = pod.as_ref().map_or("", |p| p.runtime_handler.as_str());
         self.controller(handler)?
-            .remove_container(pod.as_ref(), &c)
+            .remove_container(pod.as_deref(), &c)
             .await?;
-        self.store.remove_container(&c.id)?;
+        self.store.remove_container(&c.container.id)?;
         self.emit(&c, ContainerEventType::ContainerDeletedEvent);
         tracing::info!(container = %c.id, "container removed");
         Ok(())

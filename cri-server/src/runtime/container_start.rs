@@ -14,7 +14,7 @@ impl Runtime {
         let c = self.container(&req.container_id)?;
         let lock = self.store.lock(&c.id);
         let _held = lock.lock().await;
-        let mut c = self.container(&c.id)?;
+        let c = self.container(&c.id)?;
         if c.phase != ContainerPhase::Created {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is {:?}, not created",
@@ -28,10 +28,17 @@ impl Runtime {
         self.controller(&pod.runtime_handler)?
             .start_container(&pod, &c)
             .await?;
-        c.phase = ContainerPhase::Running;
-        c.started_at = started_at;
-        self.store.put_container(&c)?;
-        self.emit(&c, ContainerEventType::ContainerStartedEvent);
+        // An exit recorded meanwhile (a quick container) stays.
+        let started = self.store.update_container(&c.id, |r| {
+            if r.phase == ContainerPhase::Created {
+                r.phase = ContainerPhase::Running;
+            }
+            r.started_at = started_at;
+            true
+        })?;
+        if let Some(started) = started {
+            self.emit(&started, ContainerEventType::ContainerStartedEvent);
+        }
         Ok(StartContainerResponse {})
     }
 }

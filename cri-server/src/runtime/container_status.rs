@@ -1,5 +1,5 @@
 //! ContainerStatus and ListContainers: container records as the CRI
-//! reports them, with exits picked up from the sandbox as they happen.
+//! reports them (exits are recorded as the sandboxes report them).
 
 use std::collections::HashMap;
 
@@ -66,16 +66,21 @@ impl Runtime {
         req: ContainerStatusRequest,
     ) -> Result<(ContainerStatusResponse, Vec<Option<String>>), Error> {
         let c = self.container(&req.container_id)?;
-        let c = self.refresh(c)?;
         let mut info = HashMap::new();
         if req.verbose {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "id": c.id,
-                "pid": c.pid,
-                "bundle": c.bundle,
                 "sandboxID": c.pod_id,
                 "config": c.config,
             });
+            // What the sandbox keeps of it (pid, bundle), beside.
+            if let Ok(pod) = self.pod_of(&c)
+                && let Ok(ctl) = self.controller(&pod.runtime_handler)
+                && let (Some(obj), serde_json::Value::Object(extra)) =
+                    (v.as_object_mut(), ctl.container_info(&pod, &c))
+            {
+                obj.extend(extra);
+            }
             info.insert("info".to_string(), v.to_string());
         }
         Ok((
@@ -103,7 +108,6 @@ impl Runtime {
             if !labels_match(&c.config.labels, &filter.label_selector) {
                 continue;
             }
-            let c = self.refresh(c)?;
             if filter
                 .state
                 .as_ref()

@@ -2,18 +2,14 @@
 //! every process once the timeout passes. Stopping an unknown or exited
 //! container succeeds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crius_proto::cri::{ContainerEventType, StopContainerRequest, StopContainerResponse};
+use crius_proto::cri::{StopContainerRequest, StopContainerResponse};
 
 use super::Runtime;
 use crate::error::Error;
 use crate::store::ContainerPhase;
 
-/// How often a stopping container's exit is looked for: first after a
-/// quarter of a millisecond (most processes die at once), doubling up to
-/// this.
-const POLL: Duration = Duration::from_millis(20);
 /// How long a SIGKILLed container may take to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -49,12 +45,13 @@ impl Runtime {
         let Some(c) = self.store.container(id) else {
             return Ok(());
         };
-        let c = self.refresh(c)?;
         if c.phase != ContainerPhase::Running {
             return Ok(());
         }
         let pod = self.pod_of(&c)?;
-        let controller = self.controller(&pod.runtime_handler)?;
+        let controller = self.controller(&pod.runtime_handler)?.clone();
+        // Watched before the signal, so no exit is missed.
+        let mut exits = self.exits.subscribe();
         if timeout > 0 {
             let signal = self
                 .images
@@ -70,12 +67,15 @@ impl Runtime {
                 .and_then(|s| signal_number(&s))
                 .unwrap_or(libc_sigterm());
             controller.signal_container(&pod, &c, signal, false).await?;
-            if self.wait_exit(&c.id, Duration::from_secs(timeout)).await? {
+            if self
+                .wait_exit(&c.id, &mut exits, Duration::from_secs(timeout))
+                .await
+            {
                 return Ok(());
             }
         }
         controller.signal_container(&pod, &c, 9, true).await?;
-        if !self.wait_exit(&c.id, KILL_WAIT).await? {
+        if !self.wait_exit(&c.id, &mut exits, KILL_WAIT).await {
             return Err(Error::Internal(format!(
                 "container {} did not exit {} s after SIGKILL",
                 c.id,
@@ -85,22 +85,33 @@ impl Runtime {
         Ok(())
     }
 
-    /// Waits until the container has exited; false on timeout.
-    async fn wait_exit(&self, id: &str, timeout: Duration) -> Result<bool, Error> {
-        let deadline = Instant::now() + timeout;
-        let mut poll = Duration::from_micros(250);
+    /// Waits until the container's exit is recorded (or its record gone);
+    /// false on timeout.
+    async fn wait_exit(
+        &self,
+        id: &str,
+        exits: &mut tokio::sync::watch::Receiver<u64>,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let c = self.container(id)?;
-            let c = self.refresh(c)?;
-            if c.phase == ContainerPhase::Exited {
-                self.emit(&c, ContainerEventType::ContainerStoppedEvent);
-                return Ok(true);
+            if self
+                .store
+                .container(id)
+                .is_none_or(|c| c.phase == ContainerPhase::Exited)
+            {
+                return true;
             }
-            if Instant::now() >= deadline {
-                return Ok(false);
+            match tokio::time::timeout_at(deadline, exits.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or no more exits can come: a last look.
+                _ => {
+                    return self
+                        .store
+                        .container(id)
+                        .is_none_or(|c| c.phase == ContainerPhase::Exited);
+                }
             }
-            tokio::time::sleep(poll).await;
-            poll = (poll * 2).min(POLL);
         }
     }
 }

@@ -19,7 +19,6 @@ impl Runtime {
         let lock = self.store.lock(&c.id);
         let _held = lock.lock().await;
         let c = self.container(&c.id)?;
-        let mut c = self.refresh(c)?;
         if !matches!(c.phase, ContainerPhase::Created | ContainerPhase::Running) {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is {:?}: only a created or running container can be updated",
@@ -42,13 +41,15 @@ impl Runtime {
         }
         let pod = self.pod_of(&c)?;
         self.controller(&pod.runtime_handler)?
-            .update_resources(&c, &linux)
+            .update_resources(&pod, &c, &linux)
             .await?;
-        c.config
-            .linux
-            .get_or_insert_with(LinuxContainerConfig::default)
-            .resources = Some(linux);
-        self.store.put_container(&c)?;
+        self.store.update_container(&c.id, |r| {
+            r.config
+                .linux
+                .get_or_insert_with(LinuxContainerConfig::default)
+                .resources = Some(linux);
+            true
+        })?;
         Ok(UpdateContainerResourcesResponse {})
     }
 }

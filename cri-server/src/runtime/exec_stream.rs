@@ -10,7 +10,8 @@ use crius_proto::cri::{
 use super::Runtime;
 use crate::error::Error;
 use crate::store::PodState;
-use crate::streaming::{Pending, StdioRequest};
+use crate::streaming::{Pending, PortForwardCall, StdioCall};
+use sandbox_api::StdioRequest;
 
 impl Runtime {
     pub(super) fn exec(&self, req: ExecRequest) -> Result<ExecResponse, Error> {
@@ -60,16 +61,18 @@ impl Runtime {
                 container.id, container.config.tty
             )));
         }
-        let controller = self.controller_arc(&pod.runtime_handler)?.clone();
-        self.streams.url_for(Pending::Stdio(Box::new(StdioRequest {
+        let controller = self.controller(&pod.runtime_handler)?.clone();
+        self.streams.url_for(Pending::Stdio(Box::new(StdioCall {
             controller,
-            pod,
-            container,
-            cmd,
-            tty,
-            stdin,
-            stdout,
-            stderr,
+            pod: pod.pod,
+            container: container.container,
+            req: StdioRequest {
+                cmd,
+                tty,
+                stdin,
+                stdout,
+                stderr,
+            },
         })))
     }
 
@@ -89,9 +92,13 @@ impl Runtime {
         if let Some(port) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
             return Err(Error::InvalidArgument(format!("bad port {port}")));
         }
+        let controller = self.controller(&pod.runtime_handler)?.clone();
         let url = self
             .streams
-            .url_for(Pending::PortForward { pod: Box::new(pod) })?;
+            .url_for(Pending::PortForward(Box::new(PortForwardCall {
+                controller,
+                pod: pod.pod,
+            })))?;
         Ok(PortForwardResponse { url })
     }
 }

@@ -13,10 +13,10 @@ impl Runtime {
             return Err(Error::InvalidArgument("exec needs a command".into()));
         }
         let (c, pod) = self.running_container(&req.container_id)?;
-        let timeout_ms = (req.timeout.max(0) as u64).saturating_mul(1000);
+        let timeout = (req.timeout > 0).then(|| std::time::Duration::from_secs(req.timeout as u64));
         let controller = self.controller(&pod.runtime_handler)?;
         controller.warm_up();
-        let r = controller.exec_sync(&pod, &c, req.cmd, timeout_ms).await?;
+        let r = controller.exec_sync(&pod, &c, req.cmd, timeout).await?;
         if r.timed_out {
             return Err(Error::DeadlineExceeded(format!(
                 "command timed out after {} s",

@@ -13,11 +13,10 @@ use crius_proto::cri::{
     ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse, Metric, MetricDescriptor,
     MetricType, PodSandboxMetrics, UInt64Value,
 };
-use sandbox_container::stats::{NetInterface, block_device_name};
+use crius_proto::usage::{ContainerUsage, NetInterface};
 
 use super::Runtime;
 use crate::error::Error;
-use crate::sandbox::ContainerUsage;
 use crate::store::{ContainerPhase, ContainerRecord, PodRecord, PodState};
 
 const BASE_LABELS: [&str; 3] = ["id", "name", "image"];
@@ -425,7 +424,7 @@ fn container_metrics(c: &ContainerRecord, u: &ContainerUsage) -> Vec<Metric> {
         o.put("container_threads_max", p.limit.unwrap_or(0), &[]);
     }
     for io in &cg.io {
-        let dev = block_device_name(io.major, io.minor);
+        let dev = io.device.clone();
         let (major, minor) = (io.major.to_string(), io.minor.to_string());
         o.put("container_fs_reads_bytes_total", io.read_bytes, &[&dev]);
         o.put("container_fs_writes_bytes_total", io.write_bytes, &[&dev]);
@@ -525,11 +524,7 @@ impl Runtime {
                 if !matches!(c.phase, ContainerPhase::Created | ContainerPhase::Running) {
                     continue;
                 }
-                let c = self.refresh(c)?;
-                if c.phase == ContainerPhase::Exited {
-                    continue;
-                }
-                match ctl.container_stats(&c, true).await {
+                match ctl.container_stats(&pod, &c, true).await {
                     Ok(u) => container_metrics_out.push(ContainerMetrics {
                         container_id: c.id.clone(),
                         metrics: container_metrics(&c, &u),
@@ -561,12 +556,12 @@ mod tests {
     use crius_proto::cri::{
         ContainerConfig, ContainerMetadata, PodSandboxConfig, PodSandboxMetadata,
     };
-    use sandbox_container::stats::{
-        CgroupStats, CpuStats, DirUsage, FsInfo, IoStats, MemoryStats, PidsStats, ProcessStats,
+    use crius_proto::usage::{
+        CgroupStats, CpuStats, DirUsage, FsInfo, IoStats, LayerUsage, MemoryStats, PidsStats,
+        ProcessStats,
     };
 
     use super::*;
-    use crate::sandbox::usage::LayerUsage;
 
     fn record() -> ContainerRecord {
         serde_json::from_value(serde_json::json!({
@@ -607,6 +602,7 @@ mod tests {
                     limit: None,
                 }),
                 io: vec![IoStats {
+                    device: "/dev/sda".into(),
                     major: 8,
                     minor: 0,
                     ..IoStats::default()

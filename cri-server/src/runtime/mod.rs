@@ -29,23 +29,25 @@ use std::sync::Arc;
 use crius_proto::cri::runtime_service_server::RuntimeService;
 use crius_proto::cri::*;
 use image_store::ImageStore;
-use tokio::sync::broadcast;
+use sandbox_api::{Container, Event, EventStream, Journal, Pod, SandboxController};
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 use crate::config::{CgroupDriver, Config};
 use crate::error::{Error, unimplemented};
-use crate::sandbox::SandboxController;
-use crate::store::{ContainerPhase, ContainerRecord, PodRecord, Store};
+use crate::sandboxes::Sandboxes;
+use crate::store::{ContainerPhase, ContainerRecord, PodRecord, PodState, Store};
 use crate::streaming::StreamServer;
-use events::EventStream;
+use events::EventStream as CriEventStream;
 
 pub struct Runtime {
     cgroup_driver: CgroupDriver,
     store: Arc<Store>,
     images: Arc<ImageStore>,
-    /// The namespace sandbox: handlers "" and "runc".
-    runc: Arc<dyn SandboxController>,
+    sandboxes: Arc<Sandboxes>,
     events: broadcast::Sender<ContainerEventResponse>,
+    /// Counts the exits recorded; StopContainer waits on it.
+    exits: watch::Sender<u64>,
     /// The last CPU sample of each container and pod, for CPU rates.
     cpu_samples: stats::CpuSamples,
     /// Where Exec, Attach and PortForward URLs point.
@@ -54,38 +56,65 @@ pub struct Runtime {
     pod_cidr: std::sync::Mutex<String>,
 }
 
+/// The store as the sandboxes' journal: what a sandbox saves of a pod or
+/// container is written into its record at once.
+struct StoreJournal<'a>(&'a Store);
+
+#[async_trait::async_trait]
+impl Journal for StoreJournal<'_> {
+    async fn save_pod(&self, pod: &Pod) -> sandbox_api::Result<()> {
+        self.0
+            .update_pod(&pod.id, |r| {
+                r.pod = pod.clone();
+                true
+            })
+            .map(|_| ())
+            .map_err(sandbox_api::SandboxError::at("save the pod's record"))
+    }
+
+    async fn save_container(&self, c: &Container) -> sandbox_api::Result<()> {
+        self.0
+            .update_container(&c.id, |r| {
+                r.container = c.clone();
+                true
+            })
+            .map(|_| ())
+            .map_err(sandbox_api::SandboxError::at("save the container's record"))
+    }
+}
+
 impl Runtime {
     pub fn new(
         config: &Config,
         store: Arc<Store>,
         images: Arc<ImageStore>,
-        runc: Arc<dyn SandboxController>,
+        sandboxes: Arc<Sandboxes>,
         streams: Arc<StreamServer>,
     ) -> Runtime {
         Runtime {
             cgroup_driver: config.cgroup_driver,
             store,
             images,
-            runc,
+            sandboxes,
             events: broadcast::channel(1024).0,
+            exits: watch::channel(0).0,
             cpu_samples: stats::CpuSamples::default(),
             streams,
             pod_cidr: Default::default(),
         }
     }
 
-    fn controller(&self, handler: &str) -> Result<&dyn SandboxController, Error> {
-        self.controller_arc(handler).map(|c| &**c)
+    fn journal(&self) -> StoreJournal<'_> {
+        StoreJournal(&self.store)
     }
 
-    fn controller_arc(&self, handler: &str) -> Result<&Arc<dyn SandboxController>, Error> {
-        match handler {
-            "" | "runc" => Ok(&self.runc),
-            h => Err(Error::InvalidArgument(format!(
-                "unknown runtime handler {h:?}: crius has \"runc\" (also the empty handler); \
-                 \"vm\" runs no pods yet"
-            ))),
-        }
+    fn controller(&self, handler: &str) -> Result<&Arc<dyn SandboxController>, Error> {
+        self.sandboxes.get(handler).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown runtime handler {handler:?}: crius has {:?}",
+                self.sandboxes.names()
+            ))
+        })
     }
 
     fn container(&self, id: &str) -> Result<ContainerRecord, Error> {
@@ -103,9 +132,9 @@ impl Runtime {
         })
     }
 
-    /// A running container (its exit looked for first) and its pod.
+    /// A running container and its pod.
     fn running_container(&self, id: &str) -> Result<(ContainerRecord, PodRecord), Error> {
-        let c = self.refresh(self.container(id)?)?;
+        let c = self.container(id)?;
         if c.phase != ContainerPhase::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",
@@ -116,29 +145,86 @@ impl Runtime {
         Ok((c, pod))
     }
 
-    /// Picks up an exit the sandbox recorded since we last looked.
-    fn refresh(&self, mut c: ContainerRecord) -> Result<ContainerRecord, Error> {
-        if !matches!(c.phase, ContainerPhase::Created | ContainerPhase::Running) {
-            return Ok(c);
+    /// Records what the sandboxes report, as it comes: an exit (the first
+    /// for a container; a replay changes nothing), a pod whose sandbox died.
+    pub async fn record_events(self: Arc<Self>, mut events: EventStream) {
+        while let Some(e) = events.recv().await {
+            let recorded = match e {
+                Event::ContainerExited {
+                    container_id, exit, ..
+                } => self.record_exit(&container_id, exit),
+                Event::PodDied { pod_id, reason } => self
+                    .store
+                    .update_pod(&pod_id, |p| {
+                        let ready = matches!(p.state, PodState::Ready | PodState::Creating);
+                        if ready {
+                            tracing::warn!(pod = %pod_id, reason, "pod NotReady");
+                            p.state = PodState::NotReady;
+                        }
+                        ready
+                    })
+                    .map(|_| ())
+                    .map_err(Error::from),
+            };
+            if let Err(e) = recorded {
+                tracing::error!(error = %crate::error::chain(&e), "recording a sandbox event");
+            }
         }
-        let handler = self
-            .store
-            .pod(&c.pod_id)
-            .map(|p| p.runtime_handler)
-            .unwrap_or_default();
-        if let Some(exit) = self.controller(&handler)?.container_exit(&c) {
-            c.phase = ContainerPhase::Exited;
-            c.pid = 0;
-            c.exit = Some(exit);
-            self.store.put_container(&c)?;
+    }
+
+    fn record_exit(&self, id: &str, exit: crius_proto::monitor::ExitRecord) -> Result<(), Error> {
+        let mut changed = false;
+        let c = self.store.update_container(id, |c| {
+            changed = matches!(
+                c.phase,
+                ContainerPhase::Creating | ContainerPhase::Created | ContainerPhase::Running
+            );
+            if changed {
+                c.phase = ContainerPhase::Exited;
+                c.exit = Some(exit);
+            }
+            changed
+        })?;
+        if let Some(c) = c.filter(|_| changed) {
+            tracing::info!(container = %c.id, exit_code = c.exit.as_ref().map(|e| e.exit_code), "container exited");
+            self.exits.send_modify(|n| *n += 1);
+            self.emit(&c, ContainerEventType::ContainerStoppedEvent);
         }
-        Ok(c)
+        Ok(())
     }
 }
 
 /// Whether `labels` has every key/value of `selector`.
 fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The RuntimeService. Each call that changes something runs in a task of
+/// its own: a client that gives up (its deadline, a disconnect) does not
+/// cut it short, so it finishes or rolls back, and a retry finds what it
+/// made.
+#[derive(Clone)]
+pub struct RuntimeApi(pub Arc<Runtime>);
+
+impl std::ops::Deref for RuntimeApi {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.0
+    }
+}
+
+impl RuntimeApi {
+    async fn detached<T, F, Fut>(&self, call: F) -> Result<Response<T>, Status>
+    where
+        F: FnOnce(Arc<Runtime>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(call(self.0.clone())).await {
+            Ok(r) => reply(r),
+            Err(e) => Err(Status::internal(format!("the call's task failed: {e}"))),
+        }
+    }
 }
 
 /// Answers an RPC from a handler's result.
@@ -169,7 +255,7 @@ macro_rules! not_yet {
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 #[tonic::async_trait]
-impl RuntimeService for Runtime {
+impl RuntimeService for RuntimeApi {
     async fn version(
         &self,
         req: Request<VersionRequest>,
@@ -184,7 +270,7 @@ impl RuntimeService for Runtime {
         let pod_cidr = self.pod_cidr.lock().map(|c| c.clone()).unwrap_or_default();
         Ok(Response::new(status::status(
             req.into_inner(),
-            self.runc.network_status(),
+            &self.sandboxes,
             &pod_cidr,
         )))
     }
@@ -198,48 +284,54 @@ impl RuntimeService for Runtime {
         )))
     }
 
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = CriEventStream;
 
     async fn get_container_events(
         &self,
         _: Request<GetEventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        Ok(Response::new(self.subscribe()))
+    ) -> Result<Response<CriEventStream>, Status> {
+        Ok(Response::new(self.0.subscribe()))
     }
 
     async fn run_pod_sandbox(
         &self,
         req: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        reply(self.run_pod_sandbox(req.into_inner()).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.run_pod_sandbox(req).await })
+            .await
     }
 
     async fn stop_pod_sandbox(
         &self,
         req: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        reply(self.stop_pod_sandbox(req.into_inner()).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.stop_pod_sandbox(req).await })
+            .await
     }
 
     async fn remove_pod_sandbox(
         &self,
         req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        reply(self.remove_pod_sandbox(req.into_inner()).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.remove_pod_sandbox(req).await })
+            .await
     }
 
     async fn pod_sandbox_status(
         &self,
         req: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        reply(self.pod_sandbox_status(req.into_inner()).await)
+        reply(self.0.pod_sandbox_status(req.into_inner()).await)
     }
 
     async fn list_pod_sandbox(
         &self,
         req: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        reply(self.list_pod_sandbox(req.into_inner()).await)
+        reply(self.0.list_pod_sandbox(req.into_inner()).await)
     }
 
     async fn create_container(
@@ -251,35 +343,43 @@ impl RuntimeService for Runtime {
             .extensions()
             .get::<crate::cri_ext::MountSubPaths>()
             .and_then(|s| s.0.clone());
-        reply(self.create_container(req.into_inner(), sub_paths).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.create_container(req, sub_paths).await })
+            .await
     }
 
     async fn start_container(
         &self,
         req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        reply(self.start_container(req.into_inner()).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.start_container(req).await })
+            .await
     }
 
     async fn stop_container(
         &self,
         req: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        reply(self.stop_container(req.into_inner()).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.stop_container(req).await })
+            .await
     }
 
     async fn remove_container(
         &self,
         req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        reply(self.remove_container(req.into_inner()).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.remove_container(req).await })
+            .await
     }
 
     async fn list_containers(
         &self,
         req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        reply(self.list_containers(req.into_inner()).await)
+        reply(self.0.list_containers(req.into_inner()).await)
     }
 
     async fn container_status(
@@ -287,6 +387,7 @@ impl RuntimeService for Runtime {
         req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         let (resp, refs) = self
+            .0
             .container_status(req.into_inner())
             .await
             .map_err(Status::from)?;
@@ -301,88 +402,90 @@ impl RuntimeService for Runtime {
         &self,
         req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        reply(self.exec_sync(req.into_inner()).await)
+        reply(self.0.exec_sync(req.into_inner()).await)
     }
 
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        reply(self.exec(req.into_inner()))
+        reply(self.0.exec(req.into_inner()))
     }
 
     async fn attach(
         &self,
         req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        reply(self.attach(req.into_inner()))
+        reply(self.0.attach(req.into_inner()))
     }
 
     async fn port_forward(
         &self,
         req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        reply(self.port_forward(req.into_inner()))
+        reply(self.0.port_forward(req.into_inner()))
     }
 
     async fn update_container_resources(
         &self,
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        reply(self.update_container_resources(req.into_inner()).await)
+        let req = req.into_inner();
+        self.detached(move |rt| async move { rt.update_container_resources(req).await })
+            .await
     }
 
     async fn reopen_container_log(
         &self,
         req: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        reply(self.reopen_container_log(req.into_inner()).await)
+        reply(self.0.reopen_container_log(req.into_inner()).await)
     }
 
     async fn container_stats(
         &self,
         req: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        reply(self.container_stats(req.into_inner()).await)
+        reply(self.0.container_stats(req.into_inner()).await)
     }
 
     async fn list_container_stats(
         &self,
         req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        reply(self.list_container_stats(req.into_inner()).await)
+        reply(self.0.list_container_stats(req.into_inner()).await)
     }
 
     async fn pod_sandbox_stats(
         &self,
         req: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        reply(self.pod_sandbox_stats(req.into_inner()).await)
+        reply(self.0.pod_sandbox_stats(req.into_inner()).await)
     }
 
     async fn list_pod_sandbox_stats(
         &self,
         req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        reply(self.list_pod_sandbox_stats(req.into_inner()).await)
+        reply(self.0.list_pod_sandbox_stats(req.into_inner()).await)
     }
 
     async fn list_metric_descriptors(
         &self,
         req: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        reply(self.list_metric_descriptors(req.into_inner()).await)
+        reply(self.0.list_metric_descriptors(req.into_inner()).await)
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         req: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        reply(self.list_pod_sandbox_metrics(req.into_inner()).await)
+        reply(self.0.list_pod_sandbox_metrics(req.into_inner()).await)
     }
 
     async fn update_runtime_config(
         &self,
         req: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        reply(self.update_runtime_config(req.into_inner()))
+        reply(self.0.update_runtime_config(req.into_inner()))
     }
 
     not_yet! {

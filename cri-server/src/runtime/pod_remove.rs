@@ -26,7 +26,7 @@ impl Runtime {
         self.controller(&pod.runtime_handler)?
             .remove_pod(&pod)
             .await?;
-        self.store.remove_pod(&pod.id)?;
+        self.store.remove_pod(&pod.pod.id)?;
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(RemovePodSandboxResponse {})
     }

@@ -7,6 +7,8 @@ use crius_proto::cri::{PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResp
 
 use super::Runtime;
 use crate::error::Error;
+use sandbox_api::Pod;
+
 use crate::store::{PodRecord, PodState, new_id, now_ns};
 
 fn same_pod(a: &PodSandboxConfig, b: &PodSandboxConfig) -> bool {
@@ -30,7 +32,7 @@ impl Runtime {
                 "pod metadata needs a name, a namespace and a uid".into(),
             ));
         }
-        let controller = self.controller(&req.runtime_handler)?;
+        let controller = self.controller(&req.runtime_handler)?.clone();
 
         // One reservation per pod name at a time: a retried request waits
         // for the first and gets its pod.
@@ -44,42 +46,69 @@ impl Runtime {
             .pods()
             .into_iter()
             .find(|p| same_pod(&p.config, &config))
-            && existing.state != PodState::Creating
+            && existing.state == PodState::Ready
         {
             tracing::info!(pod = %existing.id, "RunPodSandbox retried: returning the existing pod");
             return Ok(RunPodSandboxResponse {
-                pod_sandbox_id: existing.id,
+                pod_sandbox_id: existing.pod.id,
             });
         }
 
         let mut pod = PodRecord {
-            id: new_id(),
-            config,
-            runtime_handler: req.runtime_handler,
+            pod: Pod {
+                id: new_id(),
+                config,
+                runtime_handler: req.runtime_handler,
+                sandbox: Default::default(),
+            },
             state: PodState::Creating,
             created_at: now_ns(),
             ips: Vec::new(),
-            netns: None,
-            monitor_pid: None,
-            network_attached: false,
         };
+        // Held until the pod is Ready (or gone): a Stop or Remove of the
+        // pod, which ListPodSandbox shows already, waits for its set-up.
+        let pod_lock = self.store.lock(&pod.id);
+        let _held = pod_lock.lock().await;
         self.store.put_pod(&pod)?;
-        if let Err(e) = controller.run_pod(&mut pod).await {
-            tracing::warn!(pod = %pod.id, error = %crate::error::chain(&e), "pod set-up failed, rolling back");
-            if let Err(e2) = controller.stop_pod(&mut pod).await {
-                tracing::warn!(pod = %pod.id, error = %crate::error::chain(&e2), "rollback: stop failed");
+        let journal = self.journal();
+        match controller.run_pod(&mut pod, &journal).await {
+            Ok(ips) => {
+                let ready = self.store.update_pod(&pod.id, |r| {
+                    r.pod = pod.pod.clone();
+                    r.ips = ips;
+                    // A sandbox that died meanwhile left it NotReady.
+                    if r.state == PodState::Creating {
+                        r.state = PodState::Ready;
+                    }
+                    true
+                })?;
+                tracing::info!(pod = %pod.id, ips = ?ready.map(|r| r.ips), "pod ready");
+                Ok(RunPodSandboxResponse {
+                    pod_sandbox_id: pod.pod.id,
+                })
             }
-            if let Err(e2) = controller.remove_pod(&pod).await {
-                tracing::warn!(pod = %pod.id, error = %crate::error::chain(&e2), "rollback: remove failed");
+            Err(e) => {
+                tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e), "pod set-up failed, rolling back");
+                // Only a pod stopped in full is forgotten: otherwise its
+                // record stays (NotReady) for kubelet to stop and remove.
+                match controller.stop_pod(&mut pod, &journal).await {
+                    Ok(()) => match controller.remove_pod(&pod).await {
+                        Ok(()) => self.store.remove_pod(&pod.id)?,
+                        Err(e2) => {
+                            tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e2), "rollback: remove failed")
+                        }
+                    },
+                    Err(e2) => {
+                        tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e2), "rollback: stop failed");
+                        self.store.update_pod(&pod.id, |r| {
+                            r.pod = pod.pod.clone();
+                            r.state = PodState::NotReady;
+                            true
+                        })?;
+                    }
+                }
+                Err(e.into())
             }
-            self.store.remove_pod(&pod.id)?;
-            return Err(e);
         }
-        pod.state = PodState::Ready;
-        self.store.put_pod(&pod)?;
-        tracing::info!(pod = %pod.id, ips = ?pod.ips, "pod ready");
-        Ok(RunPodSandboxResponse {
-            pod_sandbox_id: pod.id,
-        })
     }
 }

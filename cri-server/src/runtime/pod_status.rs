@@ -20,19 +20,6 @@ fn state(p: &PodRecord) -> PodSandboxState {
     }
 }
 
-impl Runtime {
-    /// A Ready pod whose monitor is gone is NotReady from now on (kubelet
-    /// then stops and replaces it).
-    fn refresh_pod(&self, mut p: PodRecord) -> Result<PodRecord, Error> {
-        if p.state == PodState::Ready && !self.controller(&p.runtime_handler)?.pod_alive(&p) {
-            tracing::warn!(pod = %p.id, "the pod's monitor is gone: pod NotReady");
-            p.state = PodState::NotReady;
-            self.store.put_pod(&p)?;
-        }
-        Ok(p)
-    }
-}
-
 pub(super) fn pod_status(p: &PodRecord) -> PodSandboxStatus {
     let network = (!p.ips.is_empty()).then(|| PodSandboxNetworkStatus {
         ip: p.ips[0].clone(),
@@ -66,16 +53,20 @@ impl Runtime {
         let p = self.store.pod(&req.pod_sandbox_id).ok_or_else(|| {
             Error::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
         })?;
-        let p = self.refresh_pod(p)?;
         let mut info = HashMap::new();
         if req.verbose {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "id": p.id,
                 "state": p.state,
-                "netns": p.netns,
-                "monitorPid": p.monitor_pid,
+                "runtimeHandler": p.runtime_handler,
                 "config": p.config,
             });
+            // What the sandbox keeps of it (netns, monitor, VM), beside.
+            if let (Ok(ctl), Some(obj)) = (self.controller(&p.runtime_handler), v.as_object_mut())
+                && let serde_json::Value::Object(extra) = ctl.pod_info(&p)
+            {
+                obj.extend(extra);
+            }
             info.insert("info".to_string(), v.to_string());
         }
         Ok(PodSandboxStatusResponse {
@@ -96,9 +87,6 @@ impl Runtime {
             .pods()
             .into_iter()
             .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
-            .map(|p| self.refresh_pod(p))
-            .collect::<Result<Vec<_>, Error>>()?
-            .into_iter()
             .filter(|p| {
                 filter
                     .state

@@ -26,15 +26,17 @@ impl Runtime {
         let Some(mut pod) = self.store.pod(id) else {
             return Ok(());
         };
-        let controller = self.controller(&pod.runtime_handler)?;
+        let controller = self.controller(&pod.runtime_handler)?.clone();
         for c in self.store.containers_of(&pod.id) {
             // A grace period of 0: the pod is going away.
             self.stop_container_now(&c.id, 0).await?;
         }
-        controller.stop_pod(&mut pod).await?;
-        pod.state = PodState::NotReady;
-        pod.monitor_pid = None;
-        self.store.put_pod(&pod)?;
+        controller.stop_pod(&mut pod, &self.journal()).await?;
+        self.store.update_pod(&pod.id, |r| {
+            r.pod = pod.pod.clone();
+            r.state = PodState::NotReady;
+            true
+        })?;
         tracing::info!(pod = %pod.id, "pod stopped");
         Ok(())
     }

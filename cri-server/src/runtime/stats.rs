@@ -14,11 +14,12 @@ use crius_proto::cri::{
     MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxStats,
     PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, SwapUsage, UInt64Value,
 };
-use sandbox_container::stats::{CgroupStats, CpuStats, MemoryStats, NetInterface, PidsStats};
+use crius_proto::usage::{
+    CgroupStats, ContainerUsage, CpuStats, MemoryStats, NetInterface, PidsStats,
+};
 
 use super::{Runtime, labels_match};
 use crate::error::Error;
-use crate::sandbox::ContainerUsage;
 use crate::store::{ContainerPhase, ContainerRecord, PodRecord, PodState};
 
 /// A rate needs samples at least this far apart (ns); a sooner call gets
@@ -176,17 +177,17 @@ fn sum(cgroups: &[&CgroupStats]) -> Option<CgroupStats> {
 }
 
 impl Runtime {
-    /// The sandbox of a container's pod (its handler's).
-    fn stats_controller(
+    /// A container's usage, from its pod's sandbox.
+    async fn usage_of(
         &self,
         c: &ContainerRecord,
-    ) -> Result<&dyn crate::sandbox::SandboxController, Error> {
-        let handler = self
-            .store
-            .pod(&c.pod_id)
-            .map(|p| p.runtime_handler)
-            .unwrap_or_default();
-        self.controller(&handler)
+        processes: bool,
+    ) -> Result<ContainerUsage, Error> {
+        let pod = self.pod_of(c)?;
+        Ok(self
+            .controller(&pod.runtime_handler)?
+            .container_stats(&pod, c, processes)
+            .await?)
     }
 
     fn container_stats_of(&self, c: &ContainerRecord, u: &ContainerUsage) -> ContainerStats {
@@ -217,19 +218,13 @@ impl Runtime {
     }
 
     /// The containers whose stats are asked for: all but those being
-    /// created, with exits picked up.
-    fn stats_containers(
-        &self,
-        filter: impl Fn(&ContainerRecord) -> bool,
-    ) -> Result<Vec<ContainerRecord>, Error> {
-        let mut out = Vec::new();
-        for c in self.store.containers() {
-            if c.phase == ContainerPhase::Creating || !filter(&c) {
-                continue;
-            }
-            out.push(self.refresh(c)?);
-        }
-        Ok(out)
+    /// created.
+    fn stats_containers(&self, filter: impl Fn(&ContainerRecord) -> bool) -> Vec<ContainerRecord> {
+        self.store
+            .containers()
+            .into_iter()
+            .filter(|c| c.phase != ContainerPhase::Creating && filter(c))
+            .collect()
     }
 
     pub(super) async fn container_stats(
@@ -237,11 +232,7 @@ impl Runtime {
         req: ContainerStatsRequest,
     ) -> Result<ContainerStatsResponse, Error> {
         let c = self.container(&req.container_id)?;
-        let c = self.refresh(c)?;
-        let u = self
-            .stats_controller(&c)?
-            .container_stats(&c, false)
-            .await?;
+        let u = self.usage_of(&c, false).await?;
         Ok(ContainerStatsResponse {
             stats: Some(self.container_stats_of(&c, &u)),
         })
@@ -256,10 +247,10 @@ impl Runtime {
             c.id.starts_with(&f.id)
                 && c.pod_id.starts_with(&f.pod_sandbox_id)
                 && labels_match(&c.config.labels, &f.label_selector)
-        })?;
+        });
         let mut stats = Vec::with_capacity(containers.len());
         for c in &containers {
-            match self.stats_controller(c)?.container_stats(c, false).await {
+            match self.usage_of(c, false).await {
                 Ok(u) => stats.push(self.container_stats_of(c, &u)),
                 Err(e) => {
                     tracing::warn!(container = %c.id, error = %crate::error::chain(&e), "container stats")
@@ -277,8 +268,12 @@ impl Runtime {
             .into_iter()
             .map(|p| pod_key(&p.id))
             .collect();
-        let containers: std::collections::HashSet<String> =
-            self.store.containers().into_iter().map(|c| c.id).collect();
+        let containers: std::collections::HashSet<String> = self
+            .store
+            .containers()
+            .into_iter()
+            .map(|c| c.container.id)
+            .collect();
         self.cpu_samples
             .retain(|k| pods.contains(k) || containers.contains(k));
     }
@@ -298,11 +293,11 @@ impl Runtime {
 
     async fn pod_sandbox_stats_of(&self, pod: &PodRecord) -> Result<PodSandboxStats, Error> {
         let ctl = self.controller(&pod.runtime_handler)?;
-        let containers = self.stats_containers(|c| c.pod_id == pod.id)?;
+        let containers = self.stats_containers(|c| c.pod_id == pod.id);
         let mut usages = Vec::with_capacity(containers.len());
         let mut container_stats = Vec::with_capacity(containers.len());
         for c in &containers {
-            let u = ctl.container_stats(c, false).await?;
+            let u = ctl.container_stats(pod, c, false).await?;
             container_stats.push(self.container_stats_of(c, &u));
             usages.push(u);
         }

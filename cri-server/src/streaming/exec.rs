@@ -15,17 +15,16 @@
 //! reason `NonZeroExitCode` and the code. An attach ends with the
 //! container's output (or the client), with `Success`.
 
-use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::unix::AsyncFd;
+use sandbox_api::stdio::{Reader, Writer};
+use sandbox_api::{Container, Pod, SandboxController, Stdio, StdioRequest, TermSize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::{spdy, ws};
-use crate::sandbox::{SandboxController, StreamIo};
-use crate::store::{ContainerRecord, PodRecord};
 
 /// One channel (stdin, stdout, ...) over either transport.
 pub(super) trait Chan: Send + Sync + 'static {
@@ -91,16 +90,12 @@ const STREAMS_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// A CRI Exec (with its command) or Attach (`cmd` None), checked when
-/// its URL was made.
-pub struct StdioRequest {
+/// its URL was made, and the sandbox that runs it.
+pub struct StdioCall {
     pub controller: Arc<dyn SandboxController>,
-    pub pod: PodRecord,
-    pub container: ContainerRecord,
-    pub cmd: Option<Vec<String>>,
-    pub tty: bool,
-    pub stdin: bool,
-    pub stdout: bool,
-    pub stderr: bool,
+    pub pod: Pod,
+    pub container: Container,
+    pub req: StdioRequest,
 }
 
 struct Channels<C> {
@@ -135,13 +130,14 @@ impl<C> Channels<C> {
 
 /// Over SPDY: gathers the client's streams, then runs.
 pub async fn serve(
-    req: StdioRequest,
+    call: StdioCall,
     session: spdy::Session,
     mut incoming: mpsc::Receiver<spdy::Stream>,
 ) {
+    let req = &call.req;
     let mut ch = Channels::default();
     let gathered = tokio::time::timeout(STREAMS_TIMEOUT, async {
-        while !ch.complete(&req) {
+        while !ch.complete(req) {
             let Some(stream) = incoming.recv().await else {
                 return false;
             };
@@ -170,16 +166,17 @@ pub async fn serve(
         session.close().await;
         return;
     }
-    execute(req, ch, &session).await;
+    execute(call, ch, &session).await;
 }
 
 /// Over WebSocket: the channels the request asked for exist from the
 /// start (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize).
 pub async fn serve_ws(
-    req: StdioRequest,
+    call: StdioCall,
     session: ws::Session,
     mut inputs: std::collections::HashMap<u8, mpsc::Receiver<Bytes>>,
 ) {
+    let req = &call.req;
     let ch = Channels {
         error: Some(session.channel(3, None)),
         stdin: req.stdin.then(|| session.channel(0, inputs.remove(&0))),
@@ -187,20 +184,20 @@ pub async fn serve_ws(
         stderr: (req.stderr && !req.tty).then(|| session.channel(2, None)),
         resize: req.tty.then(|| session.channel(4, inputs.remove(&4))),
     };
-    execute(req, ch, &session).await;
+    execute(call, ch, &session).await;
 }
 
 /// Starts the exec (or attach), copies until it ends, writes the status.
-async fn execute<C: Chan, S: Conn>(req: StdioRequest, mut ch: Channels<C>, session: &S) {
-    let started = match &req.cmd {
-        Some(cmd) => {
-            req.controller
-                .exec_stream(&req.pod, &req.container, cmd.clone(), req.tty, req.stdin)
+async fn execute<C: Chan, S: Conn>(call: StdioCall, mut ch: Channels<C>, session: &S) {
+    let started = match &call.req.cmd {
+        Some(_) => {
+            call.controller
+                .exec(&call.pod, &call.container, &call.req)
                 .await
         }
         None => {
-            req.controller
-                .attach(&req.pod, &req.container, req.stdin, req.stdout, req.stderr)
+            call.controller
+                .attach(&call.pod, &call.container, &call.req)
                 .await
         }
     };
@@ -233,64 +230,40 @@ async fn execute<C: Chan, S: Conn>(req: StdioRequest, mut ch: Channels<C>, sessi
 /// Copies between the process and the streams until it exits; its exit
 /// code.
 async fn run<C: Chan, S: Conn>(
-    process: StreamIo,
+    process: Stdio,
     ch: &mut Channels<C>,
     session: &S,
 ) -> Result<i32, String> {
-    let StreamIo {
+    let Stdio {
         stdin,
         stdout,
         stderr,
-        pty,
+        resize,
         exit,
     } = process;
     let mut outputs = tokio::task::JoinSet::new();
     let mut inputs = tokio::task::JoinSet::new();
-    let pty = match pty.map(Fd::new).transpose() {
-        Ok(p) => p.map(Arc::new),
-        Err(e) => return Err(format!("pty: {e}")),
-    };
-    if let Some(pty) = &pty {
-        if let Some(out) = ch.stdout.take() {
-            // An exec's output is the pty's; an attach gets a copy of it
-            // through a pipe (the monitor reads the pty for the log).
-            let source = match stdout.map(Fd::new).transpose() {
-                Ok(Some(pipe)) => Arc::new(pipe),
-                Ok(None) => pty.clone(),
-                Err(e) => return Err(format!("attach output: {e}")),
-            };
-            outputs.spawn(copy_out(source, out));
-        }
-        if let Some(input) = ch.stdin.take() {
-            inputs.spawn(copy_in(input, pty.clone()));
-        }
-        if let Some(resize) = ch.resize.take() {
-            inputs.spawn(resizes(resize, pty.clone()));
-        }
-    } else {
-        for (fd, stream) in [(stdout, ch.stdout.take()), (stderr, ch.stderr.take())] {
-            match (fd.map(Fd::new).transpose(), stream) {
-                (Ok(Some(fd)), Some(stream)) => {
-                    outputs.spawn(copy_out(Arc::new(fd), stream));
-                }
-                (Err(e), _) => return Err(format!("exec output: {e}")),
-                // Not asked for: the fd is closed (the process gets EPIPE),
-                // as a client that does not read would.
-                _ => {}
-            }
-        }
-        match (stdin.map(Fd::new).transpose(), ch.stdin.take()) {
-            (Ok(Some(fd)), Some(stream)) => {
-                inputs.spawn(copy_in(stream, Arc::new(fd)));
-            }
-            (Err(e), _) => return Err(format!("exec input: {e}")),
-            _ => {}
+    // Output not asked for is dropped (the process gets EPIPE), as a client
+    // that does not read would.
+    for (source, stream) in [(stdout, ch.stdout.take()), (stderr, ch.stderr.take())] {
+        if let (Some(source), Some(stream)) = (source, stream) {
+            outputs.spawn(copy_out(source, stream));
         }
     }
-    // Input the process does not take (an attach to a container without
-    // stdin) is read and dropped, so the session never stalls on it.
-    if let Some(mut input) = ch.stdin.take() {
-        inputs.spawn(async move { while input.recv().await.is_some() {} });
+    match (stdin, ch.stdin.take()) {
+        (Some(sink), Some(stream)) => {
+            inputs.spawn(copy_in(stream, sink));
+        }
+        // Input the process does not take (an attach to a container
+        // without stdin) is read and dropped, so the session never stalls
+        // on it.
+        (None, Some(mut stream)) => {
+            inputs.spawn(async move { while stream.recv().await.is_some() {} });
+        }
+        _ => {}
+    }
+    if let (Some(sizes), Some(stream)) = (resize, ch.resize.take()) {
+        inputs.spawn(resizes(stream, sizes));
     }
     let exit = match exit {
         Some(exit) => tokio::select! {
@@ -351,57 +324,10 @@ fn failure_status(message: &str, exit_code: Option<i32>) -> String {
     status.to_string()
 }
 
-/// A pipe end or pty master, non-blocking, for tokio.
-pub(super) struct Fd(AsyncFd<OwnedFd>);
-
-impl Fd {
-    pub(super) fn new(fd: OwnedFd) -> std::io::Result<Fd> {
-        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        // SAFETY: `fd` is an open descriptor this `OwnedFd` owns; the
-        // `AsyncFd` takes it over and nothing else closes or replaces it.
-        Ok(Fd(unsafe { AsyncFd::register(fd)? }))
-    }
-
-    /// Reads some bytes; 0 at EOF (EIO on a pty master whose slave side
-    /// is closed counts as EOF).
-    pub(super) async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let mut guard = self.0.readable().await?;
-            match guard
-                .try_io(|fd| nix::unistd::read(fd.get_ref(), buf).map_err(std::io::Error::from))
-            {
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
-                Ok(r) => return r,
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    pub(super) async fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
-        while !buf.is_empty() {
-            let mut guard = self.0.writable().await?;
-            match guard
-                .try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(std::io::Error::from))
-            {
-                Ok(Ok(n)) => buf = &buf[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
-        }
-        Ok(())
-    }
-
-    fn raw(&self) -> i32 {
-        self.0.get_ref().as_raw_fd()
-    }
-}
-
-async fn copy_out<C: Chan>(fd: Arc<Fd>, stream: C) {
+async fn copy_out<C: Chan>(mut source: Reader, stream: C) {
     let mut buf = vec![0u8; 32 << 10];
     loop {
-        match fd.read(&mut buf).await {
+        match source.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if !stream.send(&buf[..n]).await {
@@ -414,18 +340,18 @@ async fn copy_out<C: Chan>(fd: Arc<Fd>, stream: C) {
 }
 
 /// Copies the client's input to the process; closing the client's stdin
-/// closes the process's (but not a pty's: the process sees its EOF
-/// character only if the client sends one).
-async fn copy_in<C: Chan>(mut stream: C, fd: Arc<Fd>) {
+/// closes the process's (see [`Stdio`] for a terminal).
+async fn copy_in<C: Chan>(mut stream: C, mut sink: Writer) {
     while let Some(data) = stream.recv().await {
-        if fd.write_all(&data).await.is_err() {
+        if sink.write_all(&data).await.is_err() {
             return;
         }
     }
 }
 
-/// Applies the client's terminal sizes to the pty.
-async fn resizes<C: Chan>(mut stream: C, pty: Arc<Fd>) {
+/// Passes the client's terminal sizes (JSON `{"Width":w,"Height":h}`, one
+/// after another) to the sandbox.
+async fn resizes<C: Chan>(mut stream: C, sizes: mpsc::Sender<TermSize>) {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct Size {
@@ -442,27 +368,15 @@ async fn resizes<C: Chan>(mut stream: C, pty: Arc<Fd>) {
         let mut used = 0;
         while let Some(Ok(size)) = de.next() {
             used = de.byte_offset();
-            set_size(&pty, size.width, size.height);
+            let size = TermSize {
+                width: size.width,
+                height: size.height,
+            };
+            if sizes.send(size).await.is_err() {
+                return;
+            }
         }
         pending.drain(..used);
-    }
-}
-
-fn set_size(pty: &Fd, cols: u16, rows: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives
-    // across the call; the descriptor is ours and open.
-    let r = unsafe { libc::ioctl(pty.raw(), libc::TIOCSWINSZ, &ws) };
-    if r != 0 {
-        tracing::debug!(
-            "setting the terminal size: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
 
@@ -478,17 +392,5 @@ mod tests {
         assert_eq!(s["reason"], "NonZeroExitCode");
         assert_eq!(s["details"]["causes"][0]["reason"], "ExitCode");
         assert_eq!(s["details"]["causes"][0]["message"], "3");
-    }
-
-    #[tokio::test]
-    async fn fd_reads_and_writes_a_pipe() {
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let (r, w) = (Fd::new(r).unwrap(), Fd::new(w).unwrap());
-        w.write_all(b"hello").await.unwrap();
-        drop(w);
-        let mut buf = [0u8; 16];
-        assert_eq!(r.read(&mut buf).await.unwrap(), 5);
-        assert_eq!(&buf[..5], b"hello");
-        assert_eq!(r.read(&mut buf).await.unwrap(), 0);
     }
 }

@@ -9,5 +9,6 @@ mod server;
 pub mod spdy;
 mod ws;
 
-pub use exec::StdioRequest;
+pub use exec::StdioCall;
+pub use portforward::PortForwardCall;
 pub use server::{Pending, StreamServer};

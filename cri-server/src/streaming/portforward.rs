@@ -1,24 +1,26 @@
 //! CRI PortForward over SPDY (`portforward.k8s.io`): for each connection
 //! the client opens two streams with the same `requestID` and `port`
-//! headers, `streamType: error` and `streamType: data`. The server
-//! connects to that port on the pod's loopback, from inside the pod's
-//! network namespace (the host's for a host-network pod), and copies bytes
-//! both ways; a failure is written as text to the error stream. The
-//! session lasts until the client ends it.
+//! headers, `streamType: error` and `streamType: data`. The pod's sandbox
+//! connects to that port on the pod's loopback, and bytes are copied both
+//! ways; a failure is written as text to the error stream. The session
+//! lasts until the client ends it.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use sandbox_api::{Pod, SandboxController};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::spdy::{Session, Stream};
-use crate::store::PodRecord;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A CRI PortForward, checked when its URL was made, and the sandbox that
+/// connects it.
+pub struct PortForwardCall {
+    pub controller: Arc<dyn SandboxController>,
+    pub pod: Pod,
+}
 /// A pair whose other half does not come in this time is dropped.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many half-open pairs per session.
@@ -32,8 +34,8 @@ struct Pair {
     since: Option<tokio::time::Instant>,
 }
 
-pub async fn serve(pod: PodRecord, session: Session, mut incoming: mpsc::Receiver<Stream>) {
-    let netns = pod.netns.clone();
+pub async fn serve(call: PortForwardCall, session: Session, mut incoming: mpsc::Receiver<Stream>) {
+    let call = Arc::new(call);
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     loop {
         let stream = tokio::select! {
@@ -83,18 +85,21 @@ pub async fn serve(pod: PodRecord, session: Session, mut incoming: mpsc::Receive
                 ..
             }) = pairs.remove(&request)
         {
-            tokio::spawn(forward(netns.clone(), port, error, data));
+            tokio::spawn(forward(call.clone(), port, error, data));
         }
     }
     session.close().await;
 }
 
 /// One forwarded connection.
-async fn forward(netns: Option<PathBuf>, port: u16, error: Stream, mut data: Stream) {
-    let conn = match connect(netns, port).await {
+async fn forward(call: Arc<PortForwardCall>, port: u16, error: Stream, mut data: Stream) {
+    let conn = match call.controller.port_forward(&call.pod, port).await {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("failed to connect to localhost:{port} in the pod: {e}");
+            let msg = format!(
+                "failed to connect to localhost:{port} in the pod: {}",
+                crate::error::chain(&e)
+            );
             tracing::debug!("{msg}");
             let _ = error.send(msg.as_bytes()).await;
             let _ = error.close().await;
@@ -102,7 +107,7 @@ async fn forward(netns: Option<PathBuf>, port: u16, error: Stream, mut data: Str
             return;
         }
     };
-    let (mut r, mut w) = conn.into_split();
+    let (mut r, mut w) = tokio::io::split(conn);
     let tx = data.sender();
     // Client to pod, until the client closes its side (then the pod's
     // write side is shut) or the session ends.
@@ -129,36 +134,4 @@ async fn forward(netns: Option<PathBuf>, port: u16, error: Stream, mut data: Str
     upstream.abort();
     let _ = tx.close().await;
     let _ = error.close().await;
-}
-
-/// A TCP connection to `port` on loopback inside `netns` (the host's when
-/// `None`): a thread of its own joins the namespace, connects and ends;
-/// the socket stays in the namespace it was made in.
-async fn connect(netns: Option<PathBuf>, port: u16) -> std::io::Result<TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("portforward".into())
-        .spawn(move || {
-            let _ = tx.send(connect_blocking(netns, port));
-        })?;
-    let stream = rx
-        .await
-        .map_err(|_| std::io::Error::other("connect thread ended"))??;
-    stream.set_nonblocking(true)?;
-    TcpStream::from_std(stream)
-}
-
-fn connect_blocking(netns: Option<PathBuf>, port: u16) -> std::io::Result<std::net::TcpStream> {
-    if let Some(path) = netns {
-        let ns = std::fs::File::open(&path)?;
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-    }
-    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    match std::net::TcpStream::connect_timeout(&v4, CONNECT_TIMEOUT) {
-        Ok(s) => Ok(s),
-        Err(e4) => {
-            let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-            std::net::TcpStream::connect_timeout(&v6, CONNECT_TIMEOUT).map_err(|_| e4)
-        }
-    }
 }

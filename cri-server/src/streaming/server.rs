@@ -17,7 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{exec, portforward, spdy, ws};
 use crate::error::Error;
-use crate::store::PodRecord;
 
 /// How long a URL stays valid (kubelet asks for it right before use).
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
@@ -37,18 +36,16 @@ const WS_EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// What a URL was handed out for.
 pub enum Pending {
     /// An exec (with its command) or an attach.
-    Stdio(Box<exec::StdioRequest>),
-    PortForward {
-        pod: Box<PodRecord>,
-    },
+    Stdio(Box<exec::StdioCall>),
+    PortForward(Box<portforward::PortForwardCall>),
 }
 
 impl Pending {
     fn path(&self) -> &'static str {
         match self {
-            Pending::Stdio(r) if r.cmd.is_some() => "exec",
+            Pending::Stdio(r) if r.req.cmd.is_some() => "exec",
             Pending::Stdio(_) => "attach",
-            Pending::PortForward { .. } => "portforward",
+            Pending::PortForward(_) => "portforward",
         }
     }
 }
@@ -137,7 +134,7 @@ impl StreamServer {
         }
         let wanted = match what {
             Pending::Stdio(_) => EXEC_PROTOCOL,
-            Pending::PortForward { .. } => PORT_FORWARD_PROTOCOL,
+            Pending::PortForward(_) => PORT_FORWARD_PROTOCOL,
         };
         if !req.protocols.iter().any(|p| p == wanted) {
             return respond(
@@ -159,7 +156,7 @@ impl StreamServer {
         let (session, streams) = spdy::Session::start(io);
         match what {
             Pending::Stdio(req) => exec::serve(*req, session, streams).await,
-            Pending::PortForward { pod } => portforward::serve(*pod, session, streams).await,
+            Pending::PortForward(call) => portforward::serve(*call, session, streams).await,
         }
         Ok(())
     }
@@ -175,7 +172,7 @@ impl StreamServer {
     ) -> Result<(), String> {
         let req = match what {
             Pending::Stdio(req) => req,
-            Pending::PortForward { .. } => {
+            Pending::PortForward(_) => {
                 return respond(&mut conn, 400, "port forwarding speaks SPDY/3.1 only").await;
             }
         };
@@ -349,39 +346,34 @@ mod tests {
         assert!(parse_head(b"\x00garbage\r\n\r\n").is_err());
     }
 
-    fn pod() -> PodRecord {
-        PodRecord {
-            id: "p".into(),
-            config: Default::default(),
-            runtime_handler: String::new(),
-            state: crate::store::PodState::Ready,
-            created_at: 0,
-            ips: Vec::new(),
-            netns: None,
-            monitor_pid: None,
-            network_attached: false,
-        }
+    fn forward() -> Pending {
+        let fake = sandbox_api::fake::FakeSandbox {
+            handlers: Vec::new(),
+            info: None,
+            network: Ok(()),
+        };
+        Pending::PortForward(Box::new(portforward::PortForwardCall {
+            controller: std::sync::Arc::new(fake),
+            pod: sandbox_api::Pod {
+                id: "p".into(),
+                config: Default::default(),
+                runtime_handler: String::new(),
+                sandbox: Default::default(),
+            },
+        }))
     }
 
     #[tokio::test]
     async fn tokens_are_single_use_and_typed() {
         let server = StreamServer::start("127.0.0.1:0").await.unwrap();
-        let url = server
-            .url_for(Pending::PortForward {
-                pod: Box::new(pod()),
-            })
-            .unwrap();
+        let url = server.url_for(forward()).unwrap();
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(url.contains("/portforward/"));
         assert_eq!(token.len(), 32);
         assert!(server.take("exec", &token).is_none());
         // A failed take of the wrong kind used it up.
         assert!(server.take("portforward", &token).is_none());
-        let url = server
-            .url_for(Pending::PortForward {
-                pod: Box::new(pod()),
-            })
-            .unwrap();
+        let url = server.url_for(forward()).unwrap();
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(server.take("portforward", &token).is_some());
         assert!(server.take("portforward", &token).is_none());
@@ -415,11 +407,7 @@ mod tests {
             assert!(line.starts_with("HTTP/1.1 404"), "{path}: {line}");
         }
         // A real token, but no upgrade: refused, and the token is spent.
-        let url = server
-            .url_for(Pending::PortForward {
-                pod: Box::new(pod()),
-            })
-            .unwrap();
+        let url = server.url_for(forward()).unwrap();
         let path = url.split_once("//").unwrap().1.split_once('/').unwrap().1;
         let plain = format!("GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(
@@ -434,11 +422,7 @@ mod tests {
                 .starts_with("HTTP/1.1 404")
         );
         // A port forward offered only exec's protocol.
-        let url = server
-            .url_for(Pending::PortForward {
-                pod: Box::new(pod()),
-            })
-            .unwrap();
+        let url = server.url_for(forward()).unwrap();
         let path = url.split_once("//").unwrap().1.split_once('/').unwrap().1;
         let line = status_line(&server, upgrade(&format!("/{path}")).as_bytes()).await;
         assert!(line.starts_with("HTTP/1.1 403"), "{line}");

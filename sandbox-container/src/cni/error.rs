@@ -212,18 +212,3 @@ fn output_suffix(output: &str) -> String {
         format!(": {output}")
     }
 }
-
-/// An error and its sources, each once, for logs.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
-}

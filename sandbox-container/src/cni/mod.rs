@@ -194,14 +194,14 @@ impl Cni {
                 warn!(
                     network = %list.name,
                     id = %pod.id,
-                    error = %error::chain(&e),
+                    error = %sandbox_api::error::chain(&e),
                     "CNI ADD failed; undoing it with DEL"
                 );
                 if let Err(del) = self.run_each(Command::Del, &list, &binaries, &env, &caps, None) {
                     warn!(
                         network = %list.name,
                         id = %pod.id,
-                        error = %error::chain(&del),
+                        error = %sandbox_api::error::chain(&del),
                         "CNI DEL after a failed ADD failed"
                     );
                 }

@@ -532,7 +532,7 @@ exit 1"#,
         other => panic!("want Plugin, got {other:?}"),
     }
     assert_eq!(
-        error::chain(&e),
+        sandbox_api::error::chain(&e),
         "plugin \"failer\" ADD failed: Invalid Configuration; no subnet (code 7)"
     );
     assert!(!s.cni.cache_path("scripted", &pod).exists());

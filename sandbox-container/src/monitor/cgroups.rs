@@ -20,8 +20,8 @@ pub struct CgroupMounts {
 
 impl CgroupMounts {
     pub fn detect() -> CgroupMounts {
-        match std::fs::read_to_string("/proc/self/mountinfo") {
-            Ok(s) => Self::parse(&s),
+        match crate::mountinfo::read() {
+            Ok(table) => Self::from_table(&table),
             Err(e) => {
                 tracing::warn!("reading mountinfo: {e}");
                 CgroupMounts::default()
@@ -29,31 +29,20 @@ impl CgroupMounts {
         }
     }
 
-    fn parse(mountinfo: &str) -> CgroupMounts {
+    fn from_table(table: &[crate::mountinfo::Mount]) -> CgroupMounts {
         let mut m = CgroupMounts::default();
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mut lf = left.split(' ');
-            let Some(mount_point) = lf.nth(4) else {
-                continue;
-            };
-            let mut rf = right.split(' ');
-            let (Some(fstype), Some(_src), Some(opts)) = (rf.next(), rf.next(), rf.next()) else {
-                continue;
-            };
-            let mount_point = PathBuf::from(unescape(mount_point));
-            match fstype {
+        for e in table {
+            match e.fs_type.as_str() {
                 "cgroup" => {
-                    let controllers = opts
+                    let controllers = e
+                        .super_options
                         .split(',')
                         .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
                         .map(str::to_owned)
                         .collect();
-                    m.v1.push((controllers, mount_point));
+                    m.v1.push((controllers, e.mount_point.clone()));
                 }
-                "cgroup2" if m.v2.is_none() => m.v2 = Some(mount_point),
+                "cgroup2" if m.v2.is_none() => m.v2 = Some(e.mount_point.clone()),
                 _ => {}
             }
         }
@@ -154,30 +143,6 @@ impl CgroupMounts {
             r
         }
     }
-}
-
-/// Mount points in mountinfo escape space, tab, newline and backslash
-/// as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = u32::from(b[i + 1] - b'0') * 64
-                + u32::from(b[i + 2] - b'0') * 8
-                + u32::from(b[i + 3] - b'0');
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Never act on a hierarchy's root (an empty path would signal every
@@ -300,7 +265,8 @@ mod tests {
 
     #[test]
     fn parses_mountinfo() {
-        let m = CgroupMounts::parse(
+        let parse = |t: &str| CgroupMounts::from_table(&crate::mountinfo::parse(t));
+        let m = parse(
             "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
              40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
              41 31 0:38 / /sys/fs/cgroup/uni\\040fied rw,relatime - cgroup2 cgroup2 rw\n",
@@ -311,7 +277,7 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/memory/a/b"))
         );
         assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/uni fied")));
-        let m = CgroupMounts::parse("1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
+        let m = parse("1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
         assert!(!m.is_v1());
         assert_eq!(
             oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),

@@ -4,7 +4,9 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crius_proto::monitor::{ContainerState, ExecResult, MAX_LINE, Request, Response, StreamFd};
+use crius_proto::monitor::{
+    ContainerState, ExecResult, ExitRecord, MAX_LINE, Request, Response, StreamFd,
+};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
@@ -220,6 +222,57 @@ impl MonitorClient {
         let timeout = self.timeout.max(Duration::from_secs(60));
         match self.request_within(&Request::Shutdown, timeout).await? {
             Response::Ok => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A watch on a pod's monitor (see [`Request::Watch`]): the exits of its
+/// containers, those recorded so far first.
+#[derive(Debug)]
+pub struct ExitWatch {
+    conn: BufReader<UnixStream>,
+}
+
+impl ExitWatch {
+    /// Connects to `<pod_dir>/monitor.sock` and asks for a watch.
+    pub async fn start(pod_dir: &Path) -> Result<ExitWatch, MonitorError> {
+        let path = pod_dir.join(SOCKET_FILE);
+        let mut stream = tokio::time::timeout(DEFAULT_TIMEOUT, UnixStream::connect(&path))
+            .await
+            .map_err(|_| MonitorError::Timeout(DEFAULT_TIMEOUT))?
+            .map_err(|e| MonitorError::io(format!("connecting to {}", path.display()), e))?;
+        let mut line = serde_json::to_vec(&Request::Watch)
+            .map_err(|e| MonitorError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        stream
+            .write_all(&line)
+            .await
+            .map_err(|e| MonitorError::io("writing to the monitor", e))?;
+        Ok(ExitWatch {
+            conn: BufReader::new(stream),
+        })
+    }
+
+    /// The next exit: a container ID and its record; None once the monitor
+    /// has closed the watch.
+    pub async fn next(&mut self) -> Result<Option<(String, ExitRecord)>, MonitorError> {
+        let mut buf = Vec::new();
+        let n = (&mut self.conn)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+            .map_err(|e| MonitorError::io("reading from the monitor", e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf.last() != Some(&b'\n') {
+            return Err(MonitorError::Protocol("watch line too long or cut".into()));
+        }
+        match serde_json::from_slice::<Response>(&buf[..buf.len() - 1])
+            .map_err(|e| MonitorError::Protocol(format!("bad watch line: {e}")))?
+        {
+            Response::ContainerExited { id, exit } => Ok(Some((id, exit))),
             other => Err(unexpected(other)),
         }
     }

@@ -17,7 +17,9 @@ use nix::sys::wait::WaitStatus;
 
 use super::cgroups::CgroupMounts;
 use super::logfmt::{LineSplitter, StreamKind, format_line};
-use super::{EXIT_FILE, sys, write_atomic};
+use super::{EXIT_FILE, sys};
+use sandbox_api::error::chain;
+use sandbox_api::fs::write_atomic;
 
 /// Why a request failed: an error kind of the protocol and a short message.
 #[derive(Debug, thiserror::Error)]
@@ -60,21 +62,6 @@ impl Fail {
         };
         Fail::new(kind, format!("{what}: {}", chain(&e)))
     }
-}
-
-/// An error and its sources, joined by `: `.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Where a container's output goes.

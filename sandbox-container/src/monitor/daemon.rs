@@ -14,7 +14,8 @@ use nix::unistd::ForkResult;
 
 use super::ns::{PodNs, read_message};
 use super::server::Monitor;
-use super::{LOG_FILE, MonitorConfig, PID_FILE, SOCKET_FILE, sys, write_atomic};
+use super::{LOG_FILE, MonitorConfig, PID_FILE, SOCKET_FILE, sys};
+use sandbox_api::fs::write_atomic;
 
 /// The `tracing` filter of `monitor.log`: libcgroups warns about every
 /// controller the host lacks, on every container.

@@ -565,7 +565,7 @@ impl Executor for FilterExecutor {
                     .map_err(|e| {
                     ExecutorError::Other(format!(
                         "capabilities in the pod's user namespace: {}",
-                        super::container::chain(&e)
+                        sandbox_api::error::chain(&e)
                     ))
                 })?;
             }
@@ -576,7 +576,7 @@ impl Executor for FilterExecutor {
             libcontainer::seccomp::initialize_seccomp(seccomp).map_err(|e| {
                 ExecutorError::Other(format!(
                     "loading the seccomp filter: {}",
-                    super::container::chain(&e)
+                    sandbox_api::error::chain(&e)
                 ))
             })?;
         }
@@ -584,7 +584,7 @@ impl Executor for FilterExecutor {
             libcontainer::capabilities::drop_privileges(caps, &LinuxSyscall).map_err(|e| {
                 ExecutorError::Other(format!(
                     "dropping the capabilities raised to load the seccomp filter: {}",
-                    super::container::chain(&e)
+                    sandbox_api::error::chain(&e)
                 ))
             })?;
         }

@@ -91,14 +91,12 @@ mod server;
 mod spawn;
 mod sys;
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crius_proto::monitor::ExitRecord;
 use serde::{Deserialize, Serialize};
 
-pub use client::{ExecStreams, MonitorClient};
+pub use client::{ExecStreams, ExitWatch, MonitorClient};
 pub use daemon::main;
 pub use error::MonitorError;
 pub use spawn::{
@@ -175,7 +173,7 @@ impl MonitorConfig {
         self.validate()?;
         let bytes =
             serde_json::to_vec_pretty(self).map_err(|e| MonitorError::Config(e.to_string()))?;
-        write_atomic(&pod_dir.join(CONFIG_FILE), &bytes, 0o600)
+        sandbox_api::fs::write_atomic(&pod_dir.join(CONFIG_FILE), &bytes, 0o600)
             .map_err(|e| MonitorError::io("writing monitor.json", e))
     }
 
@@ -251,27 +249,4 @@ pub fn read_exit_record(bundle: &Path) -> Result<Option<ExitRecord>, MonitorErro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(MonitorError::io(format!("reading {}", path.display()), e)),
     }
-}
-
-/// Writes `path` atomically: a temporary file in the same directory,
-/// fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
-    let name = path.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }

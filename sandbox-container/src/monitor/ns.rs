@@ -118,7 +118,7 @@ impl PodNs {
         };
         if init_pid > 0 {
             self.init_pid = Some(init_pid);
-            super::write_atomic(
+            sandbox_api::fs::write_atomic(
                 &self.ns_dir.join(POD_INIT_FILE),
                 format!("{init_pid}\n").as_bytes(),
                 0o600,

@@ -38,7 +38,12 @@ struct Conn {
     closing: bool,
     /// The peer closed its side.
     eof: bool,
+    /// A watch (`Request::Watch`): gets every exit, reads nothing.
+    watch: bool,
 }
+
+/// A watch with more than this many bytes of exits unread is closed.
+const MAX_WATCH_BACKLOG: usize = 1 << 20;
 
 #[derive(Clone)]
 enum Tag {
@@ -127,7 +132,7 @@ impl Monitor {
         add(self.listener.as_raw_fd(), libc::POLLIN, Tag::Listener);
         for (id, c) in &self.conns {
             let mut ev = 0;
-            if !c.busy && !c.closing && !c.eof && c.wpos >= c.wbuf.len() {
+            if (!c.busy && !c.closing && !c.eof && c.wpos >= c.wbuf.len()) || (c.watch && !c.eof) {
                 ev |= libc::POLLIN;
             }
             if c.wpos < c.wbuf.len() {
@@ -251,6 +256,10 @@ impl Monitor {
         }
         if let Some(c) = self.ctrs.values_mut().find(|c| c.pid == pid) {
             c.exited(status, &self.cgroups);
+            if let Some(exit) = c.exit.clone() {
+                let id = c.id.clone();
+                self.tell_watches(&Response::ContainerExited { id, exit });
+            }
         } else if let Some(e) = self.execs.remove(&pid) {
             let conn = e.conn;
             let streaming = e.streaming;
@@ -293,6 +302,7 @@ impl Monitor {
                             busy: false,
                             closing: false,
                             eof: false,
+                            watch: false,
                         },
                     );
                 }
@@ -321,6 +331,21 @@ impl Monitor {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        if c.watch {
+            // Read only to see the client go; what it sends is dropped.
+            let mut buf = [0u8; 512];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            c.eof = true;
+            return;
+        }
         if c.busy || c.closing || c.eof || c.wpos < c.wbuf.len() {
             return;
         }
@@ -439,7 +464,7 @@ impl Monitor {
     fn maybe_close(&mut self, id: u64) {
         let Some(c) = self.conns.get(&id) else { return };
         let drained = c.wpos >= c.wbuf.len();
-        if drained && !c.busy && (c.closing || c.eof) {
+        if drained && (!c.busy || c.watch) && (c.closing || c.eof) {
             self.conns.remove(&id);
         }
     }
@@ -506,6 +531,10 @@ impl Monitor {
                 self.shutdown = Some(conn);
                 return None;
             }
+            Request::Watch => {
+                self.watch(conn);
+                return None;
+            }
         };
         Some(r.unwrap_or_else(|f| {
             if f.kind == ErrorKind::NotFound {
@@ -518,6 +547,52 @@ impl Monitor {
                 message: f.message,
             }
         }))
+    }
+
+    /// Makes `conn` a watch and queues the exits recorded so far.
+    fn watch(&mut self, conn: u64) {
+        let exits: Vec<Response> = self
+            .ctrs
+            .values()
+            .filter_map(|c| {
+                c.exit.clone().map(|exit| Response::ContainerExited {
+                    id: c.id.clone(),
+                    exit,
+                })
+            })
+            .collect();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // Busy for good: nothing more is read from a watch.
+        c.watch = true;
+        for e in &exits {
+            queue(c, e);
+        }
+        self.flush(conn);
+    }
+
+    /// Queues `resp` on every watch; one that has fallen too far behind
+    /// is closed instead.
+    fn tell_watches(&mut self, resp: &Response) {
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.watch)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                if c.wbuf.len() - c.wpos > MAX_WATCH_BACKLOG {
+                    tracing::warn!("a watch fell behind: closing it");
+                    self.conns.remove(&id);
+                    continue;
+                }
+                queue(c, resp);
+            }
+            self.flush(id);
+            self.maybe_close(id);
+        }
     }
 
     fn ctr_mut(&mut self, id: &str) -> Result<&mut Ctr, Fail> {

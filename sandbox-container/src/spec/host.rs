@@ -122,7 +122,7 @@ impl HostLimits {
 
         let v1_controllers = match cgroup {
             CgroupMode::V1 => v1_controllers(
-                &read_small(Path::new("/proc/self/mountinfo")).unwrap_or_default(),
+                &crate::mountinfo::read().unwrap_or_default(),
                 Path::new("/sys/fs/cgroup"),
             ),
             CgroupMode::V2 => Vec::new(),
@@ -168,20 +168,14 @@ const V1_MANAGED: [&str; 12] = [
 
 /// The v1 hierarchies of managed controllers mounted directly under
 /// `root` (per `mountinfo`), and the symlinks in `root` that point at them.
-fn v1_controllers(mountinfo: &str, root: &Path) -> Vec<(String, String)> {
-    let prefix = format!("{}/", root.display());
-    let mut out: Vec<(String, String)> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mut fields = right.split_whitespace();
-            (fields.next()? == "cgroup").then_some(())?;
-            let options = fields.nth(1)?;
-            options
-                .split(',')
-                .any(|o| V1_MANAGED.contains(&o))
-                .then_some(())?;
-            let dir = left.split_whitespace().nth(4)?.strip_prefix(&prefix)?;
+fn v1_controllers(table: &[crate::mountinfo::Mount], root: &Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = table
+        .iter()
+        .filter(|m| {
+            m.fs_type == "cgroup" && m.super_options.split(',').any(|o| V1_MANAGED.contains(&o))
+        })
+        .filter_map(|m| {
+            let dir = m.mount_point.strip_prefix(root).ok()?.to_str()?;
             (!dir.is_empty() && !dir.contains('/')).then(|| (dir.to_string(), dir.to_string()))
         })
         .collect();
@@ -281,7 +275,7 @@ mod tests {
              33 25 0:29 / /elsewhere/x rw - cgroup cgroup rw,pids\n"
         );
         assert_eq!(
-            v1_controllers(&mountinfo, root.path()),
+            v1_controllers(&crate::mountinfo::parse(&mountinfo), root.path()),
             [
                 ("cpu".to_string(), "cpu,cpuacct".to_string()),
                 ("cpu,cpuacct".into(), "cpu,cpuacct".into()),

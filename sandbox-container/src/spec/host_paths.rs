@@ -8,10 +8,8 @@
 //! Unlike [`super::build`], this touches the host: it creates directories
 //! and reads `/proc/self/mountinfo`.
 
-use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read as _};
-use std::os::unix::ffi::OsStringExt as _;
+use std::io;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
@@ -19,13 +17,7 @@ use crius_proto::cri::{Mount as CriMount, MountPropagation};
 
 use super::error::SpecError;
 use super::mounts::check_cri_mount;
-
-/// The mount table of this process's mount namespace.
-const MOUNTINFO: &str = "/proc/self/mountinfo";
-
-/// The largest mount table read (a host with many pods has thousands of
-/// mounts, a few hundred bytes each).
-const MAX_MOUNTINFO: u64 = 64 << 20;
+use crate::mountinfo::{self, Mount};
 
 /// What a mount's propagation needs of the host mount under its host path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +46,7 @@ pub fn prepare_host_paths(mounts: &[CriMount]) -> Result<Vec<CriMount>, SpecErro
     for m in mounts {
         check_cri_mount(m)?;
     }
-    let mut table: Option<String> = None;
+    let mut table: Option<Vec<Mount>> = None;
     let mut out = Vec::with_capacity(mounts.len());
     for m in mounts {
         let path = create_and_resolve(Path::new(&m.host_path))?;
@@ -102,77 +94,16 @@ fn create_and_resolve(p: &Path) -> Result<PathBuf, SpecError> {
     fs::canonicalize(p).map_err(|e| SpecError::io(format!("resolve mount host path {p:?}"), e))
 }
 
-fn read_mountinfo() -> Result<String, SpecError> {
-    let mut s = String::new();
-    fs::File::open(MOUNTINFO)
-        .and_then(|f| f.take(MAX_MOUNTINFO).read_to_string(&mut s))
-        .map_err(|e| SpecError::io(format!("read {MOUNTINFO}"), e))?;
-    Ok(s)
-}
-
-/// One line of a mount table, as far as we need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MountEntry {
-    mount_point: PathBuf,
-    /// Has a `shared:N` optional field.
-    shared: bool,
-    /// Has a `master:N` optional field.
-    slave: bool,
-}
-
-/// Undoes the kernel's octal escapes (`\040` for a space, and tab,
-/// newline and backslash) of a mountinfo path.
-fn unescape(s: &str) -> PathBuf {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            if let Ok(v) = u8::try_from(v) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    PathBuf::from(OsString::from_vec(out))
-}
-
-/// Parses one mountinfo line: `id parent major:minor root mount-point
-/// options [optional fields...] - type source super-options`.
-fn parse_line(line: &str) -> Option<MountEntry> {
-    let mut fields = line.split(' ');
-    let mount_point = unescape(fields.nth(4)?);
-    fields.next()?; // per-mount options
-    let (mut shared, mut slave) = (false, false);
-    for f in fields.by_ref() {
-        if f == "-" {
-            break;
-        }
-        shared |= f.starts_with("shared:");
-        slave |= f.starts_with("master:");
-    }
-    Some(MountEntry {
-        mount_point,
-        shared,
-        slave,
-    })
+fn read_mountinfo() -> Result<Vec<Mount>, SpecError> {
+    mountinfo::read().map_err(|e| SpecError::io(format!("read {}", mountinfo::PATH), e))
 }
 
 /// The mount `path` (resolved, absolute) is on: the one with the longest
 /// mount point that is `path` or one of its ancestors (by components),
 /// and of several mounts there the last, which hides the others.
-fn containing_mount(path: &Path, mountinfo: &str) -> Option<MountEntry> {
-    let mut best: Option<(usize, MountEntry)> = None;
-    for e in mountinfo.lines().filter_map(parse_line) {
+fn containing_mount<'a>(path: &Path, table: &'a [Mount]) -> Option<&'a Mount> {
+    let mut best: Option<(usize, &Mount)> = None;
+    for e in table {
         if !path.starts_with(&e.mount_point) {
             continue;
         }
@@ -184,10 +115,11 @@ fn containing_mount(path: &Path, mountinfo: &str) -> Option<MountEntry> {
     best.map(|(_, e)| e)
 }
 
-fn check_propagation(path: &Path, need: Need, mountinfo: &str) -> Result<(), SpecError> {
-    let Some(m) = containing_mount(path, mountinfo) else {
+fn check_propagation(path: &Path, need: Need, table: &[Mount]) -> Result<(), SpecError> {
+    let Some(m) = containing_mount(path, table) else {
         return Err(SpecError::failed_precondition(format!(
-            "mount host path {path:?} is on no mount of {MOUNTINFO}"
+            "mount host path {path:?} is on no mount of {}",
+            mountinfo::PATH
         )));
     };
     let (ok, what, kind) = match need {
@@ -233,24 +165,14 @@ mod tests {
     }
 
     #[test]
-    fn parses_mountinfo_lines() {
-        let e = parse_line("50 27 254:0 /tmp/c /tmp/c rw shared:7 master:2 - ext4 /dev/vda rw")
-            .unwrap();
-        assert_eq!(e.mount_point, Path::new("/tmp/c"));
-        assert!(e.shared && e.slave);
-        // a "shared:" after the separator is not an optional field
-        let e = parse_line("1 0 0:1 / /x rw - shared:1 src rw").unwrap();
-        assert!(!e.shared);
-        assert_eq!(
-            unescape("/a\\040b\\011c\\134d\\0"),
-            Path::new("/a b\tc\\d\\0")
-        );
-        assert!(parse_line("garbage").is_none());
-    }
-
-    #[test]
     fn finds_the_containing_mount() {
-        let m = |p: &str| containing_mount(Path::new(p), TABLE).unwrap().mount_point;
+        let table = mountinfo::parse(TABLE);
+        let m = |p: &str| {
+            containing_mount(Path::new(p), &table)
+                .unwrap()
+                .mount_point
+                .clone()
+        };
         assert_eq!(m("/tmp/a/mnt/x/y"), Path::new("/tmp/a/mnt"));
         assert_eq!(m("/tmp/a/mnt"), Path::new("/tmp/a/mnt"));
         // by components: /tmp/a/mntx is not under /tmp/a/mnt
@@ -258,30 +180,31 @@ mod tests {
         assert_eq!(m("/tmp/with space/f"), Path::new("/tmp/with space"));
         // the last of stacked mounts is the visible one (here private)
         assert!(
-            !containing_mount(Path::new("/tmp/stack/f"), TABLE)
+            !containing_mount(Path::new("/tmp/stack/f"), &table)
                 .unwrap()
                 .shared
         );
-        assert!(containing_mount(Path::new("/x"), "").is_none());
+        assert!(containing_mount(Path::new("/x"), &[]).is_none());
     }
 
     #[test]
     fn propagation_needs_shared_or_slave_host_mounts() {
-        let ok = |p: &str, n| check_propagation(Path::new(p), n, TABLE).is_ok();
+        let table = mountinfo::parse(TABLE);
+        let ok = |p: &str, n| check_propagation(Path::new(p), n, &table).is_ok();
         assert!(ok("/tmp/a/mnt/d", Need::Shared));
         assert!(ok("/tmp/a/mnt/d", Need::SharedOrSlave));
         assert!(!ok("/tmp/b/d", Need::Shared));
         assert!(ok("/tmp/b/d", Need::SharedOrSlave));
         assert!(ok("/tmp/c", Need::Shared));
         assert!(!ok("/tmp/stack", Need::SharedOrSlave));
-        let e = check_propagation(Path::new("/srv/data"), Need::Shared, TABLE).unwrap_err();
+        let e = check_propagation(Path::new("/srv/data"), Need::Shared, &table).unwrap_err();
         assert!(matches!(e, SpecError::FailedPrecondition(_)));
         let msg = e.to_string();
         assert!(
             msg.contains("\"/srv/data\"") && msg.contains("not a shared mount"),
             "{msg}"
         );
-        let e = check_propagation(Path::new("/srv"), Need::SharedOrSlave, TABLE).unwrap_err();
+        let e = check_propagation(Path::new("/srv"), Need::SharedOrSlave, &table).unwrap_err();
         assert!(e.to_string().contains("not a shared or slave mount"), "{e}");
     }
 

@@ -130,6 +130,7 @@ fn expected_v1() -> CgroupStats {
             limit: None,
         }),
         io: vec![IoStats {
+            device: block_device_name(8, 0),
             major: 8,
             minor: 0,
             read_bytes: 4096,

@@ -1,7 +1,7 @@
-//! Per-pod files and mounts made on the host: the hostname, hosts and
-//! resolv.conf files bind-mounted into containers, the pod's /dev/shm
-//! tmpfs, and the container rootfs overlay. Unmounting never follows
-//! symlinks and detaches lazily, so a busy mount cannot wedge a removal.
+//! Container files mounted on the host: the rootfs overlay (idmapped in a
+//! pod with its own user namespace) and image volumes. Unmounting never
+//! follows symlinks and detaches lazily, so a busy mount cannot wedge a
+//! removal.
 //!
 //! Every mount of a container's files is nosuid,nodev from the host's view
 //! ([`HOST_SAFE`]) and sits under directories only root (or, in a pod with
@@ -11,92 +11,11 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crius_proto::cri::{DnsConfig, PodSandboxConfig};
 use nix::mount::{MntFlags, MsFlags};
 
-/// Creates a directory (and parents) with `mode`.
-pub fn make_dir(path: &Path, mode: u32) -> io::Result<()> {
-    fs::create_dir_all(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-}
-
-/// resolv.conf from the pod's DNS config, or the host's when it has none.
-pub fn resolv_conf(dns: Option<&DnsConfig>) -> io::Result<String> {
-    match dns {
-        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
-            let mut s = String::new();
-            for srv in &d.servers {
-                s.push_str(&format!("nameserver {}\n", one_line(srv)));
-            }
-            if !d.searches.is_empty() {
-                s.push_str(&format!(
-                    "search {}\n",
-                    d.searches
-                        .iter()
-                        .map(|x| one_line(x))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-            if !d.options.is_empty() {
-                s.push_str(&format!(
-                    "options {}\n",
-                    d.options
-                        .iter()
-                        .map(|x| one_line(x))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-            Ok(s)
-        }
-        _ => match fs::read_to_string("/etc/resolv.conf") {
-            Ok(s) => Ok(s),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(e),
-        },
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
-}
-
-/// The hosts file of a pod.
-pub fn hosts(hostname: &str, ips: &[String]) -> String {
-    let mut s = String::from(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
-    );
-    for ip in ips {
-        s.push_str(&format!("{ip}\t{hostname}\n"));
-    }
-    s
-}
-
-/// The most bytes a hostname may have (the kernel's HOST_NAME_MAX).
-const HOST_NAME_MAX: usize = 64;
-
-/// The pod's hostname: the configured one, else the host's (as containerd
-/// does). A hostname the kernel would refuse is an error a person can act on.
-pub fn hostname(config: &PodSandboxConfig) -> Result<String, String> {
-    let h = if config.hostname.is_empty() {
-        nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .map_err(|e| format!("read the host's hostname: {e}"))?
-    } else {
-        config.hostname.clone()
-    };
-    if h.is_empty() || h.len() > HOST_NAME_MAX || h.contains(['\0', '\n', '\r', '/']) {
-        return Err(format!(
-            "pod hostname {:?} is not valid: 1 to {HOST_NAME_MAX} bytes, no NUL, newline or '/'",
-            h.chars().take(80).collect::<String>()
-        ));
-    }
-    Ok(h)
-}
+use super::pod_files::make_dir;
 
 /// The flags of every host mount of container files.
 pub const HOST_SAFE: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
@@ -118,15 +37,26 @@ pub fn seal_rootfs(target: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Mounts a 64 MiB tmpfs for the pod's /dev/shm.
-pub fn mount_shm(target: &Path) -> nix::Result<()> {
-    nix::mount::mount(
-        Some("shm"),
-        target,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )
+/// Overlay mount options: `lowerdir=` with `layers` (bottom first), then
+/// `rest`; refused when longer than the page the kernel takes.
+fn overlay_options(layers: &[PathBuf], rest: &str) -> io::Result<String> {
+    let lower = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!("lowerdir={lower}{rest}");
+    if data.len() >= 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} layers make overlay options longer than a page",
+                layers.len()
+            ),
+        ));
+    }
+    Ok(data)
 }
 
 /// Mounts the overlay rootfs of a container: `layers` bottom first.
@@ -142,26 +72,10 @@ pub fn mount_overlay(
             "the image has no layers",
         ));
     }
-    let lower = layers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let data = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        upper.display(),
-        work.display()
-    );
-    if data.len() >= 4096 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} layers make overlay options longer than a page",
-                layers.len()
-            ),
-        ));
-    }
+    let data = overlay_options(
+        layers,
+        &format!(",upperdir={},workdir={}", upper.display(), work.display()),
+    )?;
     nix::mount::mount(
         Some("overlay"),
         target,
@@ -314,22 +228,7 @@ pub fn mount_image(layers: &[PathBuf], target: &Path) -> io::Result<()> {
             .map_err(io::Error::from)
         }
         layers => {
-            let lower = layers
-                .iter()
-                .rev()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":");
-            let data = format!("lowerdir={lower}");
-            if data.len() >= 4096 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{} layers make overlay options longer than a page",
-                        layers.len()
-                    ),
-                ));
-            }
+            let data = overlay_options(layers, "")?;
             nix::mount::mount(
                 Some("overlay"),
                 target,
@@ -352,12 +251,9 @@ pub fn unmount(target: &Path) -> io::Result<()> {
 
 /// Unmounts everything mounted at or below `dir`, deepest first.
 pub fn unmount_all_under(dir: &Path) -> io::Result<()> {
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    let mut targets: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .map(PathBuf::from)
+    let mut targets: Vec<PathBuf> = crate::mountinfo::read()?
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir))
         .collect();
     targets.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -367,56 +263,11 @@ pub fn unmount_all_under(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Removes a directory tree that holds no mounts any more; absent is fine.
 pub fn remove_tree(dir: &Path) -> io::Result<()> {
     unmount_all_under(dir)?;
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         r => r,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolv_conf_from_dns_config_cannot_inject_lines() {
-        let d = DnsConfig {
-            servers: vec!["198.18.0.10".into()],
-            searches: vec!["a.svc".into(), "b\nnameserver 6.6.6.6".into()],
-            options: vec!["ndots:5".into()],
-        };
-        let s = resolv_conf(Some(&d)).unwrap();
-        assert_eq!(s.lines().count(), 3, "{s}");
-        assert!(s.starts_with("nameserver 198.18.0.10\n"));
-        assert!(s.contains("options ndots:5"));
-    }
-
-    #[test]
-    fn mountinfo_paths_unescape() {
-        assert_eq!(unescape(r"/a\040b"), "/a b");
-        assert_eq!(unescape(r"/plain"), "/plain");
-        assert_eq!(unescape(r"/end\04"), r"/end\04");
     }
 }
