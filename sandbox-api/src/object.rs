@@ -99,23 +99,28 @@ pub struct Container {
 /// A cgroup parent as kubelet gives it, as a path under the cgroup root:
 /// a path (the cgroupfs driver: `/kubepods/burstable/pod<uid>`) without its
 /// trailing `/`, or a systemd slice name (the systemd driver:
-/// `kubepods-burstable-pod<uid>.slice`) laid out as systemd nests slices
-/// (`/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`).
-/// A name that is not a valid slice is a plain directory name.
+/// `kubepods-burstable-pod<uid>.slice`) as [`slice_path`] lays it out. A
+/// name that is not a valid slice is a plain directory name.
 pub fn cgroupfs_path(parent: &str) -> String {
     let parent = parent.trim_end_matches('/');
-    let Some(stem) = parent
-        .strip_suffix(".slice")
-        .filter(|_| !parent.contains('/'))
-    else {
-        return parent.to_string();
-    };
-    if stem == "-" {
-        return "/".to_string();
+    if parent.ends_with(".slice") && !parent.contains('/') {
+        return slice_path(parent).unwrap_or_else(|| format!("/{parent}"));
     }
+    parent.to_string()
+}
+
+/// A systemd slice as systemd nests slices under the cgroup root:
+/// `a-b-c.slice` is `/a.slice/a-b.slice/a-b-c.slice`, `-.slice` (or
+/// nothing) the root; None for a name that is not a slice (no `.slice`, a
+/// `/`, an empty part).
+pub fn slice_path(slice: &str) -> Option<String> {
+    if slice.is_empty() || slice == "-.slice" {
+        return Some("/".to_string());
+    }
+    let stem = slice.strip_suffix(".slice")?;
     let parts: Vec<&str> = stem.split('-').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        return format!("/{parent}");
+    if stem.contains('/') || parts.iter().any(|p| p.is_empty()) {
+        return None;
     }
     let mut path = String::new();
     for i in 1..=parts.len() {
@@ -123,7 +128,7 @@ pub fn cgroupfs_path(parent: &str) -> String {
         path.push_str(&parts[..i].join("-"));
         path.push_str(".slice");
     }
-    path
+    Some(path)
 }
 
 #[cfg(test)]
@@ -140,6 +145,10 @@ mod tests {
         assert_eq!(cgroupfs_path("-.slice"), "/");
         assert_eq!(cgroupfs_path("a--b.slice"), "/a--b.slice");
         assert_eq!(cgroupfs_path(""), "");
+        assert_eq!(slice_path("").as_deref(), Some("/"));
+        for bad in ["a-.slice", "-a.slice", "a/b.slice", "a", ".slice"] {
+            assert_eq!(slice_path(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -213,29 +213,10 @@ pub fn cgroups_path_dir(cgroups_path: &str) -> Option<PathBuf> {
     relative(&path).map(Path::to_path_buf)
 }
 
-/// `a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`; `-.slice` or nothing
-/// is the root.
+/// The systemd slice as a path relative to the cgroup root.
 fn expand_slice(slice: &str) -> Option<PathBuf> {
-    if slice.is_empty() || slice == "-.slice" {
-        return Some(PathBuf::new());
-    }
-    let stem = slice.strip_suffix(".slice")?;
-    if stem.is_empty() || stem.contains('/') || stem.starts_with('-') || stem.ends_with('-') {
-        return None;
-    }
-    let mut dir = PathBuf::new();
-    let mut prefix = String::new();
-    for part in stem.split('-') {
-        if part.is_empty() {
-            return None;
-        }
-        if !prefix.is_empty() {
-            prefix.push('-');
-        }
-        prefix.push_str(part);
-        dir.push(format!("{prefix}.slice"));
-    }
-    Some(dir)
+    let path = sandbox_api::object::slice_path(slice)?;
+    Some(PathBuf::from(path.trim_start_matches('/')))
 }
 
 fn read(path: &Path) -> Option<String> {

@@ -29,7 +29,8 @@
 //!   did not go away.
 //! * [`main`] (monitor side): what `crius monitor <pod dir>` must call,
 //!   before any thread or async runtime exists.
-//! * [`MonitorClient`] (server side): the async client.
+//! * [`MonitorClient`] (server side): the async client; [`ExecStreams`]
+//!   for streaming exec and attach; [`ExitWatch`] for a watch.
 //!
 //! # Event loop
 //!
@@ -63,9 +64,12 @@
 //!   kills the pod's PID namespace init, removes `monitor.sock` and
 //!   `monitor.pid`, answers `Ok`, and exits. SIGTERM, SIGINT and SIGHUP
 //!   are logged and ignored.
-//! * `tty: true` is refused ("tty is not supported yet"); with `stdin`, the
-//!   container's stdin is a pipe the monitor holds (nothing writes to it
-//!   until attach exists).
+//! * `tty: true`: libcontainer opens a pty in the container and sends the
+//!   master over a console socket of the monitor's; the monitor logs what
+//!   comes out of it as stdout. With `stdin` (no tty) the container's stdin
+//!   is a pipe the monitor holds, whose write end an Attach gets.
+//! * A Watch connection gets every exit: those recorded so far at once,
+//!   then each as it is recorded (after exit.json is written).
 //!
 //! # Limits
 //!
@@ -80,6 +84,7 @@
 
 mod cgroups;
 mod client;
+mod conn;
 mod container;
 mod daemon;
 mod error;

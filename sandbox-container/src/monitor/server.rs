@@ -1,19 +1,18 @@
 //! The monitor's event loop and request handling.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crius_proto::monitor::{
-    ErrorKind, MAX_LINE, PROTOCOL_VERSION, Phase, Request, Response, StreamFd,
-};
+use crius_proto::monitor::{ErrorKind, PROTOCOL_VERSION, Phase, Request, Response, StreamFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::cgroups::CgroupMounts;
+use super::conn::{Conn, queue, send_with_fds};
 use super::container::{CreateArgs, Ctr, Fail};
 use super::exec::Exec;
 use super::logfmt::StreamKind;
@@ -21,29 +20,9 @@ use super::ns::PodNs;
 use super::{MonitorConfig, PID_FILE, SOCKET_FILE, sys};
 
 /// At most this many clients at once; more are closed on accept.
-const MAX_CONNS: usize = 128;
+pub(super) const MAX_CONNS: usize = 128;
 /// How long Delete and Shutdown wait for killed containers to die.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-
-struct Conn {
-    stream: UnixStream,
-    rbuf: Vec<u8>,
-    /// How much of `rbuf` is known to hold no newline.
-    scanned: usize,
-    wbuf: Vec<u8>,
-    wpos: usize,
-    /// A request is being served (an ExecSync): read nothing more.
-    busy: bool,
-    /// Close once the output is written (after a malformed line).
-    closing: bool,
-    /// The peer closed its side.
-    eof: bool,
-    /// A watch (`Request::Watch`): gets every exit, reads nothing.
-    watch: bool,
-}
-
-/// A watch with more than this many bytes of exits unread is closed.
-const MAX_WATCH_BACKLOG: usize = 1 << 20;
 
 #[derive(Clone)]
 enum Tag {
@@ -57,18 +36,18 @@ enum Tag {
 }
 
 pub struct Monitor {
-    pod_dir: PathBuf,
-    cfg: MonitorConfig,
-    listener: UnixListener,
-    signals: OwnedFd,
-    ns: PodNs,
-    cgroups: CgroupMounts,
-    conns: BTreeMap<u64, Conn>,
-    next_conn: u64,
-    ctrs: BTreeMap<String, Ctr>,
-    execs: HashMap<i32, Exec>,
+    pub(super) pod_dir: PathBuf,
+    pub(super) cfg: MonitorConfig,
+    pub(super) listener: UnixListener,
+    pub(super) signals: OwnedFd,
+    pub(super) ns: PodNs,
+    pub(super) cgroups: CgroupMounts,
+    pub(super) conns: BTreeMap<u64, Conn>,
+    pub(super) next_conn: u64,
+    pub(super) ctrs: BTreeMap<String, Ctr>,
+    pub(super) execs: HashMap<i32, Exec>,
     /// Set by Shutdown: the connection to answer before exiting.
-    shutdown: Option<u64>,
+    pub(super) shutdown: Option<u64>,
 }
 
 impl Monitor {
@@ -178,7 +157,7 @@ impl Monitor {
         (fds, tags)
     }
 
-    fn poll_timeout(&self) -> i32 {
+    pub(super) fn poll_timeout(&self) -> i32 {
         let now = Instant::now();
         self.execs
             .values()
@@ -215,7 +194,7 @@ impl Monitor {
         }
     }
 
-    fn on_signals(&mut self) {
+    pub(super) fn on_signals(&mut self) {
         let mut buf = [0u8; 64];
         while let Ok(Some(n)) = sys::read_some(self.signals.as_fd(), &mut buf) {
             if n == 0 {
@@ -232,7 +211,7 @@ impl Monitor {
     }
 
     /// Reaps every exited child.
-    fn reap(&mut self) {
+    pub(super) fn reap(&mut self) {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
@@ -250,7 +229,7 @@ impl Monitor {
         }
     }
 
-    fn on_exit(&mut self, pid: i32, status: WaitStatus) {
+    pub(super) fn on_exit(&mut self, pid: i32, status: WaitStatus) {
         if !matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
             return;
         }
@@ -277,200 +256,8 @@ impl Monitor {
         }
     }
 
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if self.conns.len() >= MAX_CONNS {
-                        tracing::warn!("too many clients; closing a new one");
-                        continue;
-                    }
-                    if let Err(e) = stream.set_nonblocking(true) {
-                        tracing::warn!("client socket: {e}");
-                        continue;
-                    }
-                    let id = self.next_conn;
-                    self.next_conn += 1;
-                    self.conns.insert(
-                        id,
-                        Conn {
-                            stream,
-                            rbuf: Vec::new(),
-                            scanned: 0,
-                            wbuf: Vec::new(),
-                            wpos: 0,
-                            busy: false,
-                            closing: false,
-                            eof: false,
-                            watch: false,
-                        },
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_conn(&mut self, id: u64, revents: i16) {
-        if revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
-            self.flush(id);
-        }
-        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            self.read_conn(id);
-        }
-        self.process_lines(id);
-        self.maybe_close(id);
-    }
-
-    fn read_conn(&mut self, id: u64) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if c.watch {
-            // Read only to see the client go; what it sends is dropped.
-            let mut buf = [0u8; 512];
-            loop {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            c.eof = true;
-            return;
-        }
-        if c.busy || c.closing || c.eof || c.wpos < c.wbuf.len() {
-            return;
-        }
-        let mut buf = vec![0u8; 64 << 10];
-        // Read at most one maximal line (plus a buffer) per event.
-        while c.rbuf.len() <= MAX_LINE {
-            match c.stream.read(&mut buf) {
-                Ok(0) => {
-                    c.eof = true;
-                    return;
-                }
-                Ok(n) => c.rbuf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    c.eof = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Serves the complete lines of a connection, one at a time.
-    fn process_lines(&mut self, id: u64) {
-        loop {
-            let Some(c) = self.conns.get_mut(&id) else {
-                return;
-            };
-            // One answer at a time: a client that does not read its
-            // answers gets no more served.
-            if c.busy || c.closing || c.wpos < c.wbuf.len() {
-                return;
-            }
-            let Some(nl) = c.rbuf[c.scanned..].iter().position(|&b| b == b'\n') else {
-                c.scanned = c.rbuf.len();
-                if c.rbuf.len() > MAX_LINE {
-                    c.rbuf = Vec::new();
-                    c.scanned = 0;
-                    c.closing = true;
-                    queue(
-                        c,
-                        &error(ErrorKind::InvalidArgument, "request line too long"),
-                    );
-                }
-                return;
-            };
-            let nl = c.scanned + nl;
-            c.scanned = 0;
-            let line: Vec<u8> = c.rbuf.drain(..=nl).collect();
-            let line = &line[..line.len() - 1];
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let req = match serde_json::from_slice::<Request>(line) {
-                Ok(r) => r,
-                Err(e) => {
-                    c.rbuf = Vec::new();
-                    c.scanned = 0;
-                    c.closing = true;
-                    let msg = format!("malformed request: {e}");
-                    queue(c, &error(ErrorKind::InvalidArgument, &msg));
-                    return;
-                }
-            };
-            c.busy = true;
-            let Some(resp) = self.dispatch(id, req) else {
-                return;
-            };
-            let Some(c) = self.conns.get_mut(&id) else {
-                return;
-            };
-            c.busy = false;
-            queue(c, &resp);
-            self.flush(id);
-        }
-    }
-
-    /// Queues the answer to a connection's request and lets it read again.
-    fn answer(&mut self, id: u64, resp: Response) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        c.busy = false;
-        queue(c, &resp);
-        self.flush(id);
-        self.process_lines(id);
-        self.maybe_close(id);
-    }
-
-    fn flush(&mut self, id: u64) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        while c.wpos < c.wbuf.len() {
-            match c.stream.write(&c.wbuf[c.wpos..]) {
-                Ok(0) => break,
-                Ok(n) => c.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    // The peer is gone: drop what is left.
-                    c.wbuf = Vec::new();
-                    c.wpos = 0;
-                    c.eof = true;
-                    c.closing = true;
-                    break;
-                }
-            }
-        }
-        if c.wpos == c.wbuf.len() && !c.wbuf.is_empty() {
-            c.wbuf = Vec::new();
-            c.wpos = 0;
-        }
-    }
-
-    fn maybe_close(&mut self, id: u64) {
-        let Some(c) = self.conns.get(&id) else { return };
-        let drained = c.wpos >= c.wbuf.len();
-        if drained && (!c.busy || c.watch) && (c.closing || c.eof) {
-            self.conns.remove(&id);
-        }
-    }
-
     /// Serves one request; `None` when the answer comes later.
-    fn dispatch(&mut self, conn: u64, req: Request) -> Option<Response> {
+    pub(super) fn dispatch(&mut self, conn: u64, req: Request) -> Option<Response> {
         let r = match req {
             Request::Hello => Ok(Response::Hello {
                 version: PROTOCOL_VERSION,
@@ -549,57 +336,11 @@ impl Monitor {
         }))
     }
 
-    /// Makes `conn` a watch and queues the exits recorded so far.
-    fn watch(&mut self, conn: u64) {
-        let exits: Vec<Response> = self
-            .ctrs
-            .values()
-            .filter_map(|c| {
-                c.exit.clone().map(|exit| Response::ContainerExited {
-                    id: c.id.clone(),
-                    exit,
-                })
-            })
-            .collect();
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        // Busy for good: nothing more is read from a watch.
-        c.watch = true;
-        for e in &exits {
-            queue(c, e);
-        }
-        self.flush(conn);
-    }
-
-    /// Queues `resp` on every watch; one that has fallen too far behind
-    /// is closed instead.
-    fn tell_watches(&mut self, resp: &Response) {
-        let ids: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.watch)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if let Some(c) = self.conns.get_mut(&id) {
-                if c.wbuf.len() - c.wpos > MAX_WATCH_BACKLOG {
-                    tracing::warn!("a watch fell behind: closing it");
-                    self.conns.remove(&id);
-                    continue;
-                }
-                queue(c, resp);
-            }
-            self.flush(id);
-            self.maybe_close(id);
-        }
-    }
-
-    fn ctr_mut(&mut self, id: &str) -> Result<&mut Ctr, Fail> {
+    pub(super) fn ctr_mut(&mut self, id: &str) -> Result<&mut Ctr, Fail> {
         self.ctrs.get_mut(id).ok_or_else(not_found)
     }
 
-    fn create(
+    pub(super) fn create(
         &mut self,
         id: &str,
         bundle: PathBuf,
@@ -635,7 +376,13 @@ impl Monitor {
         Ok(Response::Created { pid })
     }
 
-    fn exec(&mut self, conn: u64, id: &str, cmd: Vec<String>, timeout_ms: u64) -> Result<(), Fail> {
+    pub(super) fn exec(
+        &mut self,
+        conn: u64,
+        id: &str,
+        cmd: Vec<String>,
+        timeout_ms: u64,
+    ) -> Result<(), Fail> {
         let ctr = self.ctrs.get(id).ok_or_else(not_found)?;
         if ctr.phase != Phase::Running {
             return Err(Fail::new(
@@ -654,7 +401,7 @@ impl Monitor {
 
     /// Starts a CRI Exec and sends the client its ends of the process's
     /// stdio with the `Streams` answer; `Exited` follows at the reap.
-    fn exec_stream(
+    pub(super) fn exec_stream(
         &mut self,
         conn: u64,
         id: &str,
@@ -684,7 +431,7 @@ impl Monitor {
     /// Attaches a client to a container's stdio; answered at once (with
     /// the descriptors). A failed send leaves nothing: the copy pipes'
     /// readers are closed with `fds`, and the monitor drops them.
-    fn attach(
+    pub(super) fn attach(
         &mut self,
         conn: u64,
         id: &str,
@@ -706,7 +453,11 @@ impl Monitor {
 
     /// Sends the `Streams` answer with `fds` on `conn`; our copies of the
     /// descriptors are closed either way.
-    fn send_streams(&self, conn: u64, fds: Vec<(StreamFd, OwnedFd)>) -> Result<(), Fail> {
+    pub(super) fn send_streams(
+        &self,
+        conn: u64,
+        fds: Vec<(StreamFd, OwnedFd)>,
+    ) -> Result<(), Fail> {
         let sent = match self.conns.get(&conn) {
             Some(c) => send_with_fds(&c.stream, &fds),
             None => Err(io::Error::other("the client is gone")),
@@ -714,7 +465,7 @@ impl Monitor {
         sent.map_err(|e| Fail::internal(format!("sending the stdio descriptors: {e}")))
     }
 
-    fn expire_execs(&mut self) {
+    pub(super) fn expire_execs(&mut self) {
         let now = Instant::now();
         for e in self.execs.values_mut() {
             if e.deadline.is_some_and(|d| d <= now) {
@@ -726,7 +477,7 @@ impl Monitor {
 
     /// Kills the container if it still runs, waits for it, then removes
     /// its state. Deleting an unknown container succeeds.
-    fn delete(&mut self, id: &str) -> Result<(), Fail> {
+    pub(super) fn delete(&mut self, id: &str) -> Result<(), Fail> {
         let Some(c) = self.ctrs.get(id) else {
             return Ok(());
         };
@@ -765,7 +516,7 @@ impl Monitor {
     }
 
     /// Reaps until `done` holds or [`KILL_WAIT`] passes.
-    fn wait_for(&mut self, done: impl Fn(&Monitor) -> bool) -> bool {
+    pub(super) fn wait_for(&mut self, done: impl Fn(&Monitor) -> bool) -> bool {
         let start = Instant::now();
         loop {
             self.reap();
@@ -781,7 +532,7 @@ impl Monitor {
 
     /// Shutdown: kill every container, reap and record them, remove their
     /// state, unpin the namespaces, remove the socket, then answer.
-    fn finish_shutdown(&mut self, conn: u64) {
+    pub(super) fn finish_shutdown(&mut self, conn: u64) {
         tracing::info!("shutting down");
         for c in self.ctrs.values() {
             if c.pid > 0 {
@@ -818,58 +569,6 @@ impl Monitor {
             self.flush(id);
         }
         tracing::info!("monitor exits");
-    }
-}
-
-/// Sends a `Streams` answer with `fds` as SCM_RIGHTS, whole (it is short,
-/// and nothing else is queued on the connection while a request is served).
-fn send_with_fds(stream: &UnixStream, fds: &[(StreamFd, OwnedFd)]) -> io::Result<()> {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let resp = Response::Streams {
-        fds: fds.iter().map(|(k, _)| *k).collect(),
-    };
-    let mut line = serde_json::to_vec(&resp).map_err(io::Error::other)?;
-    line.push(b'\n');
-    let raw: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-    let cmsg = [ControlMessage::ScmRights(&raw)];
-    let iov = [io::IoSlice::new(&line)];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match sendmsg::<()>(
-            stream.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(n) if n == line.len() => return Ok(()),
-            Ok(_) => return Err(io::Error::other("answer cut short")),
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn queue(c: &mut Conn, resp: &Response) {
-    match serde_json::to_vec(resp) {
-        Ok(mut v) => {
-            v.push(b'\n');
-            c.wbuf.extend_from_slice(&v);
-        }
-        Err(e) => {
-            tracing::error!("encoding a response: {e}");
-            c.closing = true;
-        }
-    }
-}
-
-fn error(kind: ErrorKind, message: &str) -> Response {
-    Response::Error {
-        kind,
-        message: message.to_owned(),
     }
 }
 

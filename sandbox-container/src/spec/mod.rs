@@ -39,8 +39,10 @@
 //! [`check_image_mount`] and [`resolve_sub_path`]); [`build`] refuses one
 //! that was not prepared.
 //!
-//! Not handled here: the image config's `Volumes` (ignored), user namespaces and
-//! id-mapped mounts (refused), SELinux (ignored), AppArmor (a Localhost
+//! User namespaces: [`check_userns`] validates the CRI options (mode POD
+//! with one mapping from ID 0); the caller makes the namespace and idmaps
+//! the image layers. Not handled here: the image config's `Volumes`
+//! (ignored), id-mapped CRI mounts (refused), SELinux (ignored), AppArmor (a Localhost
 //! profile is refused; the host has none), CDI devices (ignored), and
 //! enumerating host devices for privileged containers.
 
