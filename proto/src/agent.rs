@@ -111,6 +111,102 @@ pub enum Request {
     /// Syncs the guest's filesystems, answers `Ok`, then ends the VM
     /// (a reboot, which the hypervisor turns into an exit).
     Shutdown,
+    /// Makes the guest the pod: mounts the pod's virtio-fs share (tag
+    /// `share`) at [`GUEST_SHARE`], sets the hostname, and starts the pod's
+    /// monitor (the namespace sandbox's, forwarding its containers'
+    /// output). Answers `Ok` once the monitor serves.
+    StartPod {
+        share: String,
+        hostname: String,
+        /// The pod's containers share one PID namespace.
+        #[serde(default)]
+        pid: bool,
+    },
+    /// Creates container `id` (not started): its bundle in the guest gets
+    /// the spec the host wrote to `<share>/containers/<id>/config.json`
+    /// and a rootfs overlay of the share's `layers/<name>` (bottom first)
+    /// with a writable layer in the guest's memory; then the pod's
+    /// monitor creates it. Answers the monitor's `Created` (as `Monitor`).
+    CreateContainer {
+        id: String,
+        layers: Vec<String>,
+        #[serde(default)]
+        stdin: bool,
+        #[serde(default)]
+        stdin_once: bool,
+        #[serde(default)]
+        tty: bool,
+    },
+    /// Deletes container `id` through the pod's monitor, then its rootfs
+    /// and bundle. Answers `Ok`; an unknown container is fine.
+    RemoveContainer { id: String },
+    /// One request for the pod's monitor, whose answers (`Watch`: all of
+    /// them, until either side closes) come back as `Monitor` lines.
+    /// Not for ExecStream and Attach (see `Stream`) nor CreateContainer.
+    Monitor { request: crate::monitor::Request },
+    /// An ExecStream or Attach of the pod's monitor: answers `Streams`
+    /// (what the monitor handed over), then the connection carries
+    /// [`Frame`]s both ways until the process (or the attach) ends.
+    Stream { request: crate::monitor::Request },
+    /// Connects to TCP `port` on the guest's loopback: answers `Ok`, then
+    /// the connection carries that TCP stream's bytes both ways.
+    Connect { port: u16 },
+    /// Usage of container `id` (its cgroup, writable layer, with
+    /// `processes` its processes' counts), or of the pod (`id` None: the
+    /// pod's cgroup and the guest's interfaces). Answers `Usage`.
+    Stats {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        processes: bool,
+    },
+    /// New resource limits for container `id`'s cgroup. Answers `Ok`.
+    Update {
+        id: String,
+        limits: crate::usage::Limits,
+    },
+}
+
+/// Where the guest mounts the pod's share.
+pub const GUEST_SHARE: &str = "/run/crius/share";
+
+/// A frame of a `Stream` connection: one byte of kind, a 32-bit length
+/// (big endian), the payload. An empty `Stdout`/`Stderr` frame is that
+/// stream's end; an empty `Stdin` frame closes the process's stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Host to guest.
+    Stdin = 0,
+    /// Guest to host.
+    Stdout = 1,
+    Stderr = 2,
+    /// Host to guest: width then height, 16 bits each, big endian.
+    Resize = 3,
+    /// Guest to host, last: the exec's exit code (32 bits, big endian);
+    /// empty for an attach, or when the code is not known.
+    Exit = 4,
+}
+
+impl FrameKind {
+    pub fn from_byte(b: u8) -> Option<FrameKind> {
+        Some(match b {
+            0 => FrameKind::Stdin,
+            1 => FrameKind::Stdout,
+            2 => FrameKind::Stderr,
+            3 => FrameKind::Resize,
+            4 => FrameKind::Exit,
+            _ => return None,
+        })
+    }
+}
+
+/// The largest frame payload either side sends or takes.
+pub const MAX_FRAME: usize = 64 << 10;
+
+/// A frame's header.
+pub fn frame_header(kind: FrameKind, len: usize) -> [u8; 5] {
+    let len = u32::try_from(len.min(MAX_FRAME)).unwrap_or(0).to_be_bytes();
+    [kind as u8, len[0], len[1], len[2], len[3]]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +245,24 @@ pub enum Response {
     Error {
         message: String,
     },
+    /// A line the pod's monitor sent, passed on.
+    Monitor {
+        response: crate::monitor::Response,
+    },
+    /// What a `Stream` gets: the kinds of streams the monitor handed
+    /// over (their bytes then travel as frames).
+    Streams {
+        fds: Vec<crate::monitor::StreamFd>,
+    },
+    Usage(Box<Usage>),
+}
+
+/// A container's or the pod's usage, read in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "of", rename_all = "snake_case")]
+pub enum Usage {
+    Container(crate::usage::ContainerUsage),
+    Pod(crate::usage::PodUsage),
 }
 
 #[cfg(test)]

@@ -116,10 +116,19 @@ pub enum Response {
     Exited {
         exit_code: i32,
     },
-    /// On a watch: a container's exit, recorded in its exit.json already.
+    /// On a watch: a container's exit, recorded in its exit.json already
+    /// (after its last output).
     ContainerExited {
         id: String,
         exit: ExitRecord,
+    },
+    /// On a watch of a monitor that forwards output: what a container
+    /// wrote, raw, in order per stream.
+    Output {
+        id: String,
+        stream: crate::agent::Stream,
+        #[serde(with = "b64")]
+        data: Vec<u8>,
     },
     Error {
         kind: ErrorKind,

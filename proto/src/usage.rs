@@ -7,6 +7,22 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// A container's cgroup limits, as the CRI's `LinuxContainerResources`
+/// gives them (what UpdateContainerResources applies).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub cpu_shares: u64,
+    pub cpu_quota: i64,
+    pub cpu_period: u64,
+    pub memory: i64,
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
+    /// (page size like "2MB", limit in bytes)
+    pub hugepages: Vec<(String, u64)>,
+    /// cgroup v2 files and values, written as given (v2 only).
+    pub unified: Vec<(String, String)>,
+}
+
 /// A container's usage, read at `timestamp` (Unix nanoseconds).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerUsage {

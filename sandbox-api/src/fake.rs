@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    Container, ContainerUsage, Duplex, ExecResult, Handler, Image, Journal,
+    Container, ContainerImage, ContainerUsage, Duplex, ExecResult, Handler, Journal,
     LinuxContainerResources, Pod, PodUsage, Result, SandboxController, SandboxError, Stdio,
     StdioRequest,
 };
@@ -57,7 +57,7 @@ impl SandboxController for FakeSandbox {
         &self,
         _: &Pod,
         _: &mut Container,
-        _: &Image,
+        _: &ContainerImage,
         _: &dyn Journal,
     ) -> Result<()> {
         Err(not_yet())

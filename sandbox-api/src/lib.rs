@@ -34,8 +34,7 @@ pub use crius_proto::monitor::{ExecResult, ExitRecord};
 pub use crius_proto::usage::{ContainerUsage, PodUsage};
 pub use error::{Result, SandboxError};
 pub use events::{Event, EventSink, EventStream};
-pub use image_store::Image;
-pub use object::{Container, Handler, Pod, SandboxState};
+pub use object::{Container, ContainerImage, Handler, Pod, SandboxState};
 pub use stdio::{Duplex, Stdio, StdioRequest, TermSize};
 
 /// Where a controller saves a record before a step that needs undoing
@@ -87,7 +86,7 @@ pub trait SandboxController: Send + Sync {
         &self,
         pod: &Pod,
         c: &mut Container,
-        image: &Image,
+        image: &ContainerImage,
         journal: &dyn Journal,
     ) -> Result<()>;
     async fn start_container(&self, pod: &Pod, c: &Container) -> Result<()>;

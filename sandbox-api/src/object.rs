@@ -96,6 +96,16 @@ pub struct Container {
     pub sandbox: SandboxState,
 }
 
+/// The image a container runs, as the image store has it.
+#[derive(Debug, Clone)]
+pub struct ContainerImage {
+    /// The image ID (its config digest, `sha256:...`).
+    pub id: String,
+    pub config: oci_spec::image::ImageConfiguration,
+    /// Its unpacked layers (snapshot directories), bottom first.
+    pub layers: Vec<std::path::PathBuf>,
+}
+
 /// A cgroup parent as kubelet gives it, as a path under the cgroup root:
 /// a path (the cgroupfs driver: `/kubepods/burstable/pod<uid>`) without its
 /// trailing `/`, or a systemd slice name (the systemd driver:

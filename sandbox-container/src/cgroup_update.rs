@@ -7,23 +7,9 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::stats::Cgroups;
+use crius_proto::usage::Limits;
 
-/// The limits to apply (the CRI's LinuxContainerResources, minus what
-/// belongs to the process: oom_score_adj).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub cpu_shares: u64,
-    pub cpu_quota: i64,
-    pub cpu_period: u64,
-    pub memory: i64,
-    pub cpuset_cpus: String,
-    pub cpuset_mems: String,
-    /// (page size like "2MB", limit in bytes)
-    pub hugepages: Vec<(String, u64)>,
-    /// cgroup v2 files and values, written as given (v2 only).
-    pub unified: Vec<(String, String)>,
-}
+use crate::stats::Cgroups;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {

@@ -6,6 +6,7 @@
 pub mod cgroup_update;
 pub mod cgroup_warm;
 pub mod cni;
+#[cfg(feature = "controller")]
 pub mod controller;
 pub mod monitor;
 pub mod mountinfo;

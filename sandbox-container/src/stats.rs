@@ -14,10 +14,11 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 
 use crius_proto::usage::{
-    CgroupStats, CpuStats, DirUsage, FsInfo, IoStats, MemoryStats, NetInterface, PidsStats,
-    ProcessStats,
+    CgroupStats, ContainerUsage, CpuStats, DirUsage, FsInfo, IoStats, LayerUsage, MemoryStats,
+    NetInterface, PidsStats, PodUsage, ProcessStats,
 };
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
@@ -640,6 +641,86 @@ pub fn netns_interfaces(netns: &Path) -> io::Result<Vec<NetInterface>> {
         })?
         .join()
         .map_err(|_| io::Error::other("network stats thread panicked"))?
+}
+
+/// Inodes a writable layer walk counts at most (kubelet asks every ten
+/// seconds or so; a bigger layer reports a lower bound).
+const MAX_LAYER_INODES: u64 = 1_000_000;
+
+/// This host's cgroup hierarchies, found once.
+pub fn host_cgroups() -> &'static Cgroups {
+    static CGROUPS: OnceLock<Cgroups> = OnceLock::new();
+    CGROUPS.get_or_init(Cgroups::host)
+}
+
+/// The `linux.cgroupsPath` of the OCI bundle at `bundle` (its
+/// config.json): the one place it is read back.
+pub fn bundle_cgroups_path(bundle: &Path) -> Option<String> {
+    let config = fs::read(bundle.join("config.json")).ok()?;
+    let spec: serde_json::Value = serde_json::from_slice(&config).ok()?;
+    spec["linux"]["cgroupsPath"].as_str().map(str::to_string)
+}
+
+/// The cgroup (relative to the hierarchies' roots) the OCI bundle at
+/// `bundle` puts its container in.
+pub fn bundle_cgroup(bundle: &Path) -> Option<PathBuf> {
+    cgroups_path_dir(&bundle_cgroups_path(bundle)?)
+}
+
+/// A container's usage: its bundle's cgroup, its writable layer `upper`
+/// (reported as on `mountpoint`) and, with `processes`, its processes;
+/// blocking (it walks the layer).
+pub fn container_usage(
+    bundle: &Path,
+    upper: &Path,
+    mountpoint: &Path,
+    processes: bool,
+) -> ContainerUsage {
+    let timestamp = sandbox_api::now_ns();
+    let cgroup_dir = bundle_cgroup(bundle);
+    let cgroup = cgroup_dir.as_deref().and_then(|d| host_cgroups().read(d));
+    let processes = cgroup_dir
+        .as_deref()
+        .filter(|_| processes && cgroup.is_some())
+        .and_then(|d| host_cgroups().processes(d));
+    let layer = match dir_usage(upper, MAX_LAYER_INODES) {
+        Ok(usage) => Some(LayerUsage {
+            mountpoint: mountpoint.to_path_buf(),
+            usage,
+            fs: fs_info(upper).ok(),
+        }),
+        Err(e) => {
+            tracing::debug!("writable layer {}: {e}", upper.display());
+            None
+        }
+    };
+    ContainerUsage {
+        timestamp,
+        cgroup,
+        processes,
+        layer,
+    }
+}
+
+/// A pod's usage: the cgroup `cgroup_parent` names, if given, and the
+/// network namespace pinned at `netns`; blocking.
+pub fn pod_usage(cgroup_parent: Option<&str>, netns: Option<&Path>) -> PodUsage {
+    let timestamp = sandbox_api::now_ns();
+    let cgroup = cgroup_parent
+        .and_then(cgroups_path_dir)
+        .and_then(|d| host_cgroups().read(&d));
+    let network = netns.and_then(|ns| match netns_interfaces(ns) {
+        Ok(ifs) => Some(ifs),
+        Err(e) => {
+            tracing::debug!("network stats of {}: {e}", ns.display());
+            None
+        }
+    });
+    PodUsage {
+        timestamp,
+        cgroup,
+        network,
+    }
 }
 
 #[cfg(test)]

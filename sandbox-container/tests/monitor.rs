@@ -341,6 +341,80 @@ mod monitor {
         std::fs::metadata(path).unwrap().ino()
     }
 
+    /// A watch gets the exits recorded so far at once, then each new one;
+    /// with `forward_output`, each container's output, raw and in order,
+    /// before its exit, and no log file is written.
+    #[tokio::test]
+    async fn watches_get_exits_and_forwarded_output() {
+        use crius_proto::agent::Stream;
+        use crius_proto::monitor::{Request, Response};
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+        let pod = Pod::start(MonitorConfig {
+            forward_output: true,
+            ..Pod::all_ns()
+        });
+        let mut c = pod.client().await;
+        // Exited before any watch: its output and exit wait for one.
+        pod.run(&mut c, "early", &["sh", "-c", "echo early; exit 3"])
+            .await;
+        assert_eq!(wait_exit(&mut c, "early").await.exit_code, 3);
+        let mut watch = tokio::io::BufReader::new(
+            tokio::net::UnixStream::connect(pod.dir.join(monitor::SOCKET_FILE))
+                .await
+                .unwrap(),
+        );
+        let mut line = serde_json::to_vec(&Request::Watch).unwrap();
+        line.push(b'\n');
+        watch.get_mut().write_all(&line).await.unwrap();
+        // Output written while the line was read: 200 KiB in many writes.
+        pod.run(
+            &mut c,
+            "late",
+            &["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line-$i-padding-padding-padding-padding-padding-padding-padding-padding-padding; i=$((i+1)); done; echo bye >&2; exit 5"],
+        )
+        .await;
+        let mut early = Vec::new();
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut exits = Vec::new();
+        while exits.len() < 2 {
+            let mut l = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(60), watch.read_line(&mut l))
+                .await
+                .expect("a watch line in time")
+                .unwrap();
+            assert!(n > 0, "the watch ended early");
+            match serde_json::from_str::<Response>(&l).unwrap() {
+                Response::ContainerExited { id, exit } => exits.push((id, exit.exit_code)),
+                Response::Output { id, stream, data } => {
+                    assert!(
+                        !exits.iter().any(|(e, _)| *e == id),
+                        "output after the exit"
+                    );
+                    match (id.as_str(), stream) {
+                        ("early", Stream::Stdout) => early.extend(data),
+                        ("late", Stream::Stdout) => stdout.extend(data),
+                        ("late", Stream::Stderr) => stderr.extend(data),
+                        other => panic!("unexpected output {other:?}"),
+                    }
+                }
+                other => panic!("unexpected on a watch: {other:?}"),
+            }
+        }
+        assert_eq!(exits, [("early".to_string(), 3), ("late".to_string(), 5)]);
+        let text = String::from_utf8(stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2000);
+        assert!(lines[0].starts_with("line-0-") && lines[1999].starts_with("line-1999-"));
+        assert_eq!(stderr, b"bye\n");
+        assert_eq!(early, b"early\n", "kept until a watch came");
+        assert!(
+            !pod.log_path("late").exists(),
+            "no log file when forwarding"
+        );
+    }
+
     #[tokio::test]
     async fn monitor_hello_files_and_memfd_exe() {
         let pod = Pod::start(Pod::all_ns());

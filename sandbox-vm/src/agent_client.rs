@@ -243,6 +243,9 @@ fn unexpected(r: &Response) -> AgentError {
         Response::Output { .. } => "output",
         Response::Exit { .. } => "exit",
         Response::Error { .. } => "error",
+        Response::Monitor { .. } => "monitor",
+        Response::Streams { .. } => "streams",
+        Response::Usage(_) => "usage",
     };
     AgentError::Protocol(format!("unexpected answer {kind}"))
 }

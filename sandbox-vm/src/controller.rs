@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sandbox_api::{
-    Container, ContainerUsage, Duplex, ExecResult, Handler, Image, Journal,
+    Container, ContainerImage, ContainerUsage, Duplex, ExecResult, Handler, Journal,
     LinuxContainerResources, Pod, PodUsage, Result, SandboxController, SandboxError, Stdio,
     StdioRequest,
 };
@@ -93,7 +93,7 @@ impl SandboxController for VmSandbox {
         &self,
         _: &Pod,
         _: &mut Container,
-        _: &Image,
+        _: &ContainerImage,
         _: &dyn Journal,
     ) -> Result<()> {
         Err(not_yet())

@@ -98,6 +98,11 @@ impl Runtime {
         let _c_held = c_lock.lock().await;
         self.store.put_container(&c)?;
         let journal = self.journal();
+        let image = sandbox_api::ContainerImage {
+            id: image.id.to_string(),
+            layers: self.images.layer_dirs(&image),
+            config: image.config,
+        };
         if let Err(e) = controller
             .create_container(&pod, &mut c, &image, &journal)
             .await

@@ -8,13 +8,11 @@ use std::path::{Path, PathBuf};
 
 use crius_proto::cri::{LinuxContainerUser, Mount};
 use crius_proto::monitor::{Request, Response};
-use image_store::Image;
-use sandbox_api::{Container, Journal, Pod, Result, SandboxError};
+use sandbox_api::{Container, ContainerImage, Journal, Pod, Result, SandboxError};
 
-use super::{
-    ContainerState, NamespaceSandbox, cgroups_path, namespaces, pod_files, rootfs, userns,
-};
+use super::{ContainerState, NamespaceSandbox, namespaces, pod_files, rootfs, userns};
 use crate::spec;
+use crate::stats::bundle_cgroups_path as cgroups_path;
 
 impl NamespaceSandbox {
     /// What the spec builder needs of this container.
@@ -22,7 +20,7 @@ impl NamespaceSandbox {
         &'a self,
         pod: &'a Pod,
         c: &'a Container,
-        image: &'a Image,
+        image: &'a ContainerImage,
         pod_dir: &Path,
         rootfs: &'a Path,
     ) -> spec::SpecInput<'a> {
@@ -134,7 +132,7 @@ impl NamespaceSandbox {
         &self,
         pod: &Pod,
         c: &mut Container,
-        image: &Image,
+        image: &ContainerImage,
         journal: &dyn Journal,
     ) -> Result<()> {
         let bundle = self.bundle(&c.id);
@@ -167,16 +165,16 @@ impl NamespaceSandbox {
         state.rootfs_mounted = true;
         c.sandbox.set(&state);
         journal.save_container(c).await?;
-        let layers = self.images.layer_dirs(image);
+        let layers = &image.layers;
         match &userns {
             None => rootfs::mount_overlay(
-                &layers,
+                layers,
                 &layer.join("upper"),
                 &layer.join("work"),
                 &rootfs_dir,
             ),
             Some(maps) => rootfs::mount_overlay_idmapped(
-                &layers,
+                layers,
                 &layer.join("upper"),
                 &layer.join("work"),
                 &rootfs_dir,

@@ -27,17 +27,17 @@ mod stdio;
 mod usage;
 mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use crius_proto::cri::{IdMapping, LinuxContainerResources, NamespaceMode};
 use crius_proto::monitor::{ErrorKind, ExecResult, Request, Response};
-use image_store::{Image, ImageStore};
+use image_store::ImageStore;
 use sandbox_api::{
-    Container, ContainerUsage, Duplex, EventSink, Handler, Journal, Pod, PodUsage, Result,
-    SandboxController, SandboxError, Stdio, StdioRequest,
+    Container, ContainerImage, ContainerUsage, Duplex, EventSink, Handler, Journal, Pod, PodUsage,
+    Result, SandboxController, SandboxError, Stdio, StdioRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -145,14 +145,6 @@ impl NamespaceSandbox {
         let dir = self.pod_dir(pod_id);
         !dir.exists() || crate::monitor::monitor_alive(&dir)
     }
-}
-
-/// The container's cgroups path, from its bundle's config.json: the one
-/// place it is read back.
-fn cgroups_path(bundle: &Path) -> Option<String> {
-    let config = std::fs::read(bundle.join("config.json")).ok()?;
-    let spec: serde_json::Value = serde_json::from_slice(&config).ok()?;
-    spec["linux"]["cgroupsPath"].as_str().map(str::to_string)
 }
 
 /// The ID maps of the pod's own user namespace (mode POD), None for the
@@ -296,7 +288,7 @@ impl SandboxController for NamespaceSandbox {
         &self,
         pod: &Pod,
         c: &mut Container,
-        image: &Image,
+        image: &ContainerImage,
         journal: &dyn Journal,
     ) -> Result<()> {
         self.create(pod, c, image, journal).await
@@ -391,7 +383,7 @@ impl SandboxController for NamespaceSandbox {
         let upper = self.layer_dir(&c.id).join("upper");
         let layers = self.root.join("containers");
         tokio::task::spawn_blocking(move || {
-            usage::read_container(&bundle, &upper, &layers, processes)
+            crate::stats::container_usage(&bundle, &upper, &layers, processes)
         })
         .await
         .map_err(task_error)
@@ -400,8 +392,10 @@ impl SandboxController for NamespaceSandbox {
     async fn pod_stats(&self, pod: &Pod, own_cgroup: bool) -> Result<PodUsage> {
         let parent = pod.cgroup_parent().filter(|_| own_cgroup);
         let netns = pod.sandbox.get::<PodState>().netns;
-        tokio::task::spawn_blocking(move || usage::read_pod(parent.as_deref(), netns.as_deref()))
-            .await
-            .map_err(task_error)
+        tokio::task::spawn_blocking(move || {
+            crate::stats::pod_usage(parent.as_deref(), netns.as_deref())
+        })
+        .await
+        .map_err(task_error)
     }
 }

@@ -93,6 +93,7 @@ impl NamespaceSandbox {
             pid: pod_pid,
             userns,
             runtime_root: self.state.join("runc"),
+            forward_output: false,
         };
         let pid = crate::monitor::spawn_pod_monitor(&dir, &monitor).await?;
         let mut state = PodState {

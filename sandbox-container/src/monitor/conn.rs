@@ -7,7 +7,10 @@ use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use crius_proto::agent::Stream;
 use crius_proto::monitor::{ErrorKind, MAX_LINE, Request, Response, StreamFd};
+
+use super::logfmt::StreamKind;
 
 use super::server::{MAX_CONNS, Monitor};
 
@@ -30,6 +33,9 @@ pub(super) struct Conn {
 
 /// A watch with more than this many bytes of exits unread is closed.
 pub(super) const MAX_WATCH_BACKLOG: usize = 1 << 20;
+/// Forwarded output is read from containers while every watch has at most
+/// this many bytes unwritten.
+const FORWARD_BACKLOG: usize = 256 << 10;
 
 impl Monitor {
     pub(super) fn accept(&mut self) {
@@ -241,14 +247,54 @@ impl Monitor {
         };
         // Busy for good: nothing more is read from a watch.
         c.watch = true;
+        // Output kept while no watch was there comes before the exits.
+        self.forward_output();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         for e in &exits {
             queue(c, e);
         }
         self.flush(conn);
     }
 
+    /// Whether some watch is there and none holds more than
+    /// [`FORWARD_BACKLOG`] unwritten bytes (forwarded output is read from
+    /// containers only then).
+    pub(super) fn watches_keep_up(&self) -> bool {
+        let mut watches = self.conns.values().filter(|c| c.watch && !c.eof).peekable();
+        watches.peek().is_some() && watches.all(|c| c.wbuf.len() - c.wpos <= FORWARD_BACKLOG)
+    }
+
+    /// Sends the output containers wrote since the last call to every
+    /// watch (a monitor that forwards output).
+    pub(super) fn forward_output(&mut self) {
+        // Without a watch the output is kept (the containers' pipes are
+        // not read meanwhile, but for the last of an exited one).
+        if !self.cfg.forward_output || !self.conns.values().any(|c| c.watch && !c.eof) {
+            return;
+        }
+        let mut out = Vec::new();
+        for c in self.ctrs.values_mut() {
+            for (kind, data) in c.log.take_forwarded() {
+                out.push(Response::Output {
+                    id: c.id.clone(),
+                    stream: match kind {
+                        StreamKind::Stdout => Stream::Stdout,
+                        StreamKind::Stderr => Stream::Stderr,
+                    },
+                    data,
+                });
+            }
+        }
+        for r in &out {
+            self.tell_watches(r);
+        }
+    }
+
     /// Queues `resp` on every watch; one that has fallen too far behind
-    /// is closed instead.
+    /// is closed instead (not when output is forwarded: containers wait
+    /// for a slow watch, see [`Self::watches_keep_up`]).
     pub(super) fn tell_watches(&mut self, resp: &Response) {
         let ids: Vec<u64> = self
             .conns
@@ -258,7 +304,7 @@ impl Monitor {
             .collect();
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
-                if c.wbuf.len() - c.wpos > MAX_WATCH_BACKLOG {
+                if !self.cfg.forward_output && c.wbuf.len() - c.wpos > MAX_WATCH_BACKLOG {
                     tracing::warn!("a watch fell behind: closing it");
                     self.conns.remove(&id);
                     continue;

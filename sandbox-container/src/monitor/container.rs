@@ -69,6 +69,8 @@ impl Fail {
 pub struct LogSink {
     path: Option<PathBuf>,
     file: Option<File>,
+    /// Raw output for the watches, when the monitor forwards output.
+    forwarded: Option<Vec<(StreamKind, Vec<u8>)>>,
 }
 
 impl LogSink {
@@ -77,7 +79,29 @@ impl LogSink {
             Some(p) => Some(open_log(p)?),
             None => None,
         };
-        Ok(LogSink { path, file })
+        Ok(LogSink {
+            path,
+            file,
+            forwarded: None,
+        })
+    }
+
+    /// A sink that keeps raw output for the monitor's watches (see
+    /// `MonitorConfig::forward_output`).
+    pub fn forwarding() -> LogSink {
+        LogSink {
+            path: None,
+            file: None,
+            forwarded: Some(Vec::new()),
+        }
+    }
+
+    /// The raw output kept since the last call, in order.
+    pub fn take_forwarded(&mut self) -> Vec<(StreamKind, Vec<u8>)> {
+        self.forwarded
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Closes and reopens the file (after rotation).
@@ -87,6 +111,18 @@ impl LogSink {
             self.file = Some(f);
         }
         Ok(())
+    }
+
+    /// Takes raw output: kept for the watches when forwarding, else to be
+    /// cut into lines by the caller.
+    fn forward(&mut self, stream: StreamKind, data: &[u8]) -> bool {
+        match &mut self.forwarded {
+            Some(q) => {
+                q.push((stream, data.to_vec()));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Writes lines, formatted by `fill` into one buffer, with one write.
@@ -164,6 +200,8 @@ pub struct CreateArgs<'a> {
     /// and hands its master over a console socket; the master is then the
     /// container's only output (logged as stdout).
     pub tty: bool,
+    /// The output goes to the monitor's watches, not to `log_path`.
+    pub forward_output: bool,
 }
 
 /// Container IDs are file names under the runtime root.
@@ -203,8 +241,12 @@ impl Ctr {
                 "runtime root path too long",
             ));
         }
-        let log = LogSink::open(a.log_path.clone())
-            .map_err(|e| Fail::internal(format!("opening log file: {e}")))?;
+        let log = if a.forward_output {
+            LogSink::forwarding()
+        } else {
+            LogSink::open(a.log_path.clone())
+                .map_err(|e| Fail::internal(format!("opening log file: {e}")))?
+        };
         if a.tty {
             return Self::create_tty(a, log);
         }
@@ -390,8 +432,10 @@ impl Ctr {
                 }
                 Ok(Some(n)) => {
                     total += n;
-                    let split = &mut pipe.split;
-                    log.write_lines(|out| split.feed(&buf[..n], out), kind);
+                    if !log.forward(kind, &buf[..n]) {
+                        let split = &mut pipe.split;
+                        log.write_lines(|out| split.feed(&buf[..n], out), kind);
+                    }
                     for a in &mut self.attached {
                         a.copy(kind, &buf[..n]);
                     }

@@ -106,7 +106,7 @@ pub use daemon::main;
 pub use error::MonitorError;
 pub use spawn::{
     kill_stale, monitor_alive, remove_orphaned_cgroup, signal_orphaned_container, spawn,
-    spawn_pod_monitor,
+    spawn_command, spawn_pod_monitor, spawned_pid,
 };
 
 /// The monitor's configuration, in the pod directory.
@@ -159,6 +159,12 @@ pub struct MonitorConfig {
     /// `<runtime_root>/<id>/notify.sock` must fit in a socket address (107
     /// bytes).
     pub runtime_root: PathBuf,
+    /// Containers' output goes to the monitor's watches
+    /// ([`crius_proto::monitor::Response::Output`], raw) instead of log
+    /// files: the monitor of a VM pod, in the guest, whose logs the host
+    /// writes. A container whose output no watch takes waits.
+    #[serde(default)]
+    pub forward_output: bool,
 }
 
 impl MonitorConfig {

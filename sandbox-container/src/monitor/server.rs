@@ -123,7 +123,9 @@ impl Monitor {
                 add(c.stream.as_raw_fd(), ev, Tag::Conn(*id));
             }
         }
-        for (id, c) in &self.ctrs {
+        // Forwarded output waits for a watch that keeps up.
+        let take_output = !self.cfg.forward_output || self.watches_keep_up();
+        for (id, c) in self.ctrs.iter().filter(|_| take_output) {
             for p in [&c.stdout, &c.stderr].into_iter().flatten() {
                 add(
                     p.fd.as_raw_fd(),
@@ -180,6 +182,7 @@ impl Monitor {
                 if let Some(c) = self.ctrs.get_mut(&id) {
                     c.read_ready(kind);
                 }
+                self.forward_output();
             }
             Tag::AttachPipe(id, fd) => {
                 if let Some(c) = self.ctrs.get_mut(&id) {
@@ -235,8 +238,10 @@ impl Monitor {
         }
         if let Some(c) = self.ctrs.values_mut().find(|c| c.pid == pid) {
             c.exited(status, &self.cgroups);
-            if let Some(exit) = c.exit.clone() {
-                let id = c.id.clone();
+            let exit = c.exit.clone().map(|exit| (c.id.clone(), exit));
+            // Its last output before its exit.
+            self.forward_output();
+            if let Some((id, exit)) = exit {
                 self.tell_watches(&Response::ContainerExited { id, exit });
             }
         } else if let Some(e) = self.execs.remove(&pid) {
@@ -364,6 +369,7 @@ impl Monitor {
             stdin,
             stdin_once,
             tty,
+            forward_output: self.cfg.forward_output,
         })?;
         let pid = u32::try_from(ctr.pid).unwrap_or(0);
         tracing::info!(

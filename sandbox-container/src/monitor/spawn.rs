@@ -28,11 +28,30 @@ static MEMFDS: Mutex<Vec<(PathBuf, OwnedFd)>> = Mutex::new(Vec::new());
 /// `spawn_blocking`. The monitor is not a child of the caller once this
 /// returns (it is reparented to init, or to the nearest subreaper).
 pub fn spawn<S: AsRef<OsStr>>(pod_dir: &Path, exe: &Path, args: &[S]) -> Result<u32, MonitorError> {
+    let out = spawn_command(pod_dir, exe, args)?
+        .output()
+        .map_err(|e| MonitorError::io("running the monitor", e))?;
+    spawned_pid(
+        out.status.success(),
+        &out.status.to_string(),
+        &out.stdout,
+        &out.stderr,
+    )
+}
+
+/// The command [`spawn`] runs (for a caller that must wait for it its own
+/// way, as PID 1 of a VM guest does); its stdout and stderr are piped.
+/// Finish with [`spawned_pid`].
+pub fn spawn_command<S: AsRef<OsStr>>(
+    pod_dir: &Path,
+    exe: &Path,
+    args: &[S],
+) -> Result<Command, MonitorError> {
     let pod_dir = std::path::absolute(pod_dir)
         .map_err(|e| MonitorError::io("resolving the pod directory", e))?;
     let memfd_path = sealed_copy(exe)?;
-    let out = Command::new(&memfd_path)
-        .args(args)
+    let mut cmd = Command::new(&memfd_path);
+    cmd.args(args)
         .arg(&pod_dir)
         .env_clear()
         .env(
@@ -42,21 +61,30 @@ pub fn spawn<S: AsRef<OsStr>>(pod_dir: &Path, exe: &Path, args: &[S]) -> Result<
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| MonitorError::io("running the monitor", e))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
+        .stderr(Stdio::piped());
+    Ok(cmd)
+}
+
+/// The monitor's pid from what its start printed (`success`: it exited 0,
+/// else `status` says how it ended), or why it failed.
+pub fn spawned_pid(
+    success: bool,
+    status: &str,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> Result<u32, MonitorError> {
+    let stderr = String::from_utf8_lossy(stderr);
+    if !success {
         let why = stderr.trim();
         let why = why.strip_prefix("crius monitor: ").unwrap_or(why);
         let why = if why.is_empty() {
-            format!("exited with {}", out.status)
+            format!("exited with {status}")
         } else {
             why.chars().take(1024).collect()
         };
         return Err(MonitorError::Spawn(why));
     }
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(stdout)
         .trim()
         .parse()
         .map_err(|_| MonitorError::Spawn("it did not report its pid".into()))

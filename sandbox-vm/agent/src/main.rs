@@ -31,13 +31,17 @@ macro_rules! console {
     };
 }
 
+mod connect;
 mod health;
 mod init;
 mod mount;
 mod net;
+mod pod;
 mod reaper;
 mod run;
 mod serve;
+mod stream;
+mod usage;
 mod vsock;
 
 /// The agent's own version.
@@ -63,6 +67,20 @@ enum FatalError {
 }
 
 fn main() {
+    // The pod's container monitor (the namespace sandbox's, run in the
+    // guest): the agent starts it as `/init monitor <pod dir>`, before any
+    // thread exists in that process.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new("monitor"))
+        && let (Some(dir), None) = (args.next(), args.next())
+    {
+        std::process::exit(
+            match sandbox_container::monitor::main(std::path::Path::new(&dir)) {
+                std::process::ExitCode::SUCCESS => 0,
+                _ => 1,
+            },
+        );
+    }
     let pid1 = init::is_pid1();
     if pid1 {
         pid1_setup();

@@ -92,7 +92,6 @@ impl ExitWaiter {
     }
 
     /// Blocks until the child has exited.
-    #[cfg(test)]
     pub fn wait(&self) -> Reaped {
         match self.status.recv() {
             Ok(status) => Reaped::Exited(status),

@@ -5,16 +5,18 @@
 //! Anything wrong with one request (an oversize line, bad JSON, another
 //! protocol version, a failing command) is answered with
 //! `Response::Error` and the connection goes on; only a failing connection
-//! ends it. It works on any `Read + Write`, so the tests drive it over a
-//! Unix socket pair.
+//! ends it. `Stream` and `Connect` turn the connection into a byte stream
+//! of their own, which ends it. It works on any stream socket as a `File`
+//! (the tests drive it over a Unix socket pair).
 
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 use crius_proto::agent::{AGENT_PROTOCOL_VERSION, Envelope, MAX_LINE, Request, Response};
 use serde::Deserialize;
 
 use crate::reaper::Reaper;
-use crate::{health, init, mount, net, run};
+use crate::{connect, health, init, mount, net, pod, run, stream};
 
 /// The most bytes of an error message sent back (it may quote the
 /// request).
@@ -27,7 +29,7 @@ pub enum ServeError {
 }
 
 /// Serves `conn` until end of file.
-pub fn serve<S: Read + Write>(conn: S, reaper: &Reaper) -> Result<(), ServeError> {
+pub fn serve(conn: File, reaper: &Reaper) -> Result<(), ServeError> {
     let mut conn = BufReader::new(conn);
     let mut line = Vec::new();
     loop {
@@ -37,9 +39,39 @@ pub fn serve<S: Read + Write>(conn: S, reaper: &Reaper) -> Result<(), ServeError
                 conn.get_mut(),
                 &error(format!("request line longer than {MAX_LINE} bytes")),
             )?,
-            Line::Complete => handle(&line, conn.get_mut(), reaper)?,
+            Line::Complete => {
+                if !conn.buffer().is_empty() && takes_connection(&line) {
+                    // Bytes past the line belong to the stream it starts:
+                    // the host sends nothing before the answer.
+                    send(
+                        conn.get_mut(),
+                        &error("bytes after a stream request, before its answer".into()),
+                    )?;
+                    return Ok(());
+                }
+                if handle(&line, conn.get_mut(), reaper)? == Flow::Done {
+                    return Ok(());
+                }
+            }
         }
     }
+}
+
+/// What follows a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// The next request.
+    Next,
+    /// The connection was the request's and is over.
+    Done,
+}
+
+/// Whether the request on `line` turns the connection into its stream.
+fn takes_connection(line: &[u8]) -> bool {
+    matches!(
+        parse(line),
+        Ok(Request::Stream { .. } | Request::Connect { .. })
+    )
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -120,10 +152,13 @@ fn parse(line: &[u8]) -> Result<Request, String> {
 }
 
 /// Answers one request line.
-fn handle<W: Write>(line: &[u8], w: &mut W, reaper: &Reaper) -> Result<(), ServeError> {
+fn handle(line: &[u8], w: &mut File, reaper: &Reaper) -> Result<Flow, ServeError> {
     let request = match parse(line) {
         Ok(request) => request,
-        Err(message) => return Ok(send(w, &error(message))?),
+        Err(message) => {
+            send(w, &error(message))?;
+            return Ok(Flow::Next);
+        }
     };
     let response = match request {
         Request::Health => health::health(),
@@ -142,7 +177,7 @@ fn handle<W: Write>(line: &[u8], w: &mut W, reaper: &Reaper) -> Result<(), Serve
                 timeout_ms,
             };
             match run::run(reaper, &req, &mut |r| send(w, &r)) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Flow::Next),
                 Err(run::RunError::Send(e)) => return Err(e.into()),
                 Err(e) => error(e.to_string()),
             }
@@ -183,8 +218,63 @@ fn handle<W: Write>(line: &[u8], w: &mut W, reaper: &Reaper) -> Result<(), Serve
             send(w, &Response::Ok)?;
             init::shutdown()
         }
+        Request::StartPod {
+            share,
+            hostname,
+            pid,
+        } => match pod::start_pod(reaper, &share, &hostname, pid) {
+            Ok(()) => Response::Ok,
+            Err(e) => error(e.to_string()),
+        },
+        Request::CreateContainer {
+            id,
+            layers,
+            stdin,
+            stdin_once,
+            tty,
+        } => match pod::create_container(&id, &layers, stdin, stdin_once, tty) {
+            Ok(response) => Response::Monitor { response },
+            Err(e) => error(e.to_string()),
+        },
+        Request::RemoveContainer { id } => match pod::remove_container(&id) {
+            Ok(()) => Response::Ok,
+            Err(e) => error(e.to_string()),
+        },
+        Request::Monitor { request } => {
+            let mut w2 = w.try_clone()?;
+            match pod::relay(&request, &mut |r| send(&mut w2, &r)) {
+                Ok(()) => return Ok(Flow::Next),
+                Err(e) => error(e.to_string()),
+            }
+        }
+        Request::Stream { request } => {
+            let mut w2 = w.try_clone()?;
+            if let Err(e) = stream::serve(w, &request, &mut |r| send(&mut w2, &r)) {
+                send(w, &error(e.to_string()))?;
+            }
+            return Ok(Flow::Done);
+        }
+        Request::Connect { port } => {
+            match connect::connect(port) {
+                Ok(tcp) => {
+                    send(w, &Response::Ok)?;
+                    connect::relay(w, tcp)?;
+                }
+                Err(e) => send(w, &error(format!("connecting to port {port}: {e}")))?,
+            }
+            return Ok(Flow::Done);
+        }
+        Request::Stats { id, processes } => match crate::usage::stats(id.as_deref(), processes) {
+            Ok(u) => Response::Usage(Box::new(u)),
+            Err(e) => error(e),
+        },
+        Request::Update { id, limits } => match crate::usage::update(&id, &limits) {
+            Ok(()) => Response::Ok,
+            Err(e) => error(e),
+        },
     };
-    Ok(send(w, &response)?)
+    send(w, &response)?;
+    Ok(Flow::Next)
 }
 
 /// An `Error` response, its message cut to [`MAX_ERROR`] bytes.
@@ -220,7 +310,7 @@ mod tests {
     fn connect() -> Client {
         let (client, server) = UnixStream::pair().unwrap();
         let reaper = reaper::global().unwrap();
-        std::thread::spawn(move || serve(server, reaper));
+        std::thread::spawn(move || serve(File::from(std::os::fd::OwnedFd::from(server)), reaper));
         Client {
             conn: BufReader::new(client),
         }
