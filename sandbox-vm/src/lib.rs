@@ -5,6 +5,7 @@
 //! [`controller`] is its side of the sandbox seam (`sandbox_api`).
 
 pub mod agent_client;
+pub mod builtin;
 pub mod controller;
 pub mod hypervisor;
 pub mod initramfs;
