@@ -15,6 +15,7 @@ pub mod config;
 pub mod cpu;
 pub mod devices;
 pub mod event_loop;
+pub mod fuzzing;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;

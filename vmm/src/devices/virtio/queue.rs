@@ -352,10 +352,16 @@ pub mod testing {
     pub const USED: u64 = 0x4000;
 
     pub fn queue(size: u16) -> Queue {
+        queue_at(size, DESC)
+    }
+
+    /// A queue whose rings start at `base` (descriptors), `base + 0x2000`
+    /// (available) and `base + 0x3000` (used): 0x4000 bytes in all.
+    pub fn queue_at(size: u16, base: u64) -> Queue {
         let mut q = Queue::new(size);
-        q.desc_table = DESC;
-        q.avail_ring = AVAIL;
-        q.used_ring = USED;
+        q.desc_table = base;
+        q.avail_ring = base + 0x2000;
+        q.used_ring = base + 0x3000;
         q.ready = true;
         q
     }

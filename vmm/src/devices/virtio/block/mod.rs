@@ -49,7 +49,7 @@ impl Block {
     }
 
     /// Serves every available request; returns whether any was used.
-    fn process(&mut self) -> bool {
+    pub fn process(&mut self) -> bool {
         let Some(st) = self.state.as_mut() else {
             return false;
         };
