@@ -368,7 +368,20 @@ pub mod testing {
 
     /// Writes descriptor `i`.
     pub fn set_desc(mem: &GuestMemory, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = DESC + 16 * u64::from(i);
+        set_desc_at(mem, DESC, i, addr, len, flags, next)
+    }
+
+    /// Writes descriptor `i` of the queue at `base` (see [`queue_at`]).
+    pub fn set_desc_at(
+        mem: &GuestMemory,
+        base: u64,
+        i: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let at = base + 16 * u64::from(i);
         let _ = mem.write_obj(addr, GuestAddress(at));
         let _ = mem.write_obj(len, GuestAddress(at + 8));
         let _ = mem.write_obj(flags, GuestAddress(at + 12));
@@ -377,24 +390,34 @@ pub mod testing {
 
     /// Makes `heads` available (appended after what was there).
     pub fn make_available(mem: &GuestMemory, size: u16, heads: &[u16]) {
-        let idx: u16 = mem.read_obj(GuestAddress(AVAIL + 2)).unwrap_or(0);
+        make_available_at(mem, DESC, size, heads)
+    }
+
+    pub fn make_available_at(mem: &GuestMemory, base: u64, size: u16, heads: &[u16]) {
+        let avail = base + 0x2000;
+        let idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap_or(0);
         for (k, h) in heads.iter().enumerate() {
             let slot = (idx.wrapping_add(k as u16) % size) as u64;
-            let _ = mem.write_obj(*h, GuestAddress(AVAIL + 4 + 2 * slot));
+            let _ = mem.write_obj(*h, GuestAddress(avail + 4 + 2 * slot));
         }
         let _ = mem.write_obj(
             idx.wrapping_add(heads.len() as u16),
-            GuestAddress(AVAIL + 2),
+            GuestAddress(avail + 2),
         );
     }
 
     /// The used ring's index and entries.
     pub fn used(mem: &GuestMemory, size: u16) -> (u16, Vec<(u32, u32)>) {
-        let idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap_or(0);
+        used_at(mem, DESC, size)
+    }
+
+    pub fn used_at(mem: &GuestMemory, base: u64, size: u16) -> (u16, Vec<(u32, u32)>) {
+        let used = base + 0x3000;
+        let idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap_or(0);
         let n = idx.min(size);
         let entries = (0..n)
             .map(|i| {
-                let at = USED + 4 + 8 * u64::from(i);
+                let at = used + 4 + 8 * u64::from(i);
                 (
                     mem.read_obj(GuestAddress(at)).unwrap_or(0),
                     mem.read_obj(GuestAddress(at + 4)).unwrap_or(0),
