@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    vmm::seccomp::close_inherited_fds();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)

@@ -181,18 +181,28 @@ pub fn run(config: &VmmConfig) -> Result<i32, VmmError> {
         watcher: events.watcher(),
     });
 
+    // The vCPU threads start, and wait until the process is confined.
+    let confined = Arc::new(std::sync::Barrier::new(vcpus.len() + 1));
     if !config.no_seccomp {
-        crate::seccomp::install().map_err(VmmError::Seccomp)?;
+        crate::seccomp::drop_capabilities().map_err(VmmError::Seccomp)?;
     }
-
     for (id, fd) in vcpus.into_iter().enumerate() {
         let bus = bus.clone();
         let exit = exit.clone();
+        let confined = confined.clone();
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run(fd, id as u8, bus, exit))
+            .spawn(move || {
+                confined.wait();
+                vcpu::run(fd, id as u8, bus, exit)
+            })
             .map_err(|e| VmmError::Io("starting a vCPU thread", e))?;
     }
+    if !config.no_seccomp {
+        crate::seccomp::install().map_err(VmmError::Seccomp)?;
+        tracing::info!("confined: no capabilities, no_new_privs, seccomp filter");
+    }
+    confined.wait();
     events.run();
     Ok(exit.code())
 }

@@ -193,6 +193,7 @@ fn commands_and_disks(a: &Args) -> Res {
     ];
     let mut vm = driver(a).start(&c).map_err(e("start"))?;
     ensure!(vm.driver() == "builtin", "driver {}", vm.driver());
+    confined(vm.pids()[0], &c)?;
     let mut agent = vm.agent(Duration::from_secs(5)).map_err(e("agent"))?;
     let health = agent.health().map_err(e("health"))?;
     ensure!(health.kernel.starts_with("6.1"), "{health:?}");
@@ -276,6 +277,54 @@ fn commands_and_disks(a: &Args) -> Res {
     vm.stop(Duration::from_secs(10)).map_err(e("stop"))?;
     vm.stop(Duration::from_secs(10)).map_err(e("second stop"))?;
     gone(&c.dir)
+}
+
+/// The VMM runs with no capability, no_new_privs, its seccomp filter, and
+/// only descriptors of its own VM open.
+fn confined(pid: u32, c: &VmConfig) -> Res {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(e("status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_owned()
+    };
+    ensure!(field("Seccomp:") == "2", "Seccomp: {}", field("Seccomp:"));
+    ensure!(
+        field("NoNewPrivs:") == "1",
+        "NoNewPrivs: {}",
+        field("NoNewPrivs:")
+    );
+    ensure!(
+        field("CapEff:") == "0000000000000000" && field("CapPrm:") == "0000000000000000",
+        "capabilities: {} {}",
+        field("CapEff:"),
+        field("CapPrm:")
+    );
+    let mut allowed: Vec<String> = vec![
+        "/dev/null".into(),
+        "/dev/kvm".into(),
+        "/dev/net/tun".into(),
+        "/memfd:crius-guest-ram (deleted)".into(),
+    ];
+    allowed.push(c.dir.join("console.log").display().to_string());
+    allowed.push(c.dir.join("vmm.log").display().to_string());
+    allowed.extend(c.disks.iter().map(|d| d.path.display().to_string()));
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(e("fds"))?;
+    let mut n = 0;
+    for fd in fds.flatten() {
+        let target = std::fs::read_link(fd.path()).map_err(e("fd"))?;
+        let t = target.display().to_string();
+        ensure!(
+            allowed.contains(&t) || t.starts_with("anon_inode:") || t.starts_with("socket:["),
+            "the VMM has {t} open"
+        );
+        n += 1;
+    }
+    ensure!(n < 64, "{n} descriptors open");
+    Ok(())
 }
 
 fn network(a: &Args) -> Res {
