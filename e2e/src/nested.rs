@@ -70,7 +70,8 @@ pub fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-/// The files of the nested host's disk: (name on the disk, source).
+/// The files of the nested host's disk: (path on the disk, relative,
+/// source).
 pub struct Payload {
     pub files: Vec<(String, PathBuf)>,
 }
@@ -82,7 +83,11 @@ pub fn make_disk(tmp: &Path, image: &Path, payload: &Payload) -> io::Result<()> 
     std::fs::create_dir_all(&root)?;
     let mut bytes = 0u64;
     for (name, src) in &payload.files {
-        std::fs::copy(src, root.join(name))?;
+        let to = root.join(name);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(src, to)?;
         bytes += std::fs::metadata(src)?.len();
     }
     let ro = tmp.join("ro-root");

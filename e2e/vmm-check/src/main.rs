@@ -6,6 +6,8 @@
 //! test host (`e2e/tests/vmm_nested.rs`) as well as on a host whose KVM
 //! runs standard guests.
 //!
+//! With `bench` first, it measures instead (see [`bench`]).
+//!
 //! ```text
 //! crius-vmm-check --vmm PATH --kernel PATH --initramfs PATH \
 //!     --ro-disk PATH --rw-disk PATH --work DIR [--only NAME]
@@ -14,6 +16,7 @@
 //! `hello.txt`; the read-write one an empty ext4 image, into which the
 //! guest writes `/out.txt` (the caller checks it after the VM is gone).
 
+mod bench;
 mod netif;
 
 use std::io::{Read, Write};
@@ -72,6 +75,16 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        let outcome = bench::parse(std::env::args().skip(2)).and_then(|b| bench::run(&b));
+        return match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("crius-vmm-check bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
