@@ -143,7 +143,13 @@ impl Net {
                 }
                 match self.backend.recv(&mut self.frame) {
                     Ok(n) if n > VNET_HDR_LEN => self.rx_pending = n,
-                    Ok(_) => continue,
+                    // A runt: dropped.
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {
+                        self.backend_readable = false;
+                        w.modify(self.backend.as_raw_fd(), TAP_TOKEN, true, false);
+                        break;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => {
                         self.backend_readable = false;
