@@ -2,7 +2,7 @@
 //! emulates svm and npt) running Debian's cloud kernel with kvm-amd loaded
 //! (`scripts/nested-kvm-host`), booted through the qemu driver, with a disk
 //! made per run that carries what changes with every build: the VMM and
-//! the check program (static musl builds), our guest kernel, the agent's
+//! the check program (static builds), our guest kernel, the agent's
 //! initramfs, and the guest's disks. Inside it, KVM runs standard guests,
 //! so the builtin driver boots our guest there.
 
@@ -21,6 +21,7 @@ use crate::guest;
 pub const MOUNT: &str = "/mnt/l1";
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
+const GNU: &str = "x86_64-unknown-linux-gnu";
 
 /// The directory with the nested host's kernel and initramfs:
 /// `$CRIUS_NESTED_HOST`, else what `scripts/nested-kvm-host` prints.
@@ -31,28 +32,44 @@ pub fn host_image() -> io::Result<PathBuf> {
     }
 }
 
-/// The static `crius-vmm` and `crius-vmm-check`: from
-/// `$CRIUS_VMM_BIN_DIR`, else built here (release, musl).
+/// The static `crius-vmm` and `crius-vmm-check`, built here (release; when
+/// nothing changed, cargo has nothing to do): the VMM for musl (its
+/// dependencies are pure Rust), the check program, which links the whole
+/// VM sandbox (and so ring's C code, which has no musl compiler here), for
+/// the gnu target with a static C library.
 pub fn static_binaries() -> io::Result<(PathBuf, PathBuf)> {
-    let dir = match std::env::var_os("CRIUS_VMM_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "--release", "--target", MUSL])
-                .args(["-p", "vmm", "-p", "crius-vmm-check"])
-                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-                .status()?;
-            if !status.success() {
-                return Err(io::Error::other("building the static VMM failed"));
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-            target.join(MUSL).join("release")
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let build = |target: &str, package: &str, rustflags: &str| -> io::Result<()> {
+        let status = Command::new(&cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                target,
+                "-p",
+                package,
+            ])
+            .env("RUSTFLAGS", rustflags)
+            .current_dir(&root)
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "building {package} for {target} failed"
+            )));
         }
+        Ok(())
     };
-    Ok((dir.join("crius-vmm"), dir.join("crius-vmm-check")))
+    build(MUSL, "vmm", "")?;
+    build(GNU, "crius-vmm-check", "-C target-feature=+crt-static")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok((
+        target.join(MUSL).join("release/crius-vmm"),
+        target.join(GNU).join("release/crius-vmm-check"),
+    ))
 }
 
 /// The host's TSC frequency in kHz, from /proc/cpuinfo: the nested host's
