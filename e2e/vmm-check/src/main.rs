@@ -2,7 +2,7 @@
 //! the agent checks of the qemu driver's end-to-end test (commands, disks,
 //! network, shutdown, failed starts, no leaks), printing one line per
 //! check, `check NAME: ok` or `check NAME: FAILED: why`, then
-//! `N passed, M failed`. Static (musl), so it runs inside the nested-KVM
+//! `N passed, M failed`. Static (glibc, crt-static), so it runs inside the nested-KVM
 //! test host (`e2e/tests/vmm_nested.rs`) as well as on a host whose KVM
 //! runs standard guests.
 //!
