@@ -343,6 +343,8 @@ fn confined(pid: u32, c: &VmConfig) -> Res {
     Ok(())
 }
 
+/// virtio-net on a TAP in a network namespace of our own, as a pod's is:
+/// traffic both ways between the guest and the namespace.
 fn network(a: &Args) -> Res {
     let mut c = config(a, "net");
     c.disks = vec![Disk {
@@ -351,15 +353,20 @@ fn network(a: &Args) -> Res {
     }];
     let mac = "02:c5:00:00:00:02";
     let tap = "crvmm0";
+    let ns = netif::NetNs::create(&a.work.join("netns")).map_err(e("netns"))?;
     c.net = Some(Net {
         tap: tap.into(),
         mac: mac.into(),
-        netns: None,
+        netns: Some(ns.path().to_owned()),
     });
     let mut vm = driver(a).start(&c).map_err(e("start"))?;
-    ensure!(netif::exists(tap), "no TAP {tap}");
-    netif::set_address(tap, [198, 19, 250, 1], 30).map_err(e("TAP address"))?;
-    netif::set_up(tap).map_err(e("TAP up"))?;
+    ensure!(!netif::exists_here(tap), "TAP {tap} outside the namespace");
+    ns.run(move || -> Res {
+        ensure!(netif::exists_here(tap), "no TAP {tap} in the namespace");
+        netif::set_address(tap, [198, 19, 250, 1], 30).map_err(e("TAP address"))?;
+        netif::set_up(tap).map_err(e("TAP up"))
+    })
+    .map_err(e("namespace"))??;
     let mut agent = vm.agent(Duration::from_secs(5)).map_err(e("agent"))?;
     agent
         .mount("/dev/vda", "/mnt/ro", "ext4", true)
@@ -367,9 +374,18 @@ fn network(a: &Args) -> Res {
     agent
         .configure_interface(mac, "198.19.250.2", 30, Some("198.19.250.1"))
         .map_err(e("configure"))?;
+    ensure!(
+        agent
+            .configure_interface("02:00:00:00:00:99", "198.19.250.6", 30, None)
+            .is_err(),
+        "an interface that does not exist was configured"
+    );
 
-    // Guest to host.
-    let listener = TcpListener::bind("198.19.250.1:8080").map_err(e("bind"))?;
+    // Guest to host: a server in the namespace.
+    let listener = ns
+        .run(|| TcpListener::bind("198.19.250.1:8080"))
+        .map_err(e("namespace"))?
+        .map_err(e("bind"))?;
     let server = std::thread::spawn(move || -> Res {
         let (mut s, _) = listener.accept().map_err(e("accept"))?;
         let mut buf = [0u8; 256];
@@ -386,7 +402,7 @@ fn network(a: &Args) -> Res {
     );
     server.join().map_err(|_| "server panicked".to_string())??;
 
-    // Host to guest.
+    // Host to guest: a server in the guest, reached from the namespace.
     let uds = vm.vsock_path().to_owned();
     let guest_server = std::thread::spawn(move || {
         if let Ok(mut a) = AgentClient::connect(&uds, Duration::from_secs(5)) {
@@ -396,25 +412,34 @@ fn network(a: &Args) -> Res {
             let _ = a.run(&httpd, CAP);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let answer = loop {
-        match TcpStream::connect("198.19.250.2:8080") {
-            Ok(mut s) => {
-                s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(e("send"))?;
-                let mut body = String::new();
-                s.read_to_string(&mut body).map_err(e("recv"))?;
-                break body;
+    let answer = ns
+        .run(|| -> Result<String, String> {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match TcpStream::connect("198.19.250.2:8080") {
+                    Ok(mut s) => {
+                        s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(e("send"))?;
+                        let mut body = String::new();
+                        s.read_to_string(&mut body).map_err(e("recv"))?;
+                        return Ok(body);
+                    }
+                    Err(err) if Instant::now() > deadline => {
+                        return Err(format!("guest server: {err}"));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
             }
-            Err(err) if Instant::now() > deadline => return Err(format!("guest server: {err}")),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+        })
+        .map_err(e("namespace"))??;
     ensure!(answer.contains("It works!"), "{answer}");
     drop(agent);
     vm.stop(Duration::from_secs(10)).map_err(e("stop"))?;
     let _ = guest_server.join();
     gone(&c.dir)?;
-    ensure!(!netif::exists(tap), "TAP {tap} left behind");
+    let left = ns
+        .run(move || netif::exists_here(tap))
+        .map_err(e("namespace"))?;
+    ensure!(!left, "TAP {tap} left behind");
     Ok(())
 }
 

@@ -69,3 +69,83 @@ pub fn set_up(name: &str) -> io::Result<()> {
     r.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
     ioctl(libc::SIOCSIFFLAGS, &mut r)
 }
+
+/// Whether interface `name` exists in this thread's network namespace.
+pub fn exists_here(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid C string; if_nametoindex only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// A network namespace of our own, pinned by a bind mount at `path` (the
+/// nested host has no `ip netns`), removed on drop.
+pub struct NetNs {
+    path: std::path::PathBuf,
+}
+
+impl NetNs {
+    pub fn create(path: &std::path::Path) -> io::Result<NetNs> {
+        std::fs::File::create(path)?;
+        let ns = NetNs {
+            path: path.to_owned(),
+        };
+        let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        std::thread::spawn(move || -> io::Result<()> {
+            // SAFETY: unshare and mount with valid C strings; only this
+            // thread moves to the new namespace, and it ends here.
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let src = c"/proc/thread-self/ns/net";
+                if libc::mount(
+                    src.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))??;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        let file = std::fs::File::open(&self.path)?;
+        std::thread::spawn(move || -> io::Result<T> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace descriptor we hold; it moves only
+            // this thread, which ends with `f`.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| io::Error::other("thread in the namespace panicked"))?
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Ok(c) = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
