@@ -154,6 +154,12 @@ fn check(config: &VmConfig) -> Result<(), VmError> {
             source,
         })?;
     }
+    if config.acpi {
+        return Err(VmError::Config(
+            "the builtin VMM has no ACPI: its guests take their devices from the command line"
+                .into(),
+        ));
+    }
     if config.vcpus == 0 || config.vcpus > 32 || config.memory_mib < 64 {
         return Err(VmError::Config(
             "a VM needs 1 to 32 vCPUs and at least 64 MiB".into(),
@@ -220,6 +226,9 @@ mod tests {
         let d = BuiltinDriver::new("/nonexistent/crius-vmm");
         assert!(matches!(d.start(&c), Err(VmError::Config(_))));
         c.vcpus = 1;
+        c.acpi = true;
+        assert!(matches!(d.start(&c), Err(VmError::Config(_))));
+        c.acpi = false;
         c.net = Some(Net {
             tap: "a/b".into(),
             mac: "02:00:00:00:00:01".into(),
