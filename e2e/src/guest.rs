@@ -46,7 +46,7 @@ pub fn debian_cloud() -> io::Result<PathBuf> {
 
 /// Runs a script of the project (`scripts/NAME`, its progress on our
 /// stderr) and returns the path it prints last.
-fn script_output(script: &str) -> io::Result<PathBuf> {
+pub fn script_output(script: &str) -> io::Result<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
         .join(script);

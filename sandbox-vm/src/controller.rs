@@ -13,25 +13,32 @@ use sandbox_api::{
     StdioRequest,
 };
 
+use crate::driver::{DriverChoice, select};
 use crate::hypervisor::{HostKvm, Hypervisor};
-use crate::qemu::QemuDriver;
 
 pub struct VmSandbox {
-    driver: QemuDriver,
+    driver: Box<dyn Hypervisor>,
+    /// Why this host got that driver.
+    reason: String,
     host_kvm: HostKvm,
 }
 
 impl VmSandbox {
     pub fn new() -> VmSandbox {
         let host_kvm = HostKvm::detect();
-        let driver = QemuDriver::from_host();
+        let picked = select(DriverChoice::from_env());
         tracing::info!(
-            driver = driver.name(),
-            accelerator = %driver.accelerator(),
+            driver = picked.driver.name(),
+            accelerator = %picked.driver.accelerator(),
             ?host_kvm,
+            reason = %picked.reason,
             "VM sandbox"
         );
-        VmSandbox { driver, host_kvm }
+        VmSandbox {
+            driver: picked.driver,
+            reason: picked.reason,
+            host_kvm,
+        }
     }
 }
 
@@ -58,6 +65,7 @@ impl SandboxController for VmSandbox {
     fn info(&self) -> Option<serde_json::Value> {
         Some(serde_json::json!({
             "driver": self.driver.name(),
+            "reason": self.reason,
             "accelerator": self.driver.accelerator().to_string(),
             "hostKvm": match self.host_kvm {
                 HostKvm::Absent => "absent",

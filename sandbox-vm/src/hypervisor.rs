@@ -1,4 +1,4 @@
-//! The hypervisor seam: what a driver (`qemu` now, `builtin` later) is
+//! The hypervisor seam: what a driver (`qemu` or `builtin`) is
 //! given to start a VM, and the running VM it hands back.
 //!
 //! A driver starts the VMM process(es) for one VM with its work directory

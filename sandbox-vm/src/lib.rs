@@ -1,11 +1,14 @@
 //! The VM sandbox, runtime handler `vm`: one microVM per pod behind a
-//! [`hypervisor::Hypervisor`] seam (the [`qemu`] driver now, our own VMM
-//! later), a guest kernel of our own (`scripts/guest-kernel`) and the guest
+//! [`hypervisor::Hypervisor`] seam with two drivers, [`builtin`] (our own
+//! VMM, the `vmm` crate) and [`qemu`], picked per host by [`driver`]; a
+//! guest kernel of our own (`scripts/guest-kernel`) and the guest
 //! agent (`sandbox-vm/agent`), reached over vsock ([`agent_client`]).
 //! [`controller`] is its side of the sandbox seam (`sandbox_api`).
 
 pub mod agent_client;
+pub mod builtin;
 pub mod controller;
+pub mod driver;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod qemu;

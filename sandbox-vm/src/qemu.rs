@@ -291,7 +291,7 @@ fn check(config: &VmConfig) -> Result<(), VmError> {
 }
 
 /// Starts a VM process with its output to `log`, in `netns` when given.
-fn spawn(
+pub(crate) fn spawn(
     mut cmd: Command,
     log: &Path,
     netns: Option<&fs::File>,
