@@ -330,6 +330,11 @@ impl Vm {
         Ok(())
     }
 
+    /// Whether the VMM still runs (a VM whose VMM exited is over).
+    pub fn running(&mut self) -> bool {
+        self.vmm_running()
+    }
+
     fn vmm_running(&mut self) -> bool {
         self.processes
             .first_mut()

@@ -113,6 +113,18 @@ impl LogSink {
         Ok(())
     }
 
+    /// Cuts `data` of `stream` into CRI log lines with `split` (that
+    /// stream's own) and appends them: what the host writes of a VM
+    /// pod's container, whose output the guest forwards raw.
+    pub fn write_raw(&mut self, split: &mut LineSplitter, stream: StreamKind, data: &[u8]) {
+        self.write_lines(|out| split.feed(data, out), stream);
+    }
+
+    /// Writes what `split` holds of an unfinished line of `stream`.
+    pub fn finish(&mut self, split: &mut LineSplitter, stream: StreamKind) {
+        self.write_lines(|out| split.finish(out), stream);
+    }
+
     /// Takes raw output: kept for the watches when forwarding, else to be
     /// cut into lines by the caller.
     fn forward(&mut self, stream: StreamKind, data: &[u8]) -> bool {

@@ -38,31 +38,80 @@ pub fn main(pod_dir: &Path) -> ExitCode {
         eprintln!("crius monitor: the pod directory must be an absolute path");
         return ExitCode::from(2);
     }
+    daemonize("crius monitor", |ready| daemon(pod_dir, ready))
+}
+
+/// How a daemon tells the process that started it how its start-up went.
+pub struct Ready(OwnedFd);
+
+impl Ready {
+    /// Ready: the first process prints this process's pid and succeeds.
+    pub fn ok(self) {
+        let msg = format!("ok {}\n", sys::getpid());
+        if let Err(e) = sys::write_all(self.0.as_fd(), msg.as_bytes()) {
+            tracing::warn!("reporting readiness: {e}");
+        }
+    }
+
+    /// Start-up failed: the first process fails with `why` on stderr.
+    pub fn failed(self, why: &str) {
+        let msg = format!("error {}\n", why.replace('\n', " "));
+        let _ = sys::write_all(self.0.as_fd(), msg.as_bytes());
+    }
+
+    fn raw(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Starts a daemon (a pod's monitor, a VM pod's vm-monitor): forks; the
+/// child calls setsid, points its stdio at /dev/null, closes every other
+/// inherited descriptor, goes to `/` with umask 022 and runs `daemon`,
+/// which reports through its [`Ready`]; the calling process waits for
+/// that (60 s at most) and returns: success with the daemon's pid printed
+/// on stdout, or failure with the reason, after `name: `, on stderr. Call
+/// before any thread exists.
+pub fn daemonize(name: &str, daemon: impl FnOnce(Ready) -> ExitCode) -> ExitCode {
     let (ready_r, ready_w) = match sys::pipe(false, false) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("crius monitor: pipe: {e}");
+            eprintln!("{name}: pipe: {e}");
             return ExitCode::FAILURE;
         }
     };
     match sys::fork() {
         Err(e) => {
-            eprintln!("crius monitor: fork: {e}");
+            eprintln!("{name}: fork: {e}");
             ExitCode::FAILURE
         }
         Ok(ForkResult::Parent { child }) => {
             drop(ready_w);
-            wait_ready(ready_r, child.as_raw())
+            wait_ready(name, ready_r, child.as_raw())
         }
         Ok(ForkResult::Child) => {
             drop(ready_r);
-            daemon(pod_dir, ready_w)
+            let ready = Ready(ready_w);
+            let detached = (|| -> io::Result<()> {
+                nix::unistd::setsid()?;
+                sys::stdio_to_dev_null()?;
+                sys::close_fds_except(&[ready.raw()])?;
+                nix::unistd::chdir("/")?;
+                nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+                Ok(())
+            })();
+            match detached {
+                Ok(()) => daemon(ready),
+                Err(e) => {
+                    ready.failed(&format!("detaching: {e}"));
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
 
 /// The first process: waits for `ok <pid>` or `error <why>`.
-fn wait_ready(ready_r: OwnedFd, child: i32) -> ExitCode {
+fn wait_ready(name: &str, ready_r: OwnedFd, child: i32) -> ExitCode {
     let mut pfd = [libc::pollfd {
         fd: ready_r.as_raw_fd(),
         events: libc::POLLIN,
@@ -73,7 +122,7 @@ fn wait_ready(ready_r: OwnedFd, child: i32) -> ExitCode {
         let left = READY_TIMEOUT.saturating_sub(start.elapsed());
         if left.is_zero() {
             let _ = sys::kill_raw(child, libc::SIGKILL);
-            eprintln!("crius monitor: not ready within {READY_TIMEOUT:?}");
+            eprintln!("{name}: not ready within {READY_TIMEOUT:?}");
             return ExitCode::FAILURE;
         }
         match sys::poll(
@@ -83,7 +132,7 @@ fn wait_ready(ready_r: OwnedFd, child: i32) -> ExitCode {
             Ok(0) => continue,
             Ok(_) => break,
             Err(e) => {
-                eprintln!("crius monitor: poll: {e}");
+                eprintln!("{name}: poll: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -91,7 +140,7 @@ fn wait_ready(ready_r: OwnedFd, child: i32) -> ExitCode {
     let msg = match read_message(ready_r.as_fd()) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("crius monitor: {e}");
+            eprintln!("{name}: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -103,41 +152,31 @@ fn wait_ready(ready_r: OwnedFd, child: i32) -> ExitCode {
         let why = msg
             .strip_prefix("error ")
             .unwrap_or("exited before it was ready");
-        eprintln!("crius monitor: {why}");
+        eprintln!("{name}: {why}");
         ExitCode::FAILURE
     }
 }
 
 /// The monitor: start-up, readiness report, then the event loop.
-fn daemon(pod_dir: &Path, ready_w: OwnedFd) -> ExitCode {
+fn daemon(pod_dir: &Path, ready: Ready) -> ExitCode {
     let mut ns = PodNs::default();
-    let started = start(pod_dir, &ready_w, &mut ns);
+    let started = start(pod_dir, &mut ns);
     let monitor = match started {
         Ok(m) => m,
         Err(e) => {
             tracing::error!("start-up failed: {e}");
             ns.teardown();
-            let msg = format!("error {}\n", e.to_string().replace('\n', " "));
-            let _ = sys::write_all(ready_w.as_fd(), msg.as_bytes());
+            ready.failed(&e.to_string());
             return ExitCode::FAILURE;
         }
     };
-    let msg = format!("ok {}\n", sys::getpid());
-    if let Err(e) = sys::write_all(ready_w.as_fd(), msg.as_bytes()) {
-        tracing::warn!("reporting readiness: {e}");
-    }
-    drop(ready_w);
+    ready.ok();
     tracing::info!(pid = sys::getpid(), "monitor ready");
     monitor.run();
     ExitCode::SUCCESS
 }
 
-fn start(pod_dir: &Path, ready_w: &OwnedFd, ns: &mut PodNs) -> io::Result<Monitor> {
-    nix::unistd::setsid()?;
-    sys::stdio_to_dev_null()?;
-    sys::close_fds_except(&[ready_w.as_raw_fd()])?;
-    nix::unistd::chdir("/")?;
-    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+fn start(pod_dir: &Path, ns: &mut PodNs) -> io::Result<Monitor> {
     sys::reset_signals()?;
     let signals = sys::install_signal_pipe()?;
     sys::set_child_subreaper()?;

@@ -102,7 +102,8 @@ use crius_proto::monitor::ExitRecord;
 use serde::{Deserialize, Serialize};
 
 pub use client::{ExecStreams, ExitWatch, MonitorClient};
-pub use daemon::main;
+pub use container::LogSink;
+pub use daemon::{Ready, daemonize, main};
 pub use error::MonitorError;
 pub use spawn::{
     kill_stale, monitor_alive, remove_orphaned_cgroup, signal_orphaned_container, spawn,
