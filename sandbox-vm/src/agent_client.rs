@@ -154,7 +154,8 @@ impl AgentClient {
         }
     }
 
-    /// Mounts a guest block device.
+    /// Mounts a guest block device, or a virtio-fs share by its tag
+    /// (fstype `virtiofs`).
     pub fn mount(
         &mut self,
         source: &str,
@@ -162,11 +163,26 @@ impl AgentClient {
         fstype: &str,
         read_only: bool,
     ) -> Result<(), AgentError> {
+        self.mount_with_options(source, target, fstype, None, read_only)
+    }
+
+    /// Mounts a file system with options (mount(2)'s data), such as an
+    /// overlay: `("overlay", "/run/c/rootfs", "overlay",
+    /// Some("lowerdir=/l2:/l1"), true)`.
+    pub fn mount_with_options(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        options: Option<&str>,
+        read_only: bool,
+    ) -> Result<(), AgentError> {
         self.ok(Request::Mount {
             source: source.into(),
             target: target.into(),
             fstype: fstype.into(),
             read_only,
+            options: options.map(Into::into),
         })
     }
 

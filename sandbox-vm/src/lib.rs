@@ -9,4 +9,5 @@ pub mod controller;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod qemu;
+pub mod virtiofs;
 pub mod vsock;
