@@ -195,12 +195,25 @@ impl AgentClient {
         prefix_len: u8,
         gateway: Option<&str>,
     ) -> Result<(), AgentError> {
+        self.configure_interface_with_mtu(mac, address, prefix_len, gateway, None)
+    }
+
+    /// [`AgentClient::configure_interface`] with an MTU (a pod's eth0's,
+    /// see [`crate::pod_net::inspect`]).
+    pub fn configure_interface_with_mtu(
+        &mut self,
+        mac: &str,
+        address: &str,
+        prefix_len: u8,
+        gateway: Option<&str>,
+        mtu: Option<u32>,
+    ) -> Result<(), AgentError> {
         self.ok(Request::ConfigureInterface {
             mac: mac.into(),
             address: address.into(),
             prefix_len,
             gateway: gateway.map(Into::into),
-            mtu: None,
+            mtu,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod agent_client;
 pub mod controller;
 pub mod hypervisor;
 pub mod initramfs;
+pub mod pod_net;
 pub mod qemu;
 pub mod virtiofs;
 pub mod vsock;
