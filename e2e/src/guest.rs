@@ -157,3 +157,59 @@ impl Drop for NetNs {
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
+
+/// PIDs of live processes whose command line mentions `path` (a zombie's
+/// command line is empty).
+pub fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Mount points of this mount namespace under `path` (or at it).
+pub fn mounts_under(path: &Path) -> Vec<String> {
+    let prefix = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Zombies named `comm` whose parent is PID 1: orphans nobody reaps (some
+/// machines' PID 1 reaps nothing), the mark of a process killed before
+/// its children.
+pub fn orphaned_zombies(comm: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // "PID (COMM) STATE PPID ..."; COMM may hold spaces.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                return false;
+            };
+            let mut rest = stat[close + 1..].split_whitespace();
+            &stat[open + 1..close] == comm && rest.next() == Some("Z") && rest.next() == Some("1")
+        })
+        .count()
+}

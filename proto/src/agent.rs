@@ -87,14 +87,20 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: u64,
     },
-    /// Mounts `source` (a block device such as `/dev/vda`) on `target`
-    /// (created when absent) as `fstype`. Answers `Ok`.
+    /// Mounts `source` on `target` (created when absent) as `fstype`, with
+    /// the file system's `options` (mount(2)'s data, such as overlayfs's
+    /// `lowerdir=...`) when given. `source` is a block device such as
+    /// `/dev/vda`, a virtio-fs share's tag with fstype `virtiofs`, or a
+    /// name for file systems that have no device (`overlay`, `tmpfs`).
+    /// Answers `Ok`.
     Mount {
         source: String,
         target: String,
         fstype: String,
         #[serde(default)]
         read_only: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        options: Option<String>,
     },
     /// Configures the network interface with hardware address `mac`:
     /// the IPv4 `address` with `prefix_len`, the interface up, and a
@@ -285,6 +291,26 @@ mod tests {
                 timeout_ms: 0
             }
         );
+    }
+
+    #[test]
+    fn mount_options_are_optional() {
+        let e: Envelope = serde_json::from_str(
+            r#"{"v":1,"op":"mount","source":"/dev/vda","target":"/m","fstype":"ext4"}"#,
+        )
+        .unwrap();
+        assert!(matches!(e.request, Request::Mount { options: None, .. }));
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(!line.contains("options"), "{line}");
+        let m = Request::Mount {
+            source: "layers".into(),
+            target: "/l".into(),
+            fstype: "virtiofs".into(),
+            read_only: true,
+            options: Some("lowerdir=/a:/b".into()),
+        };
+        let line = serde_json::to_string(&Envelope::new(m.clone())).unwrap();
+        assert_eq!(serde_json::from_str::<Envelope>(&line).unwrap().request, m);
     }
 
     #[test]

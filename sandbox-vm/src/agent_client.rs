@@ -154,7 +154,8 @@ impl AgentClient {
         }
     }
 
-    /// Mounts a guest block device.
+    /// Mounts a guest block device, or a virtio-fs share by its tag
+    /// (fstype `virtiofs`).
     pub fn mount(
         &mut self,
         source: &str,
@@ -162,11 +163,26 @@ impl AgentClient {
         fstype: &str,
         read_only: bool,
     ) -> Result<(), AgentError> {
+        self.mount_with_options(source, target, fstype, None, read_only)
+    }
+
+    /// Mounts a file system with options (mount(2)'s data), such as an
+    /// overlay: `("overlay", "/run/c/rootfs", "overlay",
+    /// Some("lowerdir=/l2:/l1"), true)`.
+    pub fn mount_with_options(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        options: Option<&str>,
+        read_only: bool,
+    ) -> Result<(), AgentError> {
         self.ok(Request::Mount {
             source: source.into(),
             target: target.into(),
             fstype: fstype.into(),
             read_only,
+            options: options.map(Into::into),
         })
     }
 
@@ -179,12 +195,25 @@ impl AgentClient {
         prefix_len: u8,
         gateway: Option<&str>,
     ) -> Result<(), AgentError> {
+        self.configure_interface_with_mtu(mac, address, prefix_len, gateway, None)
+    }
+
+    /// [`AgentClient::configure_interface`] with an MTU (a pod's eth0's,
+    /// see [`crate::pod_net::inspect`]).
+    pub fn configure_interface_with_mtu(
+        &mut self,
+        mac: &str,
+        address: &str,
+        prefix_len: u8,
+        gateway: Option<&str>,
+        mtu: Option<u32>,
+    ) -> Result<(), AgentError> {
         self.ok(Request::ConfigureInterface {
             mac: mac.into(),
             address: address.into(),
             prefix_len,
             gateway: gateway.map(Into::into),
-            mtu: None,
+            mtu,
         })
     }
 

@@ -88,6 +88,23 @@ pub struct Net {
     pub netns: Option<PathBuf>,
 }
 
+/// A host directory shared with the guest over virtio-fs (one virtiofsd
+/// per share, see [`crate::virtiofs`]). The guest mounts it by `tag`
+/// (`mount -t virtiofs TAG DIR`, the agent's `Mount` with fstype
+/// `virtiofs`). While the VM runs, `dir` is a mount point of its own with
+/// shared propagation, so that directories mounted under it later (image
+/// layers, volumes) reach the guest; the stop unmounts it with whatever is
+/// still mounted under it. The directory is the VM's alone while it runs.
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// 1 to 36 bytes of ASCII letters, digits, `-`, `_` and `.`.
+    pub tag: String,
+    /// An existing host directory.
+    pub dir: PathBuf,
+    /// The guest can neither write nor change metadata.
+    pub read_only: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// A name for logs.
@@ -103,6 +120,8 @@ pub struct VmConfig {
     pub cmdline: String,
     pub disks: Vec<Disk>,
     pub net: Option<Net>,
+    /// virtio-fs shares (the qemu driver).
+    pub shares: Vec<Share>,
     /// Describe the devices in ACPI tables, for kernels that cannot take
     /// virtio-mmio devices from their command line (stock distribution
     /// kernels); ours can, and boots faster without ACPI.
@@ -123,6 +142,7 @@ impl VmConfig {
             cmdline: String::new(),
             disks: Vec::new(),
             net: None,
+            shares: Vec::new(),
             acpi: false,
             boot_timeout: Duration::from_secs(60),
         }
@@ -166,6 +186,8 @@ pub enum VmError {
     },
     #[error("stopping the VM: {0}")]
     Stop(io::Error),
+    #[error(transparent)]
+    Share(#[from] crate::virtiofs::ShareError),
 }
 
 /// One process of a VM (the VMM, the vsock backend) and its log file.
@@ -183,6 +205,12 @@ pub struct Vm {
     accelerator: Accelerator,
     /// The VMM first, then its helpers.
     processes: Vec<VmProcess>,
+    /// PIDs of helpers that fork a child and wait for it (virtiofsd's
+    /// namespace sandbox): their children are killed first, so that they
+    /// reap them (an orphan may have no reaper).
+    parents: Vec<u32>,
+    /// Share mount points, released once every process is gone.
+    mounts: Vec<crate::virtiofs::SharedMount>,
     vsock: PathBuf,
     console: PathBuf,
     stopped: bool,
@@ -202,6 +230,8 @@ impl Vm {
             driver,
             accelerator,
             processes: Vec::new(),
+            parents: Vec::new(),
+            mounts: Vec::new(),
             vsock,
             console,
             stopped: false,
@@ -210,6 +240,17 @@ impl Vm {
 
     pub(crate) fn add_process(&mut self, p: VmProcess) {
         self.processes.push(p);
+    }
+
+    /// Adds a helper that forks a child and waits for it.
+    pub(crate) fn add_parent_process(&mut self, p: VmProcess) {
+        self.parents.push(p.child.id());
+        self.processes.push(p);
+    }
+
+    /// Adds a mount to release when the VM's processes are gone.
+    pub(crate) fn add_mount(&mut self, m: crate::virtiofs::SharedMount) {
+        self.mounts.push(m);
     }
 
     /// Adds the VMM process: the first, whose exit ends the VM.
@@ -341,13 +382,20 @@ impl Vm {
             .is_some_and(|p| matches!(p.child.try_wait(), Ok(None)))
     }
 
-    /// SIGKILLs and reaps every process, the VMM first.
+    /// SIGKILLs and reaps every process, the VMM first, then releases the
+    /// mounts, the last made first (one may be under another).
     fn kill_all(&mut self) {
         for p in &mut self.processes {
             if let Ok(None) = p.child.try_wait() {
+                if self.parents.contains(&p.child.id()) {
+                    kill_children_first(&mut p.child);
+                }
                 let _ = p.child.kill();
             }
             let _ = p.child.wait();
+        }
+        while let Some(m) = self.mounts.pop() {
+            drop(m);
         }
     }
 }
@@ -358,6 +406,30 @@ impl Drop for Vm {
             self.kill_all();
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// SIGKILLs the children of `parent` (listed by /proc) and gives it a
+/// moment to reap them and exit by itself.
+fn kill_children_first(parent: &mut Child) {
+    let pid = parent.id();
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
+        // A listed child keeps its PID until its parent reaps it, which the
+        // parent does only once it has exited: only in that instant could
+        // the PID be another process's.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(parent.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -416,7 +488,7 @@ fn describe(status: std::process::ExitStatus) -> String {
 }
 
 /// The last few hundred bytes of a log file, on one line.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     const TAIL: u64 = 600;
     let read = || -> io::Result<String> {
         let mut f = fs::File::open(path)?;

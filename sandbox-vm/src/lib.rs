@@ -11,5 +11,7 @@ pub mod controller;
 pub mod driver;
 pub mod hypervisor;
 pub mod initramfs;
+pub mod pod_net;
 pub mod qemu;
+pub mod virtiofs;
 pub mod vsock;

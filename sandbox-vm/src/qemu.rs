@@ -6,7 +6,9 @@
 //!
 //! A VM's work directory holds `vhost-vsock.sock` (qemu <-> backend),
 //! `vsock.sock` (host <-> guest, see [`crate::vsock`]), `console.log`
-//! (the serial console) and the two processes' logs.
+//! (the serial console) and the processes' logs; with virtio-fs shares
+//! (see [`crate::virtiofs`]) also `virtiofsN.sock` and `virtiofsdN.log`
+//! for share number N.
 
 use std::ffi::OsString;
 use std::fs;
@@ -31,6 +33,7 @@ const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 i8042.noaux i8042.no
 pub struct QemuDriver {
     qemu: PathBuf,
     vhost_vsock: PathBuf,
+    virtiofsd: PathBuf,
     accelerator: Accelerator,
 }
 
@@ -45,8 +48,40 @@ impl QemuDriver {
         Self {
             qemu: qemu.into(),
             vhost_vsock: vhost_vsock.into(),
+            virtiofsd: "virtiofsd".into(),
             accelerator,
         }
+    }
+
+    /// The virtiofsd binary for shares (default: `virtiofsd` from PATH).
+    pub fn with_virtiofsd(mut self, virtiofsd: impl Into<PathBuf>) -> Self {
+        self.virtiofsd = virtiofsd.into();
+        self
+    }
+
+    /// Starts one virtiofsd per share, each on its share's directory made
+    /// a shared mount point first.
+    fn spawn_shares(
+        &self,
+        config: &VmConfig,
+        dirs: &[PathBuf],
+        vm: &mut Vm,
+    ) -> Result<(), VmError> {
+        for (i, (share, dir)) in config.shares.iter().zip(dirs).enumerate() {
+            vm.add_mount(crate::virtiofs::SharedMount::new(dir)?);
+            let socket = share_socket(&config.dir, i);
+            let log = config.dir.join(format!("virtiofsd{i}.log"));
+            let cmd = crate::virtiofs::command(&self.virtiofsd, share, dir, &socket);
+            let mut child = spawn(cmd, &log, None)?;
+            let up = crate::virtiofs::wait_for_socket(&share.tag, &mut child, &socket, &log);
+            vm.add_parent_process(VmProcess {
+                name: "virtiofsd",
+                child,
+                log,
+            });
+            up?;
+        }
+        Ok(())
     }
 
     /// qemu-system-x86_64 and vhost-device-vsock from PATH, with the
@@ -174,6 +209,12 @@ impl QemuDriver {
             push("-device".into());
             push(format!("virtio-net-device,netdev=net0,mac={}", net.mac));
         }
+        for (i, share) in config.shares.iter().enumerate() {
+            let socket = share_socket(&config.dir, i);
+            crate::virtiofs::qemu_args(i, share, &socket)
+                .into_iter()
+                .for_each(&mut push);
+        }
         a
     }
 }
@@ -189,6 +230,7 @@ impl Hypervisor for QemuDriver {
 
     fn start(&self, config: &VmConfig) -> Result<Vm, VmError> {
         check(config)?;
+        let share_dirs = crate::virtiofs::check(&config.shares)?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&config.dir)
@@ -207,6 +249,7 @@ impl Hypervisor for QemuDriver {
         // From here on, dropping `vm` kills what was started and removes
         // the directory.
         let control = self.spawn_backend(&config.dir, &mut vm)?;
+        self.spawn_shares(config, &share_dirs, &mut vm)?;
         let netns = match config.net.as_ref().and_then(|n| n.netns.as_ref()) {
             Some(path) => Some(fs::File::open(path).map_err(|source| VmError::Missing {
                 what: "network namespace",
@@ -236,6 +279,11 @@ impl Hypervisor for QemuDriver {
         );
         Ok(vm)
     }
+}
+
+/// The socket of share number `index`'s virtiofsd.
+fn share_socket(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("virtiofs{index}.sock"))
 }
 
 /// Checks what can be checked before anything starts.

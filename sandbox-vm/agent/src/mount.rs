@@ -1,5 +1,6 @@
-//! The `Mount` request: a file system (typically a block device of the
-//! VM) mounted on a directory of the guest, created when absent.
+//! The `Mount` request: a file system (a block device of the VM, a
+//! virtio-fs share by its tag, an overlay) mounted on a directory of the
+//! guest, created when absent.
 
 use std::path::Path;
 
@@ -24,11 +25,13 @@ pub enum MountError {
     },
 }
 
-/// Mounts `source` on `target` as `fstype`, read-only if asked.
+/// Mounts `source` on `target` as `fstype` with the file system's
+/// `options`, read-only if asked.
 pub fn mount_fs(
     source: &str,
     target: &str,
     fstype: &str,
+    options: Option<&str>,
     read_only: bool,
 ) -> Result<(), MountError> {
     if !Path::new(target).is_absolute() {
@@ -43,12 +46,10 @@ pub fn mount_fs(
     } else {
         MsFlags::empty()
     };
-    mount(Some(source), target, Some(fstype), flags, None::<&str>).map_err(|errno| {
-        MountError::Mount {
-            source_dev: source.to_owned(),
-            target: target.to_owned(),
-            fstype: fstype.to_owned(),
-            errno,
-        }
+    mount(Some(source), target, Some(fstype), flags, options).map_err(|errno| MountError::Mount {
+        source_dev: source.to_owned(),
+        target: target.to_owned(),
+        fstype: fstype.to_owned(),
+        errno,
     })
 }

@@ -88,7 +88,7 @@ pub fn start_pod(reaper: &Reaper, share: &str, hostname: &str, pid: bool) -> Res
     if UnixStream::connect(pod.join(SOCKET_FILE)).is_ok() {
         return Ok(());
     }
-    crate::mount::mount_fs(share, GUEST_SHARE, "virtiofs", false)?;
+    crate::mount::mount_fs(share, GUEST_SHARE, "virtiofs", None, false)?;
     if !hostname.is_empty() {
         nix::unistd::sethostname(hostname).map_err(|e| PodError::Io {
             what: "setting the hostname".into(),

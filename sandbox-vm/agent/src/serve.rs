@@ -187,7 +187,8 @@ fn handle(line: &[u8], w: &mut File, reaper: &Reaper) -> Result<Flow, ServeError
             target,
             fstype,
             read_only,
-        } => match mount::mount_fs(&source, &target, &fstype, read_only) {
+            options,
+        } => match mount::mount_fs(&source, &target, &fstype, options.as_deref(), read_only) {
             Ok(()) => Response::Ok,
             Err(e) => error(e.to_string()),
         },
@@ -619,6 +620,7 @@ mod tests {
             target: target.to_string_lossy().into_owned(),
             fstype: "ext4".into(),
             read_only: true,
+            options: None,
         }));
         assert!(message.starts_with("mounting /nonexistent/crius-test-disk on"));
         // The errno's name and text.
@@ -629,8 +631,41 @@ mod tests {
             target: "relative".into(),
             fstype: "ext4".into(),
             read_only: false,
+            options: None,
         }));
         assert!(message.contains("not an absolute path"));
+    }
+
+    #[test]
+    fn mount_passes_the_options() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED mount_passes_the_options: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        let target_s = target.to_string_lossy().into_owned();
+        let mut c = connect();
+        let r = c.call(Request::Mount {
+            source: "crius-test".into(),
+            target: target_s.clone(),
+            fstype: "tmpfs".into(),
+            read_only: true,
+            options: Some("size=1m,mode=0711".into()),
+        });
+        assert_eq!(r, Response::Ok);
+        let mode = std::fs::metadata(&target).unwrap();
+        nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o7777, 0o711);
+        let message = error_message(c.call(Request::Mount {
+            source: "crius-test".into(),
+            target: target_s,
+            fstype: "tmpfs".into(),
+            read_only: false,
+            options: Some("size=nonsense".into()),
+        }));
+        assert!(message.contains("EINVAL"), "{message}");
     }
 
     #[test]
