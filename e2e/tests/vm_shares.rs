@@ -111,6 +111,18 @@ fn layers(root: &Path) {
     set_xattr(&l2.join("d"), "trusted.overlay.opaque", b"y");
 }
 
+/// The options of the mount at exactly `path` (the top one).
+fn mount_options(path: &Path) -> String {
+    let path = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some(&*path))
+        .find_map(|l| l.split(' ').nth(5).map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn assert_nothing_left(tmp: &Path, vm_dir: &Path) {
     assert!(!vm_dir.exists(), "{} left behind", vm_dir.display());
     assert_eq!(
@@ -135,7 +147,7 @@ fn shares_reach_the_guest() {
     let ro = tmp.path().join("ro");
     let rw = tmp.path().join("rw");
     let volume = tmp.path().join("volume");
-    for d in [&ro, &rw, &volume, &rw.join("vol"), &ro.join("late")] {
+    for d in [&ro, &rw, &volume, &rw.join("vol")] {
         std::fs::create_dir_all(d).unwrap();
     }
     std::fs::copy(
@@ -146,6 +158,14 @@ fn shares_reach_the_guest() {
     std::fs::write(ro.join("hello.txt"), "hello from a read-only share\n").unwrap();
     layers(&ro.join("layers"));
     std::fs::write(rw.join("config.txt"), "v1\n").unwrap();
+    // A device node in a share (the guest's root can make them).
+    nix::sys::stat::mknod(
+        &rw.join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
     std::fs::write(volume.join("file.txt"), "mounted after boot\n").unwrap();
 
     let mut c = config(tmp.path(), "shares");
@@ -180,6 +200,15 @@ fn shares_reach_the_guest() {
         2,
         "virtiofsd's sandboxed children"
     );
+    // The shares, seen from the host: nosuid and nodev, so device nodes in
+    // them cannot be opened through them; writable (mount points are made
+    // in them after the start), also the read-only one.
+    for dir in [&ro, &rw] {
+        let opts = mount_options(dir);
+        assert!(opts.starts_with("rw,nosuid,nodev"), "{opts}");
+    }
+    let e = std::fs::File::open(rw.join("null")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
 
     let mut agent = vm.agent(Duration::from_secs(5)).unwrap();
     // The read-only share mounted read-write in the guest: virtiofsd
@@ -236,6 +265,7 @@ fn shares_reach_the_guest() {
     // Directories bind-mounted under the shares after boot, one of them
     // looked up by the guest before.
     assert!(cat(&mut agent, "/mnt/rw/vol/file.txt").is_err());
+    std::fs::create_dir(ro.join("late")).unwrap();
     for target in [rw.join("vol"), ro.join("late")] {
         nix::mount::mount(
             Some(&volume),
@@ -300,6 +330,7 @@ fn shares_reach_the_guest() {
         );
     }
     assert_eq!(guest::orphaned_zombies("virtiofsd"), zombies);
+    std::fs::File::open(rw.join("null")).expect("the node opens again once unshared");
     // The host's own files are untouched.
     assert_eq!(
         std::fs::read_to_string(volume.join("file.txt")).unwrap(),

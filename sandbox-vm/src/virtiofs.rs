@@ -79,8 +79,14 @@ pub(crate) fn check(shares: &[Share]) -> Result<Vec<PathBuf>, ShareError> {
 /// A share's directory bind-mounted on itself (with what is mounted under
 /// it) and made a peer group of its own with shared propagation, so that
 /// what is mounted under it later propagates to the slave copy in
-/// virtiofsd's mount namespace. Dropping it unmounts it lazily, with
-/// whatever is still mounted under it.
+/// virtiofsd's mount namespace. The bind is nosuid and nodev (the guest's
+/// root can make setuid files and device nodes in a read-write share:
+/// through this path they give nothing on the host). It stays writable
+/// even for a read-only share (virtiofsd refuses the guest's writes):
+/// the VM pod makes mount points in it after the start. Mounts made under
+/// it later have their own flags: bind layers read-only, so that not even
+/// a subverted virtiofsd can write to them. Dropping it unmounts it
+/// lazily, with whatever is still mounted under it.
 #[derive(Debug)]
 pub struct SharedMount {
     dir: PathBuf,
@@ -106,6 +112,20 @@ impl SharedMount {
         let guard = Self {
             dir: dir.to_owned(),
         };
+        // A bind remount sets the mount's flags to exactly these: keep the
+        // source's noexec and read-only.
+        let source = nix::sys::statvfs::statvfs(dir)
+            .map_err(fail("statvfs"))?
+            .flags();
+        let mut flags =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if source.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        if source.contains(nix::sys::statvfs::FsFlags::ST_NOEXEC) {
+            flags |= MsFlags::MS_NOEXEC;
+        }
+        mount(None::<&str>, dir, None::<&str>, flags, None::<&str>).map_err(fail("remount"))?;
         // Private first: a bind of a shared mount joins its peer group, and
         // mounts under the directory would then propagate to the source's
         // peers as well. Then shared: a peer group of our own.
