@@ -160,6 +160,11 @@ fn check(config: &VmConfig) -> Result<(), VmError> {
                 .into(),
         ));
     }
+    if !config.shares.is_empty() {
+        return Err(VmError::Config(
+            "the builtin VMM has no virtio-fs (shares) yet: use the qemu driver".into(),
+        ));
+    }
     if config.vcpus == 0 || config.vcpus > 32 || config.memory_mib < 64 {
         return Err(VmError::Config(
             "a VM needs 1 to 32 vCPUs and at least 64 MiB".into(),
@@ -229,6 +234,13 @@ mod tests {
         c.acpi = true;
         assert!(matches!(d.start(&c), Err(VmError::Config(_))));
         c.acpi = false;
+        c.shares.push(crate::hypervisor::Share {
+            tag: "t".into(),
+            dir: dir.path().to_owned(),
+            read_only: true,
+        });
+        assert!(matches!(d.start(&c), Err(VmError::Config(_))));
+        c.shares.clear();
         c.net = Some(Net {
             tap: "a/b".into(),
             mac: "02:00:00:00:00:01".into(),
