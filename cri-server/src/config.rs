@@ -57,6 +57,65 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub image: ImageConfig,
     pub cni: CniConfig,
+    pub vm: VmConfig,
+}
+
+/// `[vm]`: the VM sandbox (runtime handler `vm`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// The guest kernel (a PVH-bootable vmlinux) and initramfs (the agent).
+    /// Empty: the newest that `scripts/guest-kernel` and
+    /// `scripts/guest-agent` built under `/var/tmp/crius-guest`
+    /// (`crius config` shows which).
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// `auto` (our own VMM where KVM runs standard guests, else qemu),
+    /// `builtin` or `qemu`.
+    pub driver: String,
+    /// A pod's VM when its resources say nothing: vCPUs and MiB.
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The most a pod's resources can get its VM.
+    pub max_vcpus: u8,
+    pub max_memory_mib: u32,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: PathBuf::new(),
+            initramfs: PathBuf::new(),
+            driver: "auto".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            max_vcpus: 8,
+            max_memory_mib: 16 << 10,
+        }
+    }
+}
+
+/// Where the guest scripts leave their builds.
+const GUEST_DIR: &str = "/var/tmp/crius-guest";
+
+/// The newest of the files in `dir` named `<prefix>...<suffix>`, or with
+/// `sub`, of the files `sub` inside the directories so named.
+fn newest(dir: &Path, prefix: &str, suffix: &str, sub: Option<&str>) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with(prefix) && n.ends_with(suffix)
+        })
+        .map(|e| match sub {
+            Some(s) => e.path().join(s),
+            None => e.path(),
+        })
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
 }
 
 /// `[cni]`: where pod network configs and plugins are.
@@ -94,6 +153,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
             cni: CniConfig::default(),
+            vm: VmConfig::default(),
         }
     }
 }
@@ -108,7 +168,7 @@ impl Config {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Config::default());
+                return Config::parse("", &path);
             }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
@@ -120,6 +180,24 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
+        let mut c = c;
+        let guest = Path::new(GUEST_DIR);
+        if c.vm.kernel.as_os_str().is_empty()
+            && let Some(k) = newest(guest, "kernel-", "", Some("vmlinux"))
+        {
+            c.vm.kernel = k;
+        }
+        if c.vm.initramfs.as_os_str().is_empty()
+            && let Some(i) = newest(guest, "initramfs-", ".img", None)
+        {
+            c.vm.initramfs = i;
+        }
+        if !["auto", "builtin", "qemu"].contains(&c.vm.driver.as_str()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                why: format!("vm.driver is auto, builtin or qemu, not {:?}", c.vm.driver),
+            });
+        }
         for (what, p) in [
             ("root", &c.root),
             ("state", &c.state),

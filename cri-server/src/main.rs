@@ -39,16 +39,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // The pod monitor forks: it must start before any thread does, so it
-    // is dispatched before argument parsing, config, tracing or tokio.
+    // The pods' host processes fork: they must start before any thread
+    // does, so they are dispatched before argument parsing, config,
+    // tracing or tokio.
     let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() == Some(std::ffi::OsStr::new("monitor")) {
+    if let Some(kind @ ("monitor" | "vm-monitor")) = args.next().as_ref().and_then(|a| a.to_str()) {
+        let kind = kind.to_string();
         return match args.next() {
             Some(dir) if args.next().is_none() => {
-                sandboxes::monitor_main(std::path::Path::new(&dir))
+                sandboxes::monitor_main(&kind, std::path::Path::new(&dir))
             }
             _ => {
-                eprintln!("usage: crius monitor POD_DIR");
+                eprintln!("usage: crius {kind} POD_DIR");
                 ExitCode::from(2)
             }
         };

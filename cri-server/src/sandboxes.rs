@@ -1,7 +1,7 @@
 //! The one place cri-server names the sandbox crates: each sandbox is
 //! built here from crius's config and registered under the runtime
-//! handlers it reports; `crius monitor` (the namespace sandbox's per-pod
-//! process) is dispatched from here too. Everything else in cri-server
+//! handlers it reports; `crius monitor` and `crius vm-monitor` (the
+//! sandboxes' per-pod processes) are dispatched from here too. Everything else in cri-server
 //! talks to sandboxes through `sandbox_api::SandboxController`.
 
 use std::collections::BTreeMap;
@@ -36,13 +36,26 @@ impl Sandboxes {
             sandbox_container::controller::Config {
                 state: config.state.clone(),
                 root: config.root.clone(),
-                cni,
+                cni: cni.clone(),
                 image_volumes: config.image_volumes,
             },
             images,
+            events.clone(),
+        )?;
+        let vm = sandbox_vm::controller::VmSandbox::new(
+            sandbox_vm::controller::Config {
+                state: config.state.clone(),
+                cni,
+                kernel: config.vm.kernel.clone(),
+                initramfs: config.vm.initramfs.clone(),
+                driver: config.vm.driver.parse().unwrap_or_default(),
+                vcpus: config.vm.vcpus,
+                memory_mib: config.vm.memory_mib,
+                max_vcpus: config.vm.max_vcpus,
+                max_memory_mib: config.vm.max_memory_mib,
+            },
             events,
         )?;
-        let vm = sandbox_vm::controller::VmSandbox::new();
         Ok(Sandboxes::of(vec![Arc::new(namespaces), Arc::new(vm)]))
     }
 
@@ -74,8 +87,12 @@ impl Sandboxes {
     }
 }
 
-/// `crius monitor <pod dir>`: the namespace sandbox's per-pod monitor.
-/// Must run before any thread or async runtime exists.
-pub fn monitor_main(pod_dir: &Path) -> ExitCode {
-    sandbox_container::monitor::main(pod_dir)
+/// `crius monitor <pod dir>`: the namespace sandbox's per-pod monitor;
+/// `crius vm-monitor <pod dir>`: a VM pod's host process. Must run before
+/// any thread or async runtime exists.
+pub fn monitor_main(kind: &str, pod_dir: &Path) -> ExitCode {
+    match kind {
+        "vm-monitor" => sandbox_vm::vm_monitor::main(pod_dir),
+        _ => sandbox_container::monitor::main(pod_dir),
+    }
 }

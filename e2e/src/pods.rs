@@ -88,16 +88,40 @@ pub fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
 }
 
 pub async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
+    run_pod_on(c, config, "").await
+}
+
+/// Runs a pod on the runtime handler `handler`.
+pub async fn run_pod_on(c: &Crius, config: &PodSandboxConfig, handler: &str) -> String {
     c.runtime()
         .await
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })
         .await
         .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", c.log()))
         .into_inner()
         .pod_sandbox_id
+}
+
+/// Waits (up to a minute) until the container's log holds `needle`; the
+/// log then.
+pub async fn wait_log(c: &Crius, id: &str, needle: &str) -> String {
+    let path = status(c, id).await.log_path;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let log = fs::read_to_string(&path).unwrap_or_default();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not in the log of {id}: {log:?}\n{}",
+            c.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 pub async fn try_create(

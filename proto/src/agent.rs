@@ -117,12 +117,14 @@ pub enum Request {
     /// Syncs the guest's filesystems, answers `Ok`, then ends the VM
     /// (a reboot, which the hypervisor turns into an exit).
     Shutdown,
-    /// Makes the guest the pod: mounts the pod's virtio-fs share (tag
-    /// `share`) at [`GUEST_SHARE`], sets the hostname, and starts the pod's
-    /// monitor (the namespace sandbox's, forwarding its containers'
-    /// output). Answers `Ok` once the monitor serves.
+    /// Makes the guest the pod: mounts the pod's virtio-fs shares (tag
+    /// `share` read-write at [`GUEST_SHARE`], tag `layers` read-only at
+    /// [`GUEST_LAYERS`]), sets the hostname, and starts the pod's monitor
+    /// (the namespace sandbox's, forwarding its containers' output).
+    /// Answers `Ok` once the monitor serves.
     StartPod {
         share: String,
+        layers: String,
         hostname: String,
         /// The pod's containers share one PID namespace.
         #[serde(default)]
@@ -130,7 +132,7 @@ pub enum Request {
     },
     /// Creates container `id` (not started): its bundle in the guest gets
     /// the spec the host wrote to `<share>/containers/<id>/config.json`
-    /// and a rootfs overlay of the share's `layers/<name>` (bottom first)
+    /// and a rootfs overlay of the layers share's `<name>`s (bottom first)
     /// with a writable layer in the guest's memory; then the pod's
     /// monitor creates it. Answers the monitor's `Created` (as `Monitor`).
     CreateContainer {
@@ -175,6 +177,8 @@ pub enum Request {
 
 /// Where the guest mounts the pod's share.
 pub const GUEST_SHARE: &str = "/run/crius/share";
+/// Where the guest mounts the pod's image layers (read-only).
+pub const GUEST_LAYERS: &str = "/run/crius/layers";
 
 /// A frame of a `Stream` connection: one byte of kind, a 32-bit length
 /// (big endian), the payload. An empty `Stdout`/`Stderr` frame is that

@@ -11,7 +11,8 @@ use crate::hypervisor::{HostKvm, Hypervisor};
 use crate::qemu::QemuDriver;
 
 /// What the configuration asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DriverChoice {
     /// The host decides.
     #[default]
@@ -31,16 +32,6 @@ impl std::str::FromStr for DriverChoice {
                 "VM driver {other:?}: want \"auto\", \"builtin\" or \"qemu\""
             )),
         }
-    }
-}
-
-impl DriverChoice {
-    /// `$CRIUS_VM_DRIVER` (auto when unset or unknown).
-    pub fn from_env() -> Self {
-        std::env::var("CRIUS_VM_DRIVER")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default()
     }
 }
 

@@ -3,9 +3,11 @@
 //! VMM, the `vmm` crate) and [`qemu`], picked per host by [`driver`]; a
 //! guest kernel of our own (`scripts/guest-kernel`) and the guest
 //! agent (`sandbox-vm/agent`), reached over vsock ([`agent_client`]).
-//! [`controller`] is its side of the sandbox seam (`sandbox_api`).
+//! [`controller`] is its side of the sandbox seam (`sandbox_api`); each pod
+//! has a host process of its own, [`vm_monitor`], which owns its VM.
 
 pub mod agent_client;
+pub mod agent_conn;
 pub mod builtin;
 pub mod controller;
 pub mod driver;
@@ -14,4 +16,5 @@ pub mod initramfs;
 pub mod pod_net;
 pub mod qemu;
 pub mod virtiofs;
+pub mod vm_monitor;
 pub mod vsock;

@@ -12,11 +12,13 @@
 //!
 //! ```text
 //! crius-critest --critest PATH --expected FILE [--report FILE] [--focus REGEX] [--parallel N]
-//!               [--websocket]
+//!               [--websocket] [--runtime-handler NAME]
 //! ```
 //!
 //! `--websocket` has critest's exec and attach specs use WebSocket
-//! (`v5.channel.k8s.io`) instead of SPDY.
+//! (`v5.channel.k8s.io`) instead of SPDY. `--runtime-handler vm` runs
+//! every pod of the suite in a VM (crius gets the guest of
+//! `$CRIUS_GUEST_KERNEL` and `$CRIUS_GUEST_INITRAMFS` when they are set).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ struct Args {
     focus: Option<String>,
     parallel: u32,
     websocket: bool,
+    runtime_handler: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
     let mut focus = None;
     let mut parallel = 1;
     let mut websocket = false;
+    let mut runtime_handler = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
@@ -53,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
             "--focus" => focus = Some(val()?),
             "--parallel" => parallel = val()?.parse().map_err(|_| "--parallel takes a number")?,
             "--websocket" => websocket = true,
+            "--runtime-handler" => runtime_handler = Some(val()?),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -63,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         focus,
         parallel,
         websocket,
+        runtime_handler,
     })
 }
 
@@ -150,7 +156,24 @@ fn run(args: Args) -> Result<bool, String> {
         .chain(["docker.io"].iter())
         .map(|h| (*h, url.as_str()))
         .collect();
-    let mut crius = Crius::start(&mirrors, &net.toml()).map_err(|e| format!("start crius: {e}"))?;
+    let mut config = net.toml();
+    for (key, env) in [
+        ("kernel", "CRIUS_GUEST_KERNEL"),
+        ("initramfs", "CRIUS_GUEST_INITRAMFS"),
+    ] {
+        if let Some(p) = std::env::var_os(env) {
+            config = format!(
+                "{}{config}",
+                if config.starts_with("[vm]") {
+                    ""
+                } else {
+                    "[vm]\n"
+                }
+            );
+            config = config.replacen("[vm]\n", &format!("[vm]\n{key} = {:?}\n", p), 1);
+        }
+    }
+    let mut crius = Crius::start(&mirrors, &config).map_err(|e| format!("start crius: {e}"))?;
     let report = args.report.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("critest-report-{}.json", std::process::id()))
     });
@@ -169,6 +192,9 @@ fn run(args: Args) -> Result<bool, String> {
     }
     if args.websocket {
         cmd.args(["--websocket-exec", "--websocket-attach"]);
+    }
+    if let Some(h) = &args.runtime_handler {
+        cmd.arg(format!("--runtime-handler={h}"));
     }
     let leftovers_before = critest_temp_dirs();
     let status = cmd

@@ -107,6 +107,38 @@ pub struct PodNetwork {
     pub port_mappings: Vec<PortMapping>,
 }
 
+impl PodNetwork {
+    /// A CRI pod, in network namespace `netns` (its port mappings with a
+    /// host port; the rest are not the plugins' business).
+    pub fn for_pod(pod: &sandbox_api::Pod, netns: &std::path::Path) -> PodNetwork {
+        let meta = pod.config.metadata.clone().unwrap_or_default();
+        PodNetwork {
+            id: pod.id.clone(),
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            netns: netns.to_path_buf(),
+            port_mappings: pod
+                .config
+                .port_mappings
+                .iter()
+                .filter_map(|p| {
+                    Some(PortMapping {
+                        host_port: u16::try_from(p.host_port).ok().filter(|h| *h != 0)?,
+                        container_port: u16::try_from(p.container_port).ok()?,
+                        protocol: match p.protocol {
+                            1 => Protocol::Udp,
+                            2 => Protocol::Sctp,
+                            _ => Protocol::Tcp,
+                        },
+                        host_ip: p.host_ip.parse().ok(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A host port forwarded to the pod (the `portMappings` capability).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortMapping {

@@ -35,6 +35,7 @@ impl NamespaceSandbox {
             image_name: &c.image_name,
             image: &image.config,
             rootfs,
+            root_path: None,
             pod_namespaces: spec::PodNamespaces {
                 net: (!host_net).then(|| ns.join("net")),
                 ipc: (!host_ipc).then(|| ns.join("ipc")),

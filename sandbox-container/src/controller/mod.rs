@@ -21,11 +21,13 @@
 
 mod container;
 mod pod;
-mod pod_files;
-mod rootfs;
+pub mod pod_files;
+pub mod rootfs;
 mod stdio;
 mod usage;
 mod watch;
+
+pub use watch::Watches;
 
 use std::path::PathBuf;
 use std::sync::Arc;

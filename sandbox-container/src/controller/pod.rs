@@ -5,44 +5,14 @@
 //! leaves a record the restarted crius can stop.
 
 use std::fs;
-use std::path::Path;
 
 use crius_proto::cri::NamespaceMode;
 use crius_proto::monitor::Request;
 use sandbox_api::{Journal, Pod, Result, SandboxError};
 
 use super::{NamespaceSandbox, PodState, namespaces, pod_files, rootfs, userns};
-use crate::cni::{self, PodNetwork};
+use crate::cni::PodNetwork;
 use crate::monitor::MonitorConfig;
-
-/// The pod as the CNI plugins see it, in network namespace `netns`.
-fn pod_network(pod: &Pod, netns: &Path) -> PodNetwork {
-    let meta = pod.config.metadata.clone().unwrap_or_default();
-    PodNetwork {
-        id: pod.id.clone(),
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        netns: netns.to_path_buf(),
-        port_mappings: pod
-            .config
-            .port_mappings
-            .iter()
-            .filter_map(|p| {
-                Some(cni::PortMapping {
-                    host_port: u16::try_from(p.host_port).ok().filter(|h| *h != 0)?,
-                    container_port: u16::try_from(p.container_port).ok()?,
-                    protocol: match p.protocol {
-                        1 => cni::Protocol::Udp,
-                        2 => cni::Protocol::Sctp,
-                        _ => cni::Protocol::Tcp,
-                    },
-                    host_ip: p.host_ip.parse().ok(),
-                })
-            })
-            .collect(),
-    }
-}
 
 impl NamespaceSandbox {
     pub(super) async fn run(&self, pod: &mut Pod, journal: &dyn Journal) -> Result<Vec<String>> {
@@ -110,7 +80,7 @@ impl NamespaceSandbox {
             state.network_attached = true;
             pod.sandbox.set(&state);
             journal.save_pod(pod).await?;
-            let net = pod_network(pod, &netns);
+            let net = PodNetwork::for_pod(pod, &netns);
             let cni = self.cni.clone();
             let result = tokio::task::spawn_blocking(move || cni.add(&net))
                 .await
@@ -130,7 +100,7 @@ impl NamespaceSandbox {
                 .netns
                 .clone()
                 .unwrap_or_else(|| dir.join("ns").join("net"));
-            let net = pod_network(pod, &netns);
+            let net = PodNetwork::for_pod(pod, &netns);
             let cni = self.cni.clone();
             tokio::task::spawn_blocking(move || cni.del(&net))
                 .await

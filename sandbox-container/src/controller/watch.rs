@@ -1,6 +1,7 @@
 //! Each pod's exits as events: one task per pod holds a watch on the pod's
 //! monitor (`Request::Watch`), which replays the exits recorded so far and
-//! sends each new one. When the monitor goes away unasked (killed,
+//! sends each new one. (The VM sandbox uses it too: its pods' host process
+//! speaks the same protocol.) When the monitor goes away unasked (killed,
 //! crashed), its containers lost their stdio with it: what is left of each
 //! is killed through its cgroup and recorded as killed (exit.json), then
 //! the pod is reported dead. Monitors of an earlier crius, which have no
@@ -20,7 +21,7 @@ use crate::monitor::{EXIT_FILE, ExitWatch, MonitorError};
 /// How often an earlier crius's monitor is looked at.
 const LEGACY_POLL: Duration = Duration::from_millis(500);
 
-pub(super) struct Watches {
+pub struct Watches {
     events: EventSink,
     /// `<state>/containers`, where bundles are.
     bundles: PathBuf,
@@ -35,7 +36,7 @@ struct Watched {
 }
 
 impl Watches {
-    pub(super) fn new(events: EventSink, state: PathBuf) -> Watches {
+    pub fn new(events: EventSink, state: PathBuf) -> Watches {
         Watches {
             events,
             bundles: state.join("containers"),
@@ -49,7 +50,7 @@ impl Watches {
 
     /// Watches the monitor of the pod at `pod_dir` (once), for these
     /// containers and those added later.
-    pub(super) fn watch(
+    pub fn watch(
         &self,
         pod_id: &str,
         pod_dir: &Path,
@@ -79,27 +80,27 @@ impl Watches {
         );
     }
 
-    pub(super) fn add_container(&self, pod_id: &str, id: &str) {
+    pub fn add_container(&self, pod_id: &str, id: &str) {
         if let Some(w) = self.pods().get_mut(pod_id) {
             w.containers.insert(id.to_string());
         }
     }
 
-    pub(super) fn remove_container(&self, pod_id: &str, id: &str) {
+    pub fn remove_container(&self, pod_id: &str, id: &str) {
         if let Some(w) = self.pods().get_mut(pod_id) {
             w.containers.remove(id);
         }
     }
 
     /// The pod is being stopped: its monitor's end is expected.
-    pub(super) fn stopping(&self, pod_id: &str) {
+    pub fn stopping(&self, pod_id: &str) {
         if let Some(w) = self.pods().get(pod_id) {
             w.stopping.store(true, Ordering::SeqCst);
         }
     }
 
     /// The pod is gone: no more watching.
-    pub(super) fn forget(&self, pod_id: &str) {
+    pub fn forget(&self, pod_id: &str) {
         if let Some(w) = self.pods().remove(pod_id) {
             w.task.abort();
         }

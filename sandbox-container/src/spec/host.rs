@@ -46,6 +46,19 @@ pub struct HostLimits {
     pub v1_controllers: Vec<(String, String)>,
 }
 
+impl HostLimits {
+    /// The guest of a VM pod: the kernel crius builds
+    /// (`sandbox-vm/guest/kernel.config`): Linux 6.1, cgroup v2 without
+    /// hugetlb or swap accounting, every capability, run as root.
+    pub fn vm_guest() -> HostLimits {
+        HostLimits {
+            hugetlb: false,
+            kernel: Some((6, 1)),
+            ..HostLimits::default()
+        }
+    }
+}
+
 impl Default for HostLimits {
     /// A permissive host: no oom floor below -1000, cgroup v2, hugetlb,
     /// no swap controller, every capability.

@@ -158,6 +158,9 @@ pub struct SpecInput<'a> {
     /// The container's rootfs, already mounted; only `/etc/passwd` and
     /// `/etc/group` are read from it.
     pub rootfs: &'a Path,
+    /// The rootfs path the spec names, when the runtime sees the rootfs
+    /// elsewhere than `rootfs` (a VM pod's, in the guest).
+    pub root_path: Option<&'a Path>,
     /// The pod's namespaces.
     pub pod_namespaces: PodNamespaces,
     /// `linux.cgroupsPath`, computed by the caller; empty leaves it unset.
@@ -482,7 +485,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     linux.set_time_offsets(None);
 
     let mut root = Root::default();
-    root.set_path(input.rootfs.to_path_buf());
+    root.set_path(input.root_path.unwrap_or(input.rootfs).to_path_buf());
     root.set_readonly(Some(readonly_rootfs));
 
     let mut spec = Spec::default();

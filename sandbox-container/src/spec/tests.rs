@@ -138,6 +138,7 @@ impl Fixture {
             image_name: "",
             image: &self.image,
             rootfs: self.rootfs.path(),
+            root_path: None,
             pod_namespaces: self.pod_namespaces.clone(),
             cgroups_path: "/kubepods/pod-1/ctr-1".into(),
             hostname: "pod-host".into(),

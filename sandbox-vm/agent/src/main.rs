@@ -41,6 +41,7 @@ mod reaper;
 mod run;
 mod serve;
 mod stream;
+mod switch_root;
 mod usage;
 mod vsock;
 
@@ -102,6 +103,11 @@ fn main() {
 fn pid1_setup() {
     // SAFETY: called at the very start of `main`, before any thread is
     // started: the process has no other thread.
+    if !unsafe { switch_root::switched() } {
+        let e = switch_root::switch();
+        console!("staying in the initramfs (containers cannot pivot_root): {e}");
+    }
+    // SAFETY: as above, still no other thread.
     unsafe { init::set_path() };
     init::mount_api_filesystems();
     init::load_modules();

@@ -10,15 +10,15 @@
 //!
 //! Guest paths: the pod directory [`POD_DIR`] (monitor.json, monitor.sock,
 //! shm/, ns/), bundles under [`BUNDLES`], writable layers under [`LAYERS`],
-//! libcontainer's state under [`RUNTIME_ROOT`]; the share at
-//! `crius_proto::agent::GUEST_SHARE`.
+//! libcontainer's state under [`RUNTIME_ROOT`]; the shares at
+//! `crius_proto::agent::GUEST_SHARE` and `GUEST_LAYERS`.
 
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use crius_proto::agent::{GUEST_SHARE, Response};
+use crius_proto::agent::{GUEST_LAYERS, GUEST_SHARE, Response};
 use crius_proto::monitor::{self, Request as MonitorRequest};
 use nix::mount::{MntFlags, MsFlags};
 use sandbox_container::monitor::{MonitorConfig, SOCKET_FILE};
@@ -27,7 +27,7 @@ use crate::reaper::{Reaped, Reaper};
 
 pub const POD_DIR: &str = "/run/crius/pod";
 pub const BUNDLES: &str = "/run/crius/bundles";
-pub const LAYERS: &str = "/run/crius/layers";
+pub const LAYERS: &str = "/run/crius/upper";
 pub const RUNTIME_ROOT: &str = "/run/crius/runc";
 
 /// The largest spec read from the share.
@@ -83,12 +83,19 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), PodError> {
 
 /// `StartPod`: see the module's documentation. Once started, a second
 /// call answers at once.
-pub fn start_pod(reaper: &Reaper, share: &str, hostname: &str, pid: bool) -> Result<(), PodError> {
+pub fn start_pod(
+    reaper: &Reaper,
+    share: &str,
+    layers: &str,
+    hostname: &str,
+    pid: bool,
+) -> Result<(), PodError> {
     let pod = Path::new(POD_DIR);
     if UnixStream::connect(pod.join(SOCKET_FILE)).is_ok() {
         return Ok(());
     }
     crate::mount::mount_fs(share, GUEST_SHARE, "virtiofs", None, false)?;
+    crate::mount::mount_fs(layers, GUEST_LAYERS, "virtiofs", None, true)?;
     if !hostname.is_empty() {
         nix::unistd::sethostname(hostname).map_err(|e| PodError::Io {
             what: "setting the hostname".into(),
@@ -122,6 +129,12 @@ pub fn start_pod(reaper: &Reaper, share: &str, hostname: &str, pid: bool) -> Res
         forward_output: true,
     };
     cfg.write(pod)?;
+    // The monitor's own log goes to the share, where the host can read it
+    // (for reports of failures in the guest).
+    let _ = std::os::unix::fs::symlink(
+        Path::new(GUEST_SHARE).join("pod-monitor.log"),
+        pod.join(sandbox_container::monitor::LOG_FILE),
+    );
     let mut cmd =
         sandbox_container::monitor::spawn_command(pod, Path::new("/proc/self/exe"), &["monitor"])?;
     let mut spawned = reaper
@@ -238,10 +251,17 @@ pub fn create_container(
             std::fs::Permissions::from_mode(0o600),
         )
         .map_err(io_err("writing the bundle's config.json"))?;
+        // Each layer is a mount point on the host, so a submount here,
+        // mounted on first access: overlayfs takes no automount point as a
+        // layer, only what is mounted there.
+        for l in layers {
+            std::fs::read_dir(Path::new(GUEST_LAYERS).join(l))
+                .map_err(io_err(format!("image layer {l}")))?;
+        }
         let lower = layers
             .iter()
             .rev()
-            .map(|l| share.join("layers").join(l).display().to_string())
+            .map(|l| Path::new(GUEST_LAYERS).join(l).display().to_string())
             .collect::<Vec<_>>()
             .join(":");
         let data = format!(

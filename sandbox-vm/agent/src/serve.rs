@@ -221,9 +221,10 @@ fn handle(line: &[u8], w: &mut File, reaper: &Reaper) -> Result<Flow, ServeError
         }
         Request::StartPod {
             share,
+            layers,
             hostname,
             pid,
-        } => match pod::start_pod(reaper, &share, &hostname, pid) {
+        } => match pod::start_pod(reaper, &share, &layers, &hostname, pid) {
             Ok(()) => Response::Ok,
             Err(e) => error(e.to_string()),
         },
