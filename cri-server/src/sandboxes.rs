@@ -39,7 +39,7 @@ impl Sandboxes {
                 cni: cni.clone(),
                 image_volumes: config.image_volumes,
             },
-            images,
+            images.clone(),
             events.clone(),
         )?;
         let vm = sandbox_vm::controller::VmSandbox::new(
@@ -53,7 +53,9 @@ impl Sandboxes {
                 memory_mib: config.vm.memory_mib,
                 max_vcpus: config.vm.max_vcpus,
                 max_memory_mib: config.vm.max_memory_mib,
+                image_volumes: config.image_volumes,
             },
+            images,
             events,
         )?;
         Ok(Sandboxes::of(vec![Arc::new(namespaces), Arc::new(vm)]))

@@ -160,6 +160,26 @@ async fn a_vm_pod_runs_containers_with_logs_exec_and_network() {
     );
     assert_eq!(out_lines.next(), Some("host-vm-pod"));
 
+    // Streaming exec, with and without a terminal (crictl over SPDY).
+    let out = e.c.crictl_ok(&[
+        "exec",
+        &c1,
+        "sh",
+        "-c",
+        "echo streamed; echo err >&2; exit 0",
+    ]);
+    assert!(out.contains("streamed"), "{out}");
+    let out = e.c.crictl_in_terminal(
+        &["exec", "-it", &c1, "sh", "-c", "tty; stty size; echo hello"],
+        Some("cols 91 rows 17"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("17 91") && text.contains("hello"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The pod's IP lives in the guest: the host reaches a server there.
     let web = ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -222,4 +242,161 @@ async fn a_vm_pod_runs_containers_with_logs_exec_and_network() {
     assert_eq!(processes_of(&dir), Vec::<u32>::new(), "processes left");
     assert!(!dir.exists(), "the pod's directory is left");
     assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
+}
+
+/// crius killed (SIGKILL) and started again: the VM pod runs on, an exit
+/// during the gap is recorded, no log line is lost. Then the VM itself is
+/// killed: the pod reads NotReady and its container exited, its reason
+/// naming the VM.
+#[tokio::test]
+async fn vm_pods_outlive_crius_and_report_their_vm_dying() {
+    let mut e = Env::start(&vm_toml()).await;
+    let pc = pod_config(&e, "vm-restart");
+    let pod = run_pod_on(&e.c, &pc, "vm").await;
+    let ticker = create(
+        &e,
+        &pod,
+        &pc,
+        pods::busybox(
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ),
+    )
+    .await;
+    start(&e.c, &ticker).await;
+    let quitter = create(
+        &e,
+        &pod,
+        &pc,
+        pods::busybox("quitter", &["sh", "-c", "sleep 4; echo bye; exit 7"]),
+    )
+    .await;
+    start(&e.c, &quitter).await;
+    pods::wait_log(&e.c, &ticker, "tick 3\n").await;
+
+    e.c.kill_and_restart().unwrap();
+    // The quitter exits while crius is down (or just after it is back).
+    let st = pods::wait_exited(&e.c, &quitter).await;
+    assert_eq!(st.exit_code, 7, "{st:?}");
+    let log = pods::wait_log(&e.c, &quitter, "bye").await;
+    assert!(log.contains(" stdout F bye"), "{log}");
+    assert_eq!(
+        status(&e.c, &ticker).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    // Every tick, in order, none lost across the restart.
+    let last = {
+        let log = pods::wait_log(&e.c, &ticker, "tick 60\n").await;
+        let ticks: Vec<u64> = log
+            .lines()
+            .filter_map(|l| l.rsplit_once("tick ").and_then(|(_, n)| n.parse().ok()))
+            .collect();
+        let expected: Vec<u64> = (0..ticks.len() as u64).collect();
+        assert_eq!(ticks, expected, "ticks lost or out of order");
+        ticks.len()
+    };
+    assert!(last > 60);
+
+    // The VM dies: its VMM is killed.
+    let dir = e.c.state.join("vm").join(&pod);
+    let vmm: i32 = std::fs::read_to_string(dir.join("vm.pids"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = pods::wait_exited(&e.c, &ticker).await;
+    assert_eq!(st.reason, "VMDied", "{st:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s =
+            e.c.runtime()
+                .await
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+        if s.state == PodSandboxState::SandboxNotready as i32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pod stays Ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_remove_pod(&e.c, &pod).await;
+    assert_eq!(processes_of(&dir), Vec::<u32>::new(), "processes left");
+    assert!(!dir.exists());
+    assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
+}
+
+/// A VM pod that cannot start (no guest kernel) is refused with a reason
+/// and leaves nothing; options a VM cannot take are refused.
+#[tokio::test]
+async fn vm_pods_refuse_what_they_cannot_do_and_leave_nothing() {
+    let e = Env::start(
+        "[vm]\nkernel = \"/nonexistent/vmlinux\"\ninitramfs = \"/nonexistent/initramfs.img\"\n",
+    )
+    .await;
+    let pc = pod_config(&e, "vm-refused");
+    let err =
+        e.c.runtime()
+            .await
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pc.clone()),
+                runtime_handler: "vm".into(),
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("guest kernel"), "{err:?}");
+    let mut host_net = pc.clone();
+    host_net
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    let err =
+        e.c.runtime()
+            .await
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(host_net),
+                runtime_handler: "vm".into(),
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let pods =
+        e.c.runtime()
+            .await
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    let vm_dir = e.c.state.join("vm");
+    assert_eq!(
+        std::fs::read_dir(&vm_dir).map(|d| d.count()).unwrap_or(0),
+        0,
+        "pod directories left"
+    );
+    assert_eq!(processes_of(&vm_dir), Vec::<u32>::new());
 }

@@ -138,6 +138,12 @@ pub enum Request {
     CreateContainer {
         id: String,
         layers: Vec<String>,
+        /// Paths under the share that are mount points on the host (a
+        /// volume's submounts): each is reached (its submount mounted in
+        /// the guest) before the container binds its volumes, so that the
+        /// binds take them with their own flags.
+        #[serde(default)]
+        submounts: Vec<String>,
         #[serde(default)]
         stdin: bool,
         #[serde(default)]

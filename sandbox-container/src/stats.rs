@@ -370,7 +370,9 @@ fn memory_v2(dir: &Path) -> Option<MemoryStats> {
         cache: get("file"),
         mapped_file: get("file_mapped"),
         kernel,
-        swap: read_u64(&dir.join("memory.swap.current")),
+        // Absent only on kernels without swap (a VM pod's guest): nothing
+        // is swapped there.
+        swap: read_u64(&dir.join("memory.swap.current")).or(Some(0)),
         max_usage: read_u64(&dir.join("memory.peak")),
         failcnt: events.get("max").copied().unwrap_or(0),
         page_faults: get("pgfault"),

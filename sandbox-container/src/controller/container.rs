@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crius_proto::cri::{LinuxContainerUser, Mount};
 use crius_proto::monitor::{Request, Response};
+use image_store::ImageStore;
 use sandbox_api::{Container, ContainerImage, Journal, Pod, Result, SandboxError};
 
 use super::{ContainerState, NamespaceSandbox, namespaces, pod_files, rootfs, userns};
@@ -66,67 +67,6 @@ impl NamespaceSandbox {
             seccomp_profile_root: &self.seccomp_root,
             seccomp_default_when_unset: false,
         }
-    }
-
-    /// Image volumes: each image named by a mount (pulled already, as
-    /// kubelet does before CreateContainer) is mounted read-only, nosuid
-    /// and nodev once at `<bundle>/image-mounts/<n>`, where
-    /// [`rootfs::unmount_all_under`] finds it at removal (and at the
-    /// rollback of a failed create). Returns the container's mounts with
-    /// each image mount rewritten as a read-only bind of the image (or of
-    /// its sub path) and sets the container's image refs.
-    fn mount_image_volumes(&self, c: &mut Container, bundle: &Path) -> Result<Vec<Mount>> {
-        let mut mounted: Vec<(String, PathBuf)> = Vec::new();
-        let mut out = Vec::with_capacity(c.config.mounts.len());
-        let mut refs = Vec::with_capacity(c.config.mounts.len());
-        for (i, m) in c.config.mounts.iter().enumerate() {
-            if m.image.is_none() {
-                out.push(m.clone());
-                refs.push(None);
-                continue;
-            }
-            if !self.image_volumes {
-                return Err(SandboxError::InvalidArgument(
-                    "image volumes are turned off in crius's config (image_volumes = false)".into(),
-                ));
-            }
-            let sub_path = match &c.mount_sub_paths {
-                Some(paths) => paths.get(i).cloned().unwrap_or_default(),
-                None => {
-                    return Err(SandboxError::InvalidArgument(
-                        "the request's image volume sub paths could not be read (a compressed \
-                         message): send it uncompressed"
-                            .into(),
-                    ));
-                }
-            };
-            let reference = spec::check_image_mount(m)?;
-            let image = self
-                .images
-                .get(reference)
-                .map_err(SandboxError::at("look up an image volume's image"))?
-                .ok_or_else(|| {
-                    SandboxError::NotFound(format!("image {reference:?} not found: pull it first"))
-                })?;
-            let id = image.id.to_string();
-            refs.push(Some(id.clone()));
-            let root = match mounted.iter().find(|(mounted_id, _)| *mounted_id == id) {
-                Some((_, root)) => root.clone(),
-                None => {
-                    let root = bundle.join("image-mounts").join(mounted.len().to_string());
-                    pod_files::make_dir(&root, 0o700)
-                        .map_err(SandboxError::at("create image mount dir"))?;
-                    rootfs::mount_image(&self.images.layer_dirs(&image), &root)
-                        .map_err(|e| SandboxError::internal(format!("mount image {id}"), e))?;
-                    mounted.push((id.clone(), root.clone()));
-                    root
-                }
-            };
-            let source = spec::resolve_sub_path(&root, &sub_path)?;
-            out.push(spec::prepared_image_mount(m, &source));
-        }
-        c.mount_image_refs = refs;
-        Ok(out)
     }
 
     pub(super) async fn create(
@@ -193,7 +133,12 @@ impl NamespaceSandbox {
             fs::create_dir_all(parent).map_err(SandboxError::at("create log dir"))?;
         }
         let pod_dir = self.pod_dir(&pod.id);
-        let mounts = self.mount_image_volumes(c, &bundle)?;
+        let mounts = mount_image_volumes(
+            &self.images,
+            self.image_volumes,
+            c,
+            &bundle.join("image-mounts"),
+        )?;
         // As containerd: missing host paths created, symlinks resolved,
         // propagation checked against the host mount; the record keeps
         // the paths as asked for.
@@ -312,4 +257,69 @@ pub(super) fn signal_orphan(bundle: &Path, signal: i32) -> Result<()> {
         .ok_or_else(|| SandboxError::bare(format!("{} has no cgroup", bundle.display())))?;
     crate::monitor::signal_orphaned_container(&path, signal)
         .map_err(SandboxError::at("signal through the cgroup"))
+}
+
+/// Image volumes: each image named by a mount (pulled already, as kubelet
+/// does before CreateContainer) is mounted read-only, nosuid and nodev once
+/// at `<dir>/<n>`, where [`rootfs::unmount_all_under`] finds it at removal
+/// (and at the rollback of a failed create). Returns the container's mounts
+/// with each image mount rewritten as a read-only bind of the image (or of
+/// its sub path) and sets the container's image refs. For both sandboxes
+/// (`enabled`: the config's `image_volumes`).
+pub fn mount_image_volumes(
+    images: &ImageStore,
+    enabled: bool,
+    c: &mut Container,
+    dir: &Path,
+) -> Result<Vec<Mount>> {
+    let mut mounted: Vec<(String, PathBuf)> = Vec::new();
+    let mut out = Vec::with_capacity(c.config.mounts.len());
+    let mut refs = Vec::with_capacity(c.config.mounts.len());
+    for (i, m) in c.config.mounts.iter().enumerate() {
+        if m.image.is_none() {
+            out.push(m.clone());
+            refs.push(None);
+            continue;
+        }
+        if !enabled {
+            return Err(SandboxError::InvalidArgument(
+                "image volumes are turned off in crius's config (image_volumes = false)".into(),
+            ));
+        }
+        let sub_path = match &c.mount_sub_paths {
+            Some(paths) => paths.get(i).cloned().unwrap_or_default(),
+            None => {
+                return Err(SandboxError::InvalidArgument(
+                    "the request's image volume sub paths could not be read (a compressed \
+                     message): send it uncompressed"
+                        .into(),
+                ));
+            }
+        };
+        let reference = spec::check_image_mount(m)?;
+        let image = images
+            .get(reference)
+            .map_err(SandboxError::at("look up an image volume's image"))?
+            .ok_or_else(|| {
+                SandboxError::NotFound(format!("image {reference:?} not found: pull it first"))
+            })?;
+        let id = image.id.to_string();
+        refs.push(Some(id.clone()));
+        let root = match mounted.iter().find(|(mounted_id, _)| *mounted_id == id) {
+            Some((_, root)) => root.clone(),
+            None => {
+                let root = dir.join(mounted.len().to_string());
+                pod_files::make_dir(&root, 0o700)
+                    .map_err(SandboxError::at("create image mount dir"))?;
+                rootfs::mount_image(&images.layer_dirs(&image), &root)
+                    .map_err(|e| SandboxError::internal(format!("mount image {id}"), e))?;
+                mounted.push((id.clone(), root.clone()));
+                root
+            }
+        };
+        let source = spec::resolve_sub_path(&root, &sub_path)?;
+        out.push(spec::prepared_image_mount(m, &source));
+    }
+    c.mount_image_refs = refs;
+    Ok(out)
 }

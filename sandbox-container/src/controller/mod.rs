@@ -27,6 +27,7 @@ mod stdio;
 mod usage;
 mod watch;
 
+pub use container::mount_image_volumes;
 pub use watch::Watches;
 
 use std::path::PathBuf;

@@ -222,6 +222,7 @@ pub fn relay(
 pub fn create_container(
     id: &str,
     layers: &[String],
+    submounts: &[String],
     stdin: bool,
     stdin_once: bool,
     tty: bool,
@@ -280,6 +281,15 @@ pub fn create_container(
             what: "mounting the container's rootfs".into(),
             source: e.into(),
         })?;
+        for m in submounts {
+            let p = Path::new(m);
+            if !p.starts_with(GUEST_SHARE) || m.contains("/../") || m.ends_with("/..") {
+                return Err(PodError::Invalid(format!("bad submount {m:?}")));
+            }
+            // Reaching it mounts it; one gone meanwhile is not ours to fail.
+            let _ = std::fs::metadata(p);
+            let _ = std::fs::read_dir(p).map(|mut d| d.next());
+        }
         ask(&MonitorRequest::CreateContainer {
             id: id.to_owned(),
             bundle: bundle.clone(),

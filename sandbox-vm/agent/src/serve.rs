@@ -231,10 +231,11 @@ fn handle(line: &[u8], w: &mut File, reaper: &Reaper) -> Result<Flow, ServeError
         Request::CreateContainer {
             id,
             layers,
+            submounts,
             stdin,
             stdin_once,
             tty,
-        } => match pod::create_container(&id, &layers, stdin, stdin_once, tty) {
+        } => match pod::create_container(&id, &layers, &submounts, stdin, stdin_once, tty) {
             Ok(response) => Response::Monitor { response },
             Err(e) => error(e.to_string()),
         },

@@ -62,6 +62,20 @@ pub fn serve(
     if answer(Response::Streams { fds: kinds.clone() }).is_err() {
         return Ok(());
     }
+    // The monitor's ends may be non-blocking (its own loop polls them):
+    // these threads block.
+    for fd in &fds {
+        let flags =
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| PodError::Io {
+                what: "a stream's flags".into(),
+                source: e.into(),
+            })?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| PodError::Io {
+            what: "a stream's flags".into(),
+            source: e.into(),
+        })?;
+    }
     let streams: Vec<(StreamFd, File)> = kinds
         .into_iter()
         .zip(fds)

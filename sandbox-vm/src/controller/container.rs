@@ -97,7 +97,7 @@ impl VmSandbox {
         {
             std::fs::create_dir_all(parent).map_err(SandboxError::at("create log dir"))?;
         }
-        let mounts = self.share_mounts(c, &share)?;
+        let (mounts, submounts) = self.share_mounts(c, &share)?;
         let config = crius_proto::cri::ContainerConfig {
             mounts,
             ..c.config.clone()
@@ -162,13 +162,10 @@ impl VmSandbox {
         pod_files::make_dir(&spec_dir, 0o700).map_err(SandboxError::at("create the spec dir"))?;
         sandbox_api::fs::write_atomic(&spec_dir.join("config.json"), &json, 0o600)
             .map_err(SandboxError::at("write config.json"))?;
-        let layers_json = serde_json::to_vec(&layers).map_err(SandboxError::at("encode layers"))?;
-        sandbox_api::fs::write_atomic(
-            &bundle.join(crate::vm_monitor::LAYERS_FILE),
-            &layers_json,
-            0o600,
-        )
-        .map_err(SandboxError::at("write the layer list"))?;
+        let guest = crate::vm_monitor::GuestCreate { layers, submounts };
+        let guest = serde_json::to_vec(&guest).map_err(SandboxError::at("encode create.json"))?;
+        sandbox_api::fs::write_atomic(&bundle.join(crate::vm_monitor::CREATE_FILE), &guest, 0o600)
+            .map_err(SandboxError::at("write create.json"))?;
         self.watches.add_container(&pod.id, &c.id);
         self.ask(
             pod,
@@ -191,13 +188,10 @@ impl VmSandbox {
     }
 
     /// The container's CRI mounts with each host path bound into the
-    /// share (`volumes/<id>/<n>`) and named by its guest path.
-    fn share_mounts(&self, c: &Container, share: &Path) -> Result<Vec<Mount>> {
-        if c.config.mounts.iter().any(|m| m.image.is_some()) {
-            return Err(SandboxError::InvalidArgument(
-                "image volumes are not supported in vm pods yet".into(),
-            ));
-        }
+    /// share (`volumes/<id>/<n>`) and each image volume mounted there
+    /// (`volumes/<id>/images/<n>`), named by their guest paths; and the
+    /// guest paths of the host mount points under the bound host paths.
+    fn share_mounts(&self, c: &mut Container, share: &Path) -> Result<(Vec<Mount>, Vec<String>)> {
         if let Some(m) = c.config.mounts.iter().find(|m| {
             matches!(
                 MountPropagation::try_from(m.propagation),
@@ -210,18 +204,52 @@ impl VmSandbox {
                 m.container_path
             )));
         }
-        let prepared = spec::prepare_host_paths(&c.config.mounts)?;
-        let mut out = Vec::with_capacity(prepared.len());
-        for (i, m) in prepared.iter().enumerate() {
-            let rel = Path::new("volumes").join(&c.id).join(i.to_string());
-            bind(Path::new(&m.host_path), &share.join(&rel), m.readonly)
+        let volumes = share.join("volumes").join(&c.id);
+        let images = volumes.join("images");
+        let mounts = sandbox_container::controller::mount_image_volumes(
+            &self.images,
+            self.cfg.image_volumes,
+            c,
+            &images,
+        )?;
+        let guest = |host: &Path| -> Result<String> {
+            let rel = host.strip_prefix(share).map_err(|_| {
+                SandboxError::bare(format!("{} is not in the pod's share", host.display()))
+            })?;
+            Ok(Path::new(GUEST_SHARE).join(rel).display().to_string())
+        };
+        let table = sandbox_container::mountinfo::read()
+            .map_err(SandboxError::at("read the host's mounts"))?;
+        let mut out = Vec::with_capacity(mounts.len());
+        let mut submounts = Vec::new();
+        for (i, m) in mounts.iter().enumerate() {
+            if Path::new(&m.host_path).starts_with(&images) {
+                // An image volume: mounted in the share already.
+                out.push(Mount {
+                    host_path: guest(Path::new(&m.host_path))?,
+                    ..m.clone()
+                });
+                continue;
+            }
+            let prepared = spec::prepare_host_paths(std::slice::from_ref(m))?;
+            let Some(m) = prepared.into_iter().next() else {
+                continue;
+            };
+            let dst = volumes.join(i.to_string());
+            let src = Path::new(&m.host_path);
+            bind(src, &dst, m.readonly)
                 .map_err(|e| SandboxError::internal(format!("share {}", m.host_path), e))?;
+            for sub in table.iter().filter(|t| t.mount_point != src) {
+                if let Ok(rel) = sub.mount_point.strip_prefix(src) {
+                    submounts.push(guest(&dst.join(rel))?);
+                }
+            }
             out.push(Mount {
-                host_path: Path::new(GUEST_SHARE).join(&rel).display().to_string(),
-                ..m.clone()
+                host_path: guest(&dst)?,
+                ..m
             });
         }
-        Ok(out)
+        Ok((out, submounts))
     }
 
     pub(super) async fn remove(&self, pod: Option<&Pod>, c: &Container) -> Result<()> {

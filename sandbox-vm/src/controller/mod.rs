@@ -16,7 +16,7 @@
 //! with the guest: `pod/` hosts, resolv.conf, hostname;
 //! `containers/<id>/config.json`; `volumes/<id>/<n>`, binds of CRI
 //! mounts), `layers/<name>` (shared read-only: binds of image snapshots));
-//! `<state>/containers/<id>/` (the host bundle: `layers.json`, `exit.json`).
+//! `<state>/containers/<id>/` (the host bundle: `create.json`, `exit.json`).
 
 mod container;
 mod pod;
@@ -56,6 +56,8 @@ pub struct Config {
     pub memory_mib: u32,
     pub max_vcpus: u8,
     pub max_memory_mib: u32,
+    /// Whether image volumes (CRI mounts of an image) are allowed.
+    pub image_volumes: bool,
 }
 
 /// What this sandbox keeps of a pod.
@@ -74,6 +76,7 @@ struct PodState {
 pub struct VmSandbox {
     cfg: Config,
     cni: Cni,
+    images: std::sync::Arc<image_store::ImageStore>,
     driver: Box<dyn Hypervisor>,
     /// Why this host got that driver.
     reason: String,
@@ -82,7 +85,11 @@ pub struct VmSandbox {
 }
 
 impl VmSandbox {
-    pub fn new(cfg: Config, events: EventSink) -> Result<VmSandbox> {
+    pub fn new(
+        cfg: Config,
+        images: std::sync::Arc<image_store::ImageStore>,
+        events: EventSink,
+    ) -> Result<VmSandbox> {
         let host_kvm = HostKvm::detect();
         let picked = select(cfg.driver);
         tracing::info!(
@@ -101,6 +108,7 @@ impl VmSandbox {
             watches: Watches::new(events, cfg.state.clone()),
             cfg,
             cni,
+            images,
             driver: picked.driver,
             reason: picked.reason,
             host_kvm,
@@ -149,7 +157,8 @@ impl SandboxController for VmSandbox {
     fn handlers(&self) -> Vec<Handler> {
         vec![Handler {
             name: "vm".into(),
-            recursive_read_only_mounts: false,
+            // The guest's kernel has mount_setattr (6.1).
+            recursive_read_only_mounts: true,
             user_namespaces: false,
         }]
     }

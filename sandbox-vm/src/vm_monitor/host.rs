@@ -1,8 +1,8 @@
 //! The vm-monitor's side for crius: the namespace sandbox's monitor
 //! protocol (`crius_proto::monitor`) on `<pod dir>/monitor.sock` (0600),
 //! so that crius drives a VM pod's containers as it drives a namespace
-//! pod's, through the agent: creation (with the layers crius listed in the
-//! host bundle's `layers.json`), start, signals, state, ExecSync, deletion;
+//! pod's, through the agent: creation (with what crius wrote in the host
+//! bundle's `create.json`), start, signals, state, ExecSync, deletion;
 //! log reopening and watches of exits are served from the host's records.
 //! ExecStream and Attach are not served here (crius reaches the agent for
 //! streams itself). Shutdown stops the containers (the guest monitor's
@@ -23,8 +23,19 @@ use super::PodVm;
 use super::guest::{Ctr, State};
 use crate::agent_conn::AgentConn;
 
-/// The layers of a container, in its host bundle (written by crius).
-pub const LAYERS_FILE: &str = "layers.json";
+/// What the guest needs to create a container, in its host bundle
+/// (written by crius): [`GuestCreate`].
+pub const CREATE_FILE: &str = "create.json";
+
+/// `create.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestCreate {
+    /// The image's layers (names in the layer share), bottom first.
+    pub layers: Vec<String>,
+    /// The share's paths that are host mount points (see the agent's
+    /// `CreateContainer`).
+    pub submounts: Vec<String>,
+}
 /// How long a shutdown waits for the guest's exits to come.
 const EXITS_WAIT: Duration = Duration::from_secs(5);
 
@@ -262,12 +273,12 @@ async fn create(
     stdin_once: bool,
     tty: bool,
 ) -> Response {
-    let layers: Vec<String> = match std::fs::read(bundle.join(LAYERS_FILE))
+    let guest: GuestCreate = match std::fs::read(bundle.join(CREATE_FILE))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
     {
         Ok(l) => l,
-        Err(e) => return error(ErrorKind::InvalidArgument, format!("{LAYERS_FILE}: {e}")),
+        Err(e) => return error(ErrorKind::InvalidArgument, format!("{CREATE_FILE}: {e}")),
     };
     let log = match LogSink::open(log_path) {
         Ok(l) => l,
@@ -281,7 +292,8 @@ async fn create(
         Ok(mut a) => {
             a.call(AgentRequest::CreateContainer {
                 id: id.clone(),
-                layers,
+                layers: guest.layers,
+                submounts: guest.submounts,
                 stdin,
                 stdin_once,
                 tty,

@@ -25,7 +25,7 @@
 mod guest;
 mod host;
 
-pub use host::LAYERS_FILE;
+pub use host::{CREATE_FILE, GuestCreate};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
