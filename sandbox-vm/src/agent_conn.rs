@@ -13,6 +13,8 @@ use tokio::net::UnixStream;
 
 /// How long connecting to the agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an answer may take, unless the caller says otherwise.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -24,6 +26,8 @@ pub enum ConnError {
     Agent(String),
     #[error("the guest agent sent {0}")]
     Protocol(String),
+    #[error("the guest agent did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 pub struct AgentConn {
@@ -89,12 +93,29 @@ impl AgentConn {
         }
     }
 
-    /// One request, its one answer.
+    /// One request, its one answer, within [`ANSWER_TIMEOUT`].
     pub async fn call(&mut self, request: Request) -> Result<Response, ConnError> {
-        self.send(request).await?;
-        self.recv()
-            .await?
-            .ok_or_else(|| ConnError::Protocol("nothing: it closed the connection".into()))
+        self.call_within(request, Some(ANSWER_TIMEOUT)).await
+    }
+
+    /// One request, its one answer, within `timeout` (None: no limit).
+    pub async fn call_within(
+        &mut self,
+        request: Request,
+        timeout: Option<Duration>,
+    ) -> Result<Response, ConnError> {
+        let exchange = async {
+            self.send(request).await?;
+            self.recv()
+                .await?
+                .ok_or_else(|| ConnError::Protocol("nothing: it closed the connection".into()))
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| ConnError::Timeout(t))?,
+            None => exchange.await,
+        }
     }
 
     /// The connection, for the byte stream that follows a `Stream` or

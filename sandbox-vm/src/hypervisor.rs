@@ -371,6 +371,19 @@ impl Vm {
         Ok(())
     }
 
+    /// Cuts the console log once it holds more than `max` bytes (its
+    /// writer appends, so it goes on at the start); true when cut.
+    pub fn cap_console(&self, max: u64) -> bool {
+        match fs::metadata(&self.console) {
+            Ok(m) if m.len() > max => fs::OpenOptions::new()
+                .write(true)
+                .open(&self.console)
+                .and_then(|f| f.set_len(0))
+                .is_ok(),
+            _ => false,
+        }
+    }
+
     /// Whether the VMM still runs (a VM whose VMM exited is over).
     pub fn running(&mut self) -> bool {
         self.vmm_running()

@@ -168,8 +168,15 @@ impl QemuDriver {
         }
         push("-display".into());
         push("none".into());
+        // Appended to, so that the VM's owner can cut it (a guest that
+        // floods its console must not fill the host's disk).
+        push("-chardev".into());
+        push(format!(
+            "file,id=console,path={},append=on",
+            console.display()
+        ));
         push("-serial".into());
-        push(format!("file:{}", console.display()));
+        push("chardev:console".into());
         push("-kernel".into());
         push(config.kernel.display().to_string());
         push("-initrd".into());

@@ -148,6 +148,9 @@ impl VmSandbox {
 fn agent_error(e: ConnError) -> SandboxError {
     match e {
         ConnError::Agent(m) => SandboxError::FailedPrecondition(m),
+        ConnError::Timeout(t) => {
+            SandboxError::DeadlineExceeded(format!("the guest agent did not answer within {t:?}"))
+        }
         e => SandboxError::internal("the guest agent", e),
     }
 }

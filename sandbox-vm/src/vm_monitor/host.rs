@@ -38,6 +38,11 @@ pub struct GuestCreate {
 }
 /// How long a shutdown waits for the guest's exits to come.
 const EXITS_WAIT: Duration = Duration::from_secs(5);
+/// The most console log kept on the host (it is cut beyond).
+const MAX_CONSOLE: u64 = 4 << 20;
+/// How long an answer of the guest may take (an ExecSync's: its own
+/// timeout more).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why serving ended.
 pub(crate) enum Ended {
@@ -90,7 +95,13 @@ pub(crate) async fn serve(
             },
             _ = shut_rx.recv() => return Ended::Shutdown,
             _ = tick.tick() => {
-                let running = pod.vm.lock().unwrap_or_else(|p| p.into_inner()).running();
+                let running = {
+                    let mut vm = pod.vm.lock().unwrap_or_else(|p| p.into_inner());
+                    if vm.cap_console(MAX_CONSOLE) {
+                        tracing::warn!("the guest's console passed {MAX_CONSOLE} bytes: cut");
+                    }
+                    vm.running()
+                };
                 if !running {
                     tracing::error!("the VM ended: its containers are recorded as killed");
                     state.all_exited("VMDied");
@@ -202,7 +213,17 @@ async fn ask_guest(dir: &Path, request: Request) -> Response {
         Ok(a) => a.with_max_line(MAX_LINE),
         Err(e) => return error(ErrorKind::Internal, sandbox_api::error::chain(&e)),
     };
-    match agent.call(AgentRequest::Monitor { request }).await {
+    let within = match &request {
+        Request::ExecSync { timeout_ms: 0, .. } => None,
+        Request::ExecSync { timeout_ms, .. } => {
+            Some(ANSWER_TIMEOUT + Duration::from_millis(*timeout_ms))
+        }
+        _ => Some(ANSWER_TIMEOUT),
+    };
+    match agent
+        .call_within(AgentRequest::Monitor { request }, within)
+        .await
+    {
         Ok(AgentResponse::Monitor { response }) => response,
         Ok(other) => error(ErrorKind::Internal, format!("the agent answered {other:?}")),
         Err(e) => error(ErrorKind::Internal, sandbox_api::error::chain(&e)),
