@@ -180,6 +180,41 @@ async fn a_vm_pod_runs_containers_with_logs_exec_and_network() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A host path with a mount under it made after the pod started: the
+    // container sees it, the host's mount table holds none of the pod's
+    // shares (they are in the pod's own namespace), and the host
+    // unmounts and removes the submount while the pod runs.
+    let vol = tempfile::tempdir().unwrap();
+    let sub = vol.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(sub.join("file"), "on the submount\n").unwrap();
+    let mut reader = pods::busybox("reader", &["sleep", "1000"]);
+    reader.mounts = vec![Mount {
+        host_path: vol.path().display().to_string(),
+        container_path: "/data".into(),
+        ..Default::default()
+    }];
+    let c3 = create(&e, &pod, &pc, reader).await;
+    start(&e.c, &c3).await;
+    let (code, out) = pods::sh(&e.c, &c3, "cat /data/sub/file").await;
+    assert_eq!((code, out.trim()), (0, "on the submount"));
+    let pin = e.c.state.join("vm").join(&pod).join("netns");
+    assert_eq!(
+        pods::mounts_under(&e.c.state),
+        vec![pin.display().to_string()],
+        "the host's table has the pod's mounts, not only its netns pin"
+    );
+    nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_dir(&sub).expect("the host removes its unmounted submount");
+
     // The pod's IP lives in the guest: the host reaches a server there.
     let web = ContainerConfig {
         metadata: Some(ContainerMetadata {

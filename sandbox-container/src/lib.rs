@@ -9,6 +9,7 @@ pub mod cni;
 #[cfg(feature = "controller")]
 pub mod controller;
 pub mod monitor;
+pub mod mount_tree;
 pub mod mountinfo;
 pub mod spec;
 pub mod stats;

@@ -1,4 +1,4 @@
-//! The host's mount table as `/proc/self/mountinfo` gives it: one parser
+//! The mount table as `/proc/thread-self/mountinfo` gives it: one parser
 //! for every reader (host-path propagation checks, cgroup hierarchies,
 //! unmounting what is under a directory).
 
@@ -7,8 +7,10 @@ use std::io::{self, Read as _};
 use std::os::unix::ffi::OsStringExt as _;
 use std::path::PathBuf;
 
-/// The mount table of this process's mount namespace.
-pub const PATH: &str = "/proc/self/mountinfo";
+/// The mount table of the calling thread's mount namespace: a thread that
+/// joined another one (a VM pod's, `sandbox_vm::mount_ns`) reads that
+/// one's, where `/proc/self` would give the main thread's.
+pub const PATH: &str = "/proc/thread-self/mountinfo";
 
 /// The largest mount table read (a host with many pods has thousands of
 /// mounts, a few hundred bytes each).

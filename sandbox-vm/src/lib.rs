@@ -13,6 +13,7 @@ pub mod controller;
 pub mod driver;
 pub mod hypervisor;
 pub mod initramfs;
+pub mod mount_ns;
 pub mod pod_net;
 pub mod qemu;
 pub mod virtiofs;

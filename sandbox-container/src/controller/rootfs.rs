@@ -140,62 +140,10 @@ pub fn mount_overlay_idmapped(
 /// Mounts a clone of `src` at `dst`, idmapped through the user namespace
 /// `userns`.
 fn idmap_mount(src: &Path, dst: &Path, userns: &fs::File) -> io::Result<()> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
-    };
-    let (src, dst) = (c(src)?, c(dst)?);
-    // SAFETY: open_tree with a valid C string; the result is a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            src.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by open_tree and is owned by no one else.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: mount_setattr on our tree fd with an empty path and a valid,
-    // correctly sized mount_attr.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: move_mount of our tree fd to a valid C string path.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            dst.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    use std::os::fd::AsFd as _;
+    let tree = crate::mount_tree::clone(src, false)?;
+    crate::mount_tree::idmap(tree.as_fd(), userns)?;
+    crate::mount_tree::attach(tree.as_fd(), dst)
 }
 
 /// Mounts an image's snapshots (`layers`, bottom first) read-only at

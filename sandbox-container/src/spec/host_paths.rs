@@ -6,7 +6,7 @@
 //! container would silently not see, or not share, later mounts).
 //!
 //! Unlike [`super::build`], this touches the host: it creates directories
-//! and reads `/proc/self/mountinfo`.
+//! and reads the mount table.
 
 use std::fs;
 use std::io;

@@ -1,11 +1,12 @@
 //! Containers of a VM pod. CreateContainer binds the image's layers
 //! (read-only, nosuid, nodev) and the CRI mounts' host paths into the
-//! pod's share, builds the container's spec with the namespace sandbox's
+//! pod's share, in the pod's mount namespace ([`crate::mount_ns`]), builds the container's spec with the namespace sandbox's
 //! own code for the guest (its rootfs, namespaces, cgroup and files at
 //! their guest paths), writes it to the share and the layer list to the
 //! host bundle, and has the pod's vm-monitor create it in the guest. Start,
 //! signals and deletion go to the vm-monitor too.
 
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crius_proto::agent::GUEST_SHARE;
@@ -25,34 +26,48 @@ const GUEST_BUNDLES: &str = "/run/crius/bundles";
 /// The cgroup the guest's containers are under (the agent's usage.rs).
 const GUEST_CGROUP: &str = "/crius";
 
-/// Bind-mounts `src` at `dst` (made as `src` is, a directory or a file),
-/// read-only when asked, and always nosuid and nodev on the host.
-fn bind(src: &Path, dst: &Path, read_only: bool) -> std::io::Result<()> {
-    if src.is_dir() {
-        std::fs::create_dir_all(dst)?;
-    } else {
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
+/// A mount cloned on the host, to be attached in the pod's mount
+/// namespace: a bind that sees the host's mounts as they are now (the
+/// pod's namespace has them as they were when it started, on a host whose
+/// root mount is private).
+struct HostTree {
+    tree: OwnedFd,
+    is_dir: bool,
+}
+
+impl HostTree {
+    /// `src` and the mounts under it.
+    fn clone(src: &Path) -> std::io::Result<HostTree> {
+        Ok(HostTree {
+            is_dir: src.is_dir(),
+            tree: sandbox_container::mount_tree::clone(src, true)?,
+        })
+    }
+
+    /// Attaches the tree at `dst` (made as the source is, a directory or a
+    /// file), read-only when asked (its top mount), and always nosuid and
+    /// nodev.
+    fn attach(&self, dst: &Path, read_only: bool) -> std::io::Result<()> {
+        if self.is_dir {
+            std::fs::create_dir_all(dst)?;
+        } else {
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dst)?;
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dst)?;
+        sandbox_container::mount_tree::attach(self.tree.as_fd(), dst)?;
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rootfs::HOST_SAFE;
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        nix::mount::mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)?;
+        Ok(())
     }
-    nix::mount::mount(
-        Some(src),
-        dst,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rootfs::HOST_SAFE;
-    if read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    nix::mount::mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)?;
-    Ok(())
 }
 
 /// Whether `path` is a mount point (its device differs from its parent's,
@@ -76,28 +91,25 @@ impl VmSandbox {
         let bundle = self.bundle(&c.id);
         pod_files::make_dir(&bundle, 0o700).map_err(SandboxError::at("create the host bundle"))?;
         journal.save_container(c).await?;
-        // The image's layers, shared by the pod's containers.
-        let mut layers = Vec::with_capacity(image.layers.len());
-        for l in &image.layers {
-            let name = l
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| {
-                    SandboxError::bare(format!("a layer without a name: {}", l.display()))
-                })?
-                .to_string();
-            let dst = crate::vm_monitor::layers_dir(&dir).join(&name);
-            if !is_mounted(&dst) {
-                bind(l, &dst, true).map_err(SandboxError::at("share an image layer"))?;
-            }
-            layers.push(name);
-        }
         if !c.log_path.is_empty()
             && let Some(parent) = Path::new(&c.log_path).parent()
         {
             std::fs::create_dir_all(parent).map_err(SandboxError::at("create log dir"))?;
         }
-        let (mounts, submounts) = self.share_mounts(c, &share)?;
+        // The layers and volumes: cloned here, mounted in the pod's mount
+        // namespace.
+        let ns = crate::mount_ns::PodMountNs::of(&dir).await?;
+        let job = ShareJob::prepare(self, c, &share, &image.layers, &dir)?;
+        let (shared, container) = ns
+            .run(move || job.run())
+            .await
+            .map_err(SandboxError::at("join the pod's mount namespace"))?;
+        c.mount_image_refs = container.mount_image_refs;
+        let Shared {
+            layers,
+            mounts,
+            submounts,
+        } = shared?;
         let config = crius_proto::cri::ContainerConfig {
             mounts,
             ..c.config.clone()
@@ -187,71 +199,6 @@ impl VmSandbox {
         })
     }
 
-    /// The container's CRI mounts with each host path bound into the
-    /// share (`volumes/<id>/<n>`) and each image volume mounted there
-    /// (`volumes/<id>/images/<n>`), named by their guest paths; and the
-    /// guest paths of the host mount points under the bound host paths.
-    fn share_mounts(&self, c: &mut Container, share: &Path) -> Result<(Vec<Mount>, Vec<String>)> {
-        if let Some(m) = c.config.mounts.iter().find(|m| {
-            matches!(
-                MountPropagation::try_from(m.propagation),
-                Ok(MountPropagation::PropagationBidirectional
-                    | MountPropagation::PropagationHostToContainer)
-            )
-        }) {
-            return Err(SandboxError::InvalidArgument(format!(
-                "mount {:?}: a vm pod's mounts cannot propagate to or from the host",
-                m.container_path
-            )));
-        }
-        let volumes = share.join("volumes").join(&c.id);
-        let images = volumes.join("images");
-        let mounts = sandbox_container::controller::mount_image_volumes(
-            &self.images,
-            self.cfg.image_volumes,
-            c,
-            &images,
-        )?;
-        let guest = |host: &Path| -> Result<String> {
-            let rel = host.strip_prefix(share).map_err(|_| {
-                SandboxError::bare(format!("{} is not in the pod's share", host.display()))
-            })?;
-            Ok(Path::new(GUEST_SHARE).join(rel).display().to_string())
-        };
-        let table = sandbox_container::mountinfo::read()
-            .map_err(SandboxError::at("read the host's mounts"))?;
-        let mut out = Vec::with_capacity(mounts.len());
-        let mut submounts = Vec::new();
-        for (i, m) in mounts.iter().enumerate() {
-            if Path::new(&m.host_path).starts_with(&images) {
-                // An image volume: mounted in the share already.
-                out.push(Mount {
-                    host_path: guest(Path::new(&m.host_path))?,
-                    ..m.clone()
-                });
-                continue;
-            }
-            let prepared = spec::prepare_host_paths(std::slice::from_ref(m))?;
-            let Some(m) = prepared.into_iter().next() else {
-                continue;
-            };
-            let dst = volumes.join(i.to_string());
-            let src = Path::new(&m.host_path);
-            bind(src, &dst, m.readonly)
-                .map_err(|e| SandboxError::internal(format!("share {}", m.host_path), e))?;
-            for sub in table.iter().filter(|t| t.mount_point != src) {
-                if let Ok(rel) = sub.mount_point.strip_prefix(src) {
-                    submounts.push(guest(&dst.join(rel))?);
-                }
-            }
-            out.push(Mount {
-                host_path: guest(&dst)?,
-                ..m
-            });
-        }
-        Ok((out, submounts))
-    }
-
     pub(super) async fn remove(&self, pod: Option<&Pod>, c: &Container) -> Result<()> {
         if let Some(pod) = pod {
             let dir = self.pod_dir(&pod.id);
@@ -264,11 +211,182 @@ impl VmSandbox {
             }
             self.watches.remove_container(&pod.id, &c.id);
             let share = share_dir(&dir);
-            rootfs::remove_tree(&share.join("volumes").join(&c.id))
+            let volumes = share.join("volumes").join(&c.id);
+            // Unmounted in the pod's mount namespace; a vm-monitor gone
+            // took its mounts with it.
+            if let Ok(ns) = crate::mount_ns::PodMountNs::of(&dir).await {
+                let v = volumes.clone();
+                ns.run(move || rootfs::unmount_all_under(&v))
+                    .await
+                    .and_then(|r| r)
+                    .map_err(SandboxError::at("unmount the container's volumes"))?;
+            }
+            rootfs::remove_tree(&volumes)
                 .map_err(SandboxError::at("unshare the container's volumes"))?;
             rootfs::remove_tree(&share.join("containers").join(&c.id))
                 .map_err(SandboxError::at("remove the container's spec"))?;
         }
         rootfs::remove_tree(&self.bundle(&c.id)).map_err(SandboxError::at("remove the host bundle"))
+    }
+}
+
+/// What CreateContainer mounts in the pod's mount namespace.
+struct ShareJob {
+    images: std::sync::Arc<image_store::ImageStore>,
+    image_volumes: bool,
+    container: Container,
+    share: PathBuf,
+    /// The image's layers: their names, and their clones.
+    layers: Vec<(String, HostTree)>,
+    layers_dir: PathBuf,
+    /// The container's host-path mounts, prepared, and their clones, by
+    /// the index of the CRI mount (image volumes have none).
+    host_paths: Vec<Option<(Mount, HostTree)>>,
+    /// The guest paths of the host's mount points under those host paths.
+    submounts: Vec<String>,
+}
+
+/// What the guest is told of it.
+struct Shared {
+    /// The layers' names in the layer share, bottom first.
+    layers: Vec<String>,
+    /// The container's CRI mounts at their guest paths.
+    mounts: Vec<Mount>,
+    /// The guest paths of the host's mount points under bound host paths.
+    submounts: Vec<String>,
+}
+
+/// Where `host` (in the share) is in the guest.
+fn guest_path(share: &Path, host: &Path) -> Result<String> {
+    let rel = host
+        .strip_prefix(share)
+        .map_err(|_| SandboxError::bare(format!("{} is not in the pod's share", host.display())))?;
+    Ok(Path::new(GUEST_SHARE).join(rel).display().to_string())
+}
+
+impl ShareJob {
+    /// On the host: the layers' and host paths' clones (host paths made
+    /// if missing, as for a namespace sandbox pod) and the submounts.
+    fn prepare(
+        vm: &VmSandbox,
+        c: &Container,
+        share: &Path,
+        layers: &[PathBuf],
+        pod_dir: &Path,
+    ) -> Result<ShareJob> {
+        if let Some(m) = c.config.mounts.iter().find(|m| {
+            matches!(
+                MountPropagation::try_from(m.propagation),
+                Ok(MountPropagation::PropagationBidirectional
+                    | MountPropagation::PropagationHostToContainer)
+            )
+        }) {
+            return Err(SandboxError::InvalidArgument(format!(
+                "mount {:?}: a vm pod's mounts cannot propagate to or from the host",
+                m.container_path
+            )));
+        }
+        let mut cloned = Vec::with_capacity(layers.len());
+        for l in layers {
+            let name = l
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| {
+                    SandboxError::bare(format!("a layer without a name: {}", l.display()))
+                })?
+                .to_string();
+            let tree = HostTree::clone(l).map_err(SandboxError::at("clone an image layer"))?;
+            cloned.push((name, tree));
+        }
+        let table = sandbox_container::mountinfo::read()
+            .map_err(SandboxError::at("read the host's mounts"))?;
+        let volumes = share.join("volumes").join(&c.id);
+        let mut host_paths = Vec::with_capacity(c.config.mounts.len());
+        let mut submounts = Vec::new();
+        for (i, m) in c.config.mounts.iter().enumerate() {
+            if m.image.is_some() {
+                host_paths.push(None);
+                continue;
+            }
+            let m = spec::prepare_host_paths(std::slice::from_ref(m))?
+                .pop()
+                .ok_or_else(|| SandboxError::bare("a host path prepared into nothing"))?;
+            let src = Path::new(&m.host_path);
+            let tree = HostTree::clone(src)
+                .map_err(|e| SandboxError::internal(format!("clone {}", m.host_path), e))?;
+            let dst = volumes.join(i.to_string());
+            for sub in table.iter().filter(|t| t.mount_point != src) {
+                if let Ok(rel) = sub.mount_point.strip_prefix(src) {
+                    submounts.push(guest_path(share, &dst.join(rel))?);
+                }
+            }
+            host_paths.push(Some((m, tree)));
+        }
+        Ok(ShareJob {
+            images: vm.images.clone(),
+            image_volumes: vm.cfg.image_volumes,
+            container: c.clone(),
+            share: share.to_path_buf(),
+            layers: cloned,
+            layers_dir: crate::vm_monitor::layers_dir(pod_dir),
+            host_paths,
+            submounts,
+        })
+    }
+
+    /// In the pod's namespace: mounts, and gives the container back with
+    /// its image volumes' references set (whatever the outcome: a removal
+    /// releases them).
+    fn run(mut self) -> (Result<Shared>, Container) {
+        let shared = self.mount();
+        (shared, self.container)
+    }
+
+    fn mount(&mut self) -> Result<Shared> {
+        // The image's layers, shared by the pod's containers.
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (name, tree) in &self.layers {
+            let dst = self.layers_dir.join(name);
+            if !is_mounted(&dst) {
+                tree.attach(&dst, true)
+                    .map_err(SandboxError::at("share an image layer"))?;
+            }
+            layers.push(name.clone());
+        }
+        // Each CRI mount: an image volume mounted in the share, or a host
+        // path attached there (`volumes/<id>/<n>` and `images/<n>`), by
+        // their guest paths.
+        let share = self.share.as_path();
+        let volumes = share.join("volumes").join(&self.container.id);
+        let mounts = sandbox_container::controller::mount_image_volumes(
+            &self.images,
+            self.image_volumes,
+            &mut self.container,
+            &volumes.join("images"),
+        )?;
+        let mut out = Vec::with_capacity(mounts.len());
+        for (i, m) in mounts.into_iter().enumerate() {
+            match self.host_paths.get(i) {
+                Some(Some((prepared, tree))) => {
+                    let dst = volumes.join(i.to_string());
+                    tree.attach(&dst, prepared.readonly).map_err(|e| {
+                        SandboxError::internal(format!("share {}", prepared.host_path), e)
+                    })?;
+                    out.push(Mount {
+                        host_path: guest_path(share, &dst)?,
+                        ..prepared.clone()
+                    });
+                }
+                _ => out.push(Mount {
+                    host_path: guest_path(share, Path::new(&m.host_path))?,
+                    ..m
+                }),
+            }
+        }
+        Ok(Shared {
+            layers,
+            mounts: out,
+            submounts: std::mem::take(&mut self.submounts),
+        })
     }
 }

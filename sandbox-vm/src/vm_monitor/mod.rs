@@ -13,6 +13,8 @@
 //!   signals, deletion, ExecSync, log reopening, watches of exits,
 //!   shutdown; streaming exec, attach, port forwards, stats and updates go
 //!   from crius to the agent directly;
+//! - holds the pod's mount namespace ([`crate::mount_ns`]): the shares
+//!   and all that is bound into them are mounted there, not on the host;
 //! - ends the pod when the VM ends: every container without an exit is
 //!   recorded as killed (reason `VMDied`), then the process exits.
 //!
@@ -136,6 +138,11 @@ pub fn main(pod_dir: &Path) -> ExitCode {
     }
     sandbox_container::monitor::daemonize("crius vm-monitor", |ready| {
         init_tracing(pod_dir);
+        // Still one thread: the whole process moves.
+        if let Err(e) = crate::mount_ns::unshare_own() {
+            ready.failed(&format!("a mount namespace of its own: {e}"));
+            return ExitCode::FAILURE;
+        }
         let cfg = match VmPodConfig::load(pod_dir) {
             Ok(c) => c,
             Err(e) => {
