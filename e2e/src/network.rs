@@ -7,7 +7,7 @@
 //! that stays on our bridge), which critest's port mapping spec makes.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -102,8 +102,20 @@ impl TestNetwork {
         format!("[cni]\nconf_dirs = [{:?}]\n", self.conf_dir())
     }
 
-    pub fn ipam_dir(&self) -> &Path {
-        self.dir.path()
+    /// The addresses host-local IPAM holds for pods now (a file per
+    /// address under its data dir).
+    pub fn allocated_ips(&self) -> Vec<String> {
+        let nets = std::fs::read_dir(self.dir.path().join("ipam"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        let mut ips: Vec<String> = nets
+            .flat_map(|n| std::fs::read_dir(n.path()).into_iter().flatten().flatten())
+            .filter_map(|f| f.file_name().into_string().ok())
+            .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        ips.sort();
+        ips
     }
 }
 

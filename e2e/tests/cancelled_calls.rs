@@ -1,0 +1,181 @@
+//! Calls that their client cuts short (a deadline, a dropped connection)
+//! run to their end or roll back in crius: five RunPodSandbox calls cut
+//! after 5 ms give five Ready pods (a retry gets its pod back), a cut
+//! CreateContainer gives its container, and removing them all leaves no
+//! pod IP allocated, no mount, no process, no cgroup. Before, the cut
+//! calls left NotReady pods whose IPs host-local kept for good.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crius_proto::cri::*;
+use e2e::crius::Crius;
+use e2e::pods::{self, Env, pod_config};
+
+/// How long the client waits before it drops a call.
+const CUT: Duration = Duration::from_millis(5);
+
+/// Sends `req` with a 5 ms deadline and drops it then, as a hurried
+/// client would; whether it got through in time does not matter.
+async fn cut_run_pod(c: &Crius, config: &PodSandboxConfig) {
+    let mut req = tonic::Request::new(RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    });
+    req.set_timeout(CUT);
+    let mut client = c.runtime().await;
+    let _ = tokio::time::timeout(CUT, client.run_pod_sandbox(req)).await;
+}
+
+async fn cut_create(c: &Crius, pod: &str, pc: &PodSandboxConfig, config: ContainerConfig) {
+    let mut req = tonic::Request::new(CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pc.clone()),
+    });
+    req.set_timeout(CUT);
+    let mut client = c.runtime().await;
+    let _ = tokio::time::timeout(CUT, client.create_container(req)).await;
+}
+
+async fn pods_listed(c: &Crius) -> Vec<PodSandbox> {
+    c.runtime()
+        .await
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+async fn containers_listed(c: &Crius) -> Vec<crius_proto::cri::Container> {
+    c.runtime()
+        .await
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+}
+
+/// Polls `check` for up to a minute.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("{what}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The processes whose command line names `dir` (the pods' monitors).
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// The cgroup directories under `parent` in any v1 hierarchy.
+fn cgroups_under(parent: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|ctl| {
+            std::fs::read_dir(ctl.path().join(parent.trim_start_matches('/')))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path().display().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
+    let e = Env::start("").await;
+    let configs: Vec<PodSandboxConfig> = (0..5)
+        .map(|i| pod_config(&e, &format!("cut-{i}")))
+        .collect();
+    for pc in &configs {
+        cut_run_pod(&e.c, pc).await;
+    }
+    // Each call ran to its end: five pods, all Ready, each with an IP.
+    eventually("five Ready pods", || async {
+        let listed = pods_listed(&e.c).await;
+        let ready = listed
+            .iter()
+            .filter(|p| p.state == PodSandboxState::SandboxReady as i32)
+            .count();
+        if listed.len() == 5 && ready == 5 {
+            Ok(())
+        } else {
+            Err(format!("{listed:?}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        e.net.allocated_ips().len(),
+        5,
+        "{:?}",
+        e.net.allocated_ips()
+    );
+
+    // kubelet's retry of a cut call gets the pod the first one made.
+    let first = pods_listed(&e.c)
+        .await
+        .into_iter()
+        .find(|p| p.metadata.as_ref().unwrap().name == "cut-0")
+        .unwrap()
+        .id;
+    assert_eq!(pods::run_pod(&e.c, &configs[0]).await, first);
+
+    // A cut CreateContainer makes its container; the retry gets it back.
+    let config = pods::busybox("cut", &["sleep", "1000"]);
+    cut_create(&e.c, &first, &configs[0], config.clone()).await;
+    eventually("the cut CreateContainer's container", || async {
+        let listed = containers_listed(&e.c).await;
+        match listed.as_slice() {
+            [c] if c.state == ContainerState::ContainerCreated as i32 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let made = containers_listed(&e.c).await[0].id.clone();
+    let again = pods::create(&e.c, &first, &configs[0], config).await;
+    assert_eq!(again, made);
+
+    // Removed, they leave nothing: no IP, mount, process or cgroup.
+    for p in pods_listed(&e.c).await {
+        pods::stop_remove_pod(&e.c, &p.id).await;
+    }
+    assert_eq!(e.net.allocated_ips(), Vec::<String>::new(), "IPs leaked");
+    assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
+    assert_eq!(
+        processes_naming(&e.c.state),
+        Vec::<u32>::new(),
+        "processes left"
+    );
+    assert_eq!(
+        cgroups_under(&e.cgroup_parent),
+        Vec::<String>::new(),
+        "cgroups left"
+    );
+}
