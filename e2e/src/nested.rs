@@ -52,6 +52,11 @@ pub fn static_binaries() -> io::Result<(PathBuf, PathBuf)> {
                 package,
             ])
             .env("RUSTFLAGS", rustflags)
+            // libseccomp (libcontainer's, through the VM sandbox) linked
+            // in, as scripts/guest-agent links the agent: a static binary
+            // with a shared libseccomp crashes at start.
+            .env("LIBSECCOMP_LINK_TYPE", "static")
+            .env("LIBSECCOMP_LIB_PATH", "/usr/lib/x86_64-linux-gnu")
             .current_dir(&root)
             .status()?;
         if !status.success() {
@@ -62,7 +67,13 @@ pub fn static_binaries() -> io::Result<(PathBuf, PathBuf)> {
         Ok(())
     };
     build(MUSL, "vmm", "")?;
-    build(GNU, "crius-vmm-check", "-C target-feature=+crt-static")?;
+    // The agent's flags (scripts/guest-agent): other flags would make cargo
+    // rebuild the target's dependencies for each in turn.
+    build(
+        GNU,
+        "crius-vmm-check",
+        "-C target-feature=+crt-static -C strip=symbols",
+    )?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));

@@ -89,6 +89,7 @@ fn builtin_vmm_boots_our_guest_inside_the_nested_kvm_host() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("crius-vmm-check in the nested host:\n{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("exit: {:?} {:?}", out.code, out.signal);
     assert_all_passed(&stdout);
     assert_eq!(out.code, Some(0), "{out:?}");
 
