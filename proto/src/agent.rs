@@ -225,6 +225,68 @@ pub fn frame_header(kind: FrameKind, len: usize) -> [u8; 5] {
     [kind as u8, len[0], len[1], len[2], len[3]]
 }
 
+/// A frame read off a `Stream` connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub data: Vec<u8>,
+}
+
+/// Why a connection's frames cannot be read on: the other side sent what
+/// no frame is, and the stream ends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("a frame of unknown kind {0}")]
+    UnknownKind(u8),
+    #[error("a frame of {0} bytes (at most {MAX_FRAME})")]
+    TooLong(usize),
+}
+
+/// The frames in the bytes of a `Stream` connection, as they come in:
+/// without I/O, so that both ends (and the fuzzer, `proto/fuzz`) read
+/// frames the same way. A header is checked as soon as it is whole, so
+/// what is held is at most one frame and the last bytes pushed.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Adds bytes read from the connection.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// How many bytes are held (pushed, not yet taken as frames).
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next whole frame, if the bytes pushed hold one.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(header) = self.buf.first_chunk::<5>() else {
+            return Ok(None);
+        };
+        let kind = FrameKind::from_byte(header[0]).ok_or(FrameError::UnknownKind(header[0]))?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLong(len));
+        }
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        let data = self.buf[5..5 + len].to_vec();
+        self.buf.drain(..5 + len);
+        Ok(Some(Frame { kind, data }))
+    }
+}
+
+/// A line the agent sent (its length bounded by the reader, [`MAX_LINE`];
+/// its newline is whitespace to JSON): the response it holds.
+pub fn decode_response(line: &[u8]) -> Result<Response, serde_json::Error> {
+    serde_json::from_slice(line)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
@@ -284,6 +346,55 @@ pub enum Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_are_read_whole_whatever_the_reads() {
+        let mut wire = Vec::new();
+        for (kind, data) in [
+            (FrameKind::Stdout, b"hello".to_vec()),
+            (FrameKind::Stderr, Vec::new()),
+            (FrameKind::Exit, 7i32.to_be_bytes().to_vec()),
+        ] {
+            wire.extend_from_slice(&frame_header(kind, data.len()));
+            wire.extend_from_slice(&data);
+        }
+        let mut r = FrameReader::default();
+        let mut got = Vec::new();
+        for byte in &wire {
+            r.push(std::slice::from_ref(byte));
+            while let Some(f) = r.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(r.held(), 0);
+        assert_eq!(
+            got,
+            vec![
+                Frame {
+                    kind: FrameKind::Stdout,
+                    data: b"hello".to_vec()
+                },
+                Frame {
+                    kind: FrameKind::Stderr,
+                    data: Vec::new()
+                },
+                Frame {
+                    kind: FrameKind::Exit,
+                    data: vec![0, 0, 0, 7]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_header_is_refused_before_its_payload_comes() {
+        let mut r = FrameReader::default();
+        r.push(&[9, 0, 0, 0, 1]);
+        assert_eq!(r.next_frame(), Err(FrameError::UnknownKind(9)));
+        let mut r = FrameReader::default();
+        r.push(&[1, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(r.next_frame(), Err(FrameError::TooLong(u32::MAX as usize)));
+    }
 
     #[test]
     fn requests_carry_their_version_flat() {

@@ -5,6 +5,7 @@
 //! report ([`usage`]).
 
 pub mod agent;
+pub mod fuzzing;
 pub mod monitor;
 pub mod usage;
 

@@ -257,7 +257,7 @@ impl AgentClient {
                 ))
             });
         }
-        match serde_json::from_slice(&line) {
+        match crius_proto::agent::decode_response(&line) {
             Ok(Response::Error { message }) => Err(AgentError::Agent(cut(message))),
             Ok(r) => Ok(r),
             Err(e) => Err(AgentError::Protocol(format!("unreadable answer: {e}"))),

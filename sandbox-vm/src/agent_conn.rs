@@ -86,7 +86,7 @@ impl AgentConn {
         if buf.last() != Some(&b'\n') {
             return Err(ConnError::Protocol("a line too long or cut".into()));
         }
-        match serde_json::from_slice(&buf) {
+        match crius_proto::agent::decode_response(&buf) {
             Ok(Response::Error { message }) => Err(ConnError::Agent(cut(message))),
             Ok(r) => Ok(Some(r)),
             Err(e) => Err(ConnError::Protocol(format!("an unreadable line: {e}"))),

@@ -1,6 +1,6 @@
 //! `Stream`: an ExecStream or Attach of the pod's monitor, whose
 //! descriptors (pipes, a pty master) cannot cross vsock: the agent takes
-//! them and carries their bytes as frames (`crius_proto::agent::Frame*`)
+//! them and carries their bytes as frames (`crius_proto::agent::Frame`)
 //! on the host's connection. A thread per direction: the host's frames go
 //! to stdin (or the pty, with resizes as TIOCSWINSZ), each output
 //! descriptor goes out as frames, and the end is an `Exit` frame with the
@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
-use crius_proto::agent::{FrameKind, MAX_FRAME, Response, frame_header};
+use crius_proto::agent::{Frame, FrameKind, FrameReader, MAX_FRAME, Response, frame_header};
 use crius_proto::monitor::{self, Request as MonitorRequest, StreamFd};
 
 use crate::pod::{PodError, connect_monitor};
@@ -162,33 +162,38 @@ fn copy_out(mut f: File, kind: FrameKind, out: &Out) {
 
 /// The host's frames to the process: stdin bytes, its end, resizes.
 fn copy_in(mut host: File, mut input: Option<File>, pty: Option<File>) {
-    let mut header = [0u8; 5];
-    let mut buf = vec![0u8; MAX_FRAME];
+    let mut frames = FrameReader::default();
+    let mut chunk = vec![0u8; MAX_FRAME];
     loop {
-        if host.read_exact(&mut header).is_err() {
+        let Ok(next) = frames.next_frame() else {
             return;
-        }
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if len > MAX_FRAME || host.read_exact(&mut buf[..len]).is_err() {
-            return;
-        }
-        match FrameKind::from_byte(header[0]) {
+        };
+        let Some(Frame { kind, data }) = next else {
+            match host.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => frames.push(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+            continue;
+        };
+        match kind {
             // A pty's input stays open (the process gets EOF only if the
             // client sends its EOF character).
-            Some(FrameKind::Stdin) if len == 0 && pty.is_none() => input = None,
-            Some(FrameKind::Stdin) if len == 0 => {}
-            Some(FrameKind::Stdin) => {
+            FrameKind::Stdin if data.is_empty() && pty.is_none() => input = None,
+            FrameKind::Stdin if data.is_empty() => {}
+            FrameKind::Stdin => {
                 if let Some(i) = &mut input
-                    && i.write_all(&buf[..len]).is_err()
+                    && i.write_all(&data).is_err()
                 {
                     input = None;
                 }
             }
-            Some(FrameKind::Resize) if len == 4 => {
+            FrameKind::Resize if data.len() == 4 => {
                 if let Some(p) = &pty {
                     let ws = libc::winsize {
-                        ws_col: u16::from_be_bytes([buf[0], buf[1]]),
-                        ws_row: u16::from_be_bytes([buf[2], buf[3]]),
+                        ws_col: u16::from_be_bytes([data[0], data[1]]),
+                        ws_row: u16::from_be_bytes([data[2], data[3]]),
                         ws_xpixel: 0,
                         ws_ypixel: 0,
                     };

@@ -4,7 +4,9 @@
 //! PortForward connection is the agent's `Connect`. Every frame the guest
 //! sends is bounded ([`MAX_FRAME`]); an unknown kind ends the stream.
 
-use crius_proto::agent::{FrameKind, MAX_FRAME, Request, Response, frame_header};
+use crius_proto::agent::{
+    Frame, FrameKind, FrameReader, MAX_FRAME, Request, Response, frame_header,
+};
 use crius_proto::monitor::{self, StreamFd};
 use sandbox_api::{Duplex, Result, SandboxError, Stdio, StdioRequest, TermSize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
@@ -137,31 +139,30 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
 ) -> Option<i32> {
     let mut out = Some(out);
     let mut err = Some(err);
-    let mut header = [0u8; 5];
-    let mut buf = vec![0u8; MAX_FRAME];
+    let mut frames = FrameReader::default();
+    let mut chunk = vec![0u8; MAX_FRAME];
     loop {
-        rd.read_exact(&mut header).await.ok()?;
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if len > MAX_FRAME {
-            return None;
-        }
-        rd.read_exact(&mut buf[..len]).await.ok()?;
-        let slot = match FrameKind::from_byte(header[0])? {
+        let Some(Frame { kind, data }) = frames.next_frame().ok()? else {
+            let n = rd.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            frames.push(&chunk[..n]);
+            continue;
+        };
+        let slot = match kind {
             FrameKind::Stdout => &mut out,
             FrameKind::Stderr => &mut err,
-            FrameKind::Exit if len == 4 => {
-                return Some(i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-            }
-            FrameKind::Exit => return None,
+            FrameKind::Exit => return Some(i32::from_be_bytes(data.try_into().ok()?)),
             _ => return None,
         };
-        if len == 0 {
+        if data.is_empty() {
             // That stream's end: the client reads EOF.
             *slot = None;
             continue;
         }
         if let Some(pipe) = slot
-            && pipe.write_all(&buf[..len]).await.is_err()
+            && pipe.write_all(&data).await.is_err()
         {
             // A client that stopped reading: drop the rest of that stream.
             *slot = None;
