@@ -12,7 +12,12 @@
 //!     [--crius-log-level FILTER] [--keep-logs DIR]
 //! ```
 //!
-//! The runtimes, by the names `--skip` takes: `crius`; `containerd2.4`, the
+//! The runtimes, by the names `--skip` takes: `crius`; `crius-vm`, the same
+//! crius with every pod on its `vm` runtime handler (critest's
+//! `--runtime-handler vm`, the memory pods' handler): each pod a VM through
+//! the driver crius picks (qemu; TCG on a host whose KVM runs no stock
+//! guest), its per-pod processes the vm-monitor and the VM's (qemu,
+//! virtiofsd, vhost-device-vsock); `containerd2.4`, the
 //! containerd of `--containerd2` (default `$CRIUS_PEERS_DIR/bin/containerd`,
 //! `CRIUS_PEERS_DIR` defaulting to `/var/tmp/crius-peers`) with the
 //! `containerd-shim-runc-v2` beside it (that dir is put first in its `PATH`)
@@ -76,7 +81,8 @@
 //!    samples of all rounds (memory: the median over rounds), one column per
 //!    runtime, with the ratio best containerd / crius: for each figure the
 //!    smaller (better) of the two containerds' values over crius's (above 1:
-//!    crius is faster or smaller than both), and the aims of the issue;
+//!    crius is faster or smaller than both; the runc handler's crius, not
+//!    `crius-vm`), and the aims of the issue;
 //!    exits nonzero if any round failed.
 //!
 //! Each containerd runs with its own temp root, state, sockets and a
@@ -288,7 +294,8 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let crius = crius.unwrap_or_else(default_crius);
-    if !skip.contains(&Kind::Crius) && !crius.is_file() {
+    let needs_crius = !skip.contains(&Kind::Crius) || !skip.contains(&Kind::CriusVm);
+    if needs_crius && !crius.is_file() {
         return Err(format!(
             "crius binary {} not found: build it with `cargo build --release -p cri-server \
              --bin crius` or pass --crius PATH",
@@ -346,7 +353,7 @@ fn main() -> ExitCode {
     };
     // A private copy: a rebuild of the shared target dir during the run
     // must not change the binary between rounds.
-    if !args.skip.contains(&Kind::Crius) {
+    if !args.skip.contains(&Kind::Crius) || !args.skip.contains(&Kind::CriusVm) {
         let crius_copy = work.path().join("crius");
         let digest = match fs::copy(&args.crius, &crius_copy).and_then(|_| file_sha256(&crius_copy))
         {
@@ -443,6 +450,8 @@ fn sleep_checked(d: Duration) -> Res<()> {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Kind {
     Crius,
+    /// crius's `vm` runtime handler: each pod a VM (qemu; TCG here).
+    CriusVm,
     /// containerd 2.4 with runc 1.4, from `scripts/peers`.
     Containerd2,
     /// Debian's containerd 1.6 with its runc.
@@ -450,19 +459,33 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Crius, Kind::Containerd2, Kind::Containerd16];
+    const ALL: [Kind; 4] = [
+        Kind::Crius,
+        Kind::CriusVm,
+        Kind::Containerd2,
+        Kind::Containerd16,
+    ];
 
     /// The name `--skip` takes and the logs use.
     fn name(self) -> &'static str {
         match self {
             Kind::Crius => "crius",
+            Kind::CriusVm => "crius-vm",
             Kind::Containerd2 => "containerd2.4",
             Kind::Containerd16 => "containerd1.6",
         }
     }
 
     fn is_containerd(self) -> bool {
-        self != Kind::Crius
+        matches!(self, Kind::Containerd2 | Kind::Containerd16)
+    }
+
+    /// The CRI runtime handler its pods ask for.
+    fn handler(self) -> &'static str {
+        match self {
+            Kind::CriusVm => "vm",
+            _ => "",
+        }
     }
 }
 
@@ -484,6 +507,7 @@ fn runtimes(args: &Args) -> Vec<Runtime> {
         }
         let label = match kind {
             Kind::Crius => "crius".to_owned(),
+            Kind::CriusVm => "crius, vm handler".to_owned(),
             Kind::Containerd2 => {
                 let shim = args
                     .containerd2
@@ -611,6 +635,10 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
     for rt in &runtimes {
         match rt.kind {
             Kind::Crius => {}
+            Kind::CriusVm => println!(
+                "{}: crius's vm handler (its VMs' driver and accelerator: crius.log of each round)",
+                rt.kind.name()
+            ),
             Kind::Containerd2 => println!(
                 "{}: {} ({}), runc {} ({}), shim from {}",
                 rt.kind.name(),
@@ -675,10 +703,11 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
                 params: &params,
                 dir: &dir,
                 cgroup_parent: format!("/{bench_cgroup}"),
+                handler: kind.handler(),
             };
             let net = nets.get(&kind).ok_or("no pod network")?;
             let res = match kind {
-                Kind::Crius => bench_crius(&ctx, &registry, net),
+                Kind::Crius | Kind::CriusVm => bench_crius(&ctx, kind, &registry, net),
                 Kind::Containerd2 | Kind::Containerd16 => {
                     bench_containerd(&ctx, kind, &registry, net)
                 }
@@ -712,6 +741,8 @@ struct RunCtx<'a> {
     dir: &'a Path,
     /// For the memory pods.
     cgroup_parent: String,
+    /// The runtime handler of every pod (critest's and the memory pods).
+    handler: &'static str,
 }
 
 fn params_yaml(samples: usize, image_samples: usize) -> String {
@@ -741,13 +772,13 @@ fn mirrors(registry: &Registry) -> Vec<(String, String)> {
         .collect()
 }
 
-fn bench_crius(ctx: &RunCtx, registry: &Registry, net: &TestNetwork) -> Res<RunResult> {
+fn bench_crius(ctx: &RunCtx, kind: Kind, registry: &Registry, net: &TestNetwork) -> Res<RunResult> {
     let run = CriusRun::start(registry, net, &ctx.args.crius_log_level)?;
     let pid = run.crius.pid().ok_or("crius is not running")?;
     let socket = run.crius.socket.clone();
     let state = run.crius.state.clone();
     let result = bench_runtime(ctx, &socket, pid, &[BUSYBOX], &|| {
-        pod_processes(Kind::Crius, &state)
+        pod_processes(kind, &state)
     });
     let log = run.crius.log();
     let _ = fs::write(ctx.dir.join("crius.log"), &log);
@@ -914,6 +945,7 @@ fn run_critest(ctx: &RunCtx, socket: &Path, out: &Path, which: CritestRun) -> Re
         .arg(format!("--ginkgo.skip={skip}"))
         .arg(format!("--ginkgo.json-report={}", report.display()))
         .arg("--ginkgo.no-color")
+        .args((!ctx.handler.is_empty()).then(|| format!("--runtime-handler={}", ctx.handler)))
         .current_dir(ctx.dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -1069,7 +1101,7 @@ fn memory(ctx: &RunCtx, socket: &Path, pid: u32, pod_procs: &dyn Fn() -> Vec<u32
                 "RunPodSandbox",
                 rt.run_pod_sandbox(RunPodSandboxRequest {
                     config: Some(config.clone()),
-                    runtime_handler: String::new(),
+                    runtime_handler: ctx.handler.to_owned(),
                 }),
             )
             .await?
@@ -1297,7 +1329,7 @@ impl Line {
             let Some(v) = *v else { continue };
             if rt.kind.is_containerd() {
                 best = Some(best.map_or(v, |b| b.min(v)));
-            } else {
+            } else if rt.kind == Kind::Crius {
                 crius = Some(v);
             }
         }
@@ -1402,6 +1434,20 @@ fn report(args: &Args, runtimes: &[Runtime], results: &[(usize, Kind, RunResult)
     mem_line("per pod: monitor / shim PSS", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.per_pod, |p| p.pss))
     });
+    mem_line(
+        "per pod: all its processes, non-shmem PSS (a VM pod's: beyond guest RAM)",
+        false,
+        &|r| {
+            let procs: u64 = r
+                .mem
+                .per_pod
+                .iter()
+                .chain(&r.mem.helpers)
+                .map(|p| p.pss.saturating_sub(p.pss_shmem))
+                .sum();
+            to_mib(procs) / r.mem.pods.max(1) as f64
+        },
+    );
     mem_line("per pod: pod PID init / pause VmRSS", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.helpers, |p| p.rss))
     });
@@ -1783,6 +1829,10 @@ fn matching_processes(kind: Kind, key: &Path) -> Vec<u32> {
                 Kind::Crius => {
                     args.iter().any(|a| a == "monitor") && args.iter().any(|a| a.starts_with(&*key))
                 }
+                Kind::CriusVm => {
+                    args.iter().any(|a| a == "vm-monitor")
+                        && args.iter().any(|a| a.starts_with(&*key))
+                }
                 Kind::Containerd2 | Kind::Containerd16 => {
                     args.first()
                         .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
@@ -2026,7 +2076,8 @@ impl Drop for CriusRun {
             Ok(_) => {}
             Err(e) => eprintln!("bench-critest: stopping crius: {e}"),
         }
-        let left = matching_processes(Kind::Crius, &self.crius.state);
+        let mut left = matching_processes(Kind::Crius, &self.crius.state);
+        left.extend(matching_processes(Kind::CriusVm, &self.crius.state));
         if !left.is_empty() {
             eprintln!("bench-critest: killing leftover crius monitors {left:?}");
             kill_tree(&left);
