@@ -10,6 +10,13 @@ use std::sync::OnceLock;
 
 use crate::network::ip;
 
+/// crius's config for VM pods: our guest kernel and initramfs (`[vm]`).
+pub fn vm_toml() -> String {
+    let kernel = kernel().expect("guest kernel");
+    let initramfs = initramfs().expect("guest initramfs");
+    format!("[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\n")
+}
+
 /// The guest kernel: `$CRIUS_GUEST_KERNEL`, else what `scripts/guest-kernel`
 /// prints (it builds the kernel once per machine).
 pub fn kernel() -> io::Result<PathBuf> {

@@ -3,14 +3,15 @@
 //! `..`). Whatever CreateContainer and StartContainer answer, nothing may
 //! appear in that host directory (design.md's checklist: "an image whose
 //! /proc, /dev or /etc is a symlink cannot redirect our writes"), and
-//! nothing may be left mounted.
+//! nothing may be left mounted. On both runtime handlers: a VM pod's spec
+//! and mounts are made on the host too.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use crius_proto::cri::*;
 use e2e::fixture::fixture;
 use e2e::oci_image::{Compression, Entry, Image as OciImage, ImageConfigJson, Layer};
-use e2e::pods::{self, Env, run_pod, stop_remove_pod, try_create};
+use e2e::pods::{self, Env, run_pod_on, stop_remove_pod, try_create};
 
 /// An image whose `dir` is a symlink to `target` (no symlink when `dir` is
 /// empty), with the static testbin as `/pause` so that the container could
@@ -40,7 +41,15 @@ fn push_image(name: &str, dir: &str, target: &str) -> String {
 
 #[tokio::test]
 async fn symlinked_etc_dev_proc_cannot_redirect_writes() {
-    let e = Env::start("").await;
+    cannot_redirect_writes(&Env::start("").await, "").await;
+}
+
+#[tokio::test]
+async fn symlinked_etc_dev_proc_cannot_redirect_writes_in_vm_pods() {
+    cannot_redirect_writes(&Env::start(&e2e::guest::vm_toml()).await, "vm").await;
+}
+
+async fn cannot_redirect_writes(e: &Env, handler: &str) {
     let host = tempfile::Builder::new()
         .prefix("crius-hostile-")
         .tempdir()
@@ -68,8 +77,8 @@ async fn symlinked_etc_dev_proc_cannot_redirect_writes() {
             })
             .await
             .unwrap_or_else(|err| panic!("pull {image}: {err:?}"));
-        let pc = pods::pod_config(&e, name);
-        let pod = run_pod(&e.c, &pc).await;
+        let pc = pods::pod_config(e, name);
+        let pod = run_pod_on(&e.c, &pc, handler).await;
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: "c".into(),

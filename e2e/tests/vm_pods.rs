@@ -13,15 +13,9 @@ use std::time::Duration;
 
 use crius_proto::cri::*;
 use e2e::crius::Crius;
+use e2e::guest::vm_toml;
 use e2e::pods::{self, Env, pod_config, run_pod_on, start, status, stop_remove_pod};
 use e2e::test_images::HTTPD;
-
-/// crius's config for VM pods: our guest kernel and initramfs.
-fn vm_toml() -> String {
-    let kernel = e2e::guest::kernel().expect("guest kernel");
-    let initramfs = e2e::guest::initramfs().expect("guest initramfs");
-    format!("[vm]\nkernel = {kernel:?}\ninitramfs = {initramfs:?}\n")
-}
 
 async fn pull(c: &Crius, image: &str) {
     c.images()
