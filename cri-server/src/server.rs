@@ -96,8 +96,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     )
     .map_err(ServeError::Images)?;
     let images = Arc::new(images);
-    let listener = bind(&config.socket)?;
-    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "crius serving CRI v1");
     let store = Arc::new(Store::open(&config.state.join("cri")).map_err(ServeError::Store)?);
     let (sink, events) = sandbox_api::EventSink::new();
     let sandboxes =
@@ -105,6 +103,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let streams = crate::streaming::StreamServer::start(&config.stream_address)
         .await
         .map_err(|e| ServeError::Streaming(config.stream_address.clone(), e))?;
+    // Bound once everything that can refuse the config has: a crius that
+    // does not start leaves no socket.
+    let listener = bind(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "crius serving CRI v1");
     let runtime = Arc::new(Runtime::new(
         &config,
         store.clone(),

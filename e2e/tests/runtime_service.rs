@@ -740,3 +740,35 @@ async fn a_tty_container_writes_its_terminal_to_the_log() {
     stop_remove_pod(&e.c, &pod).await;
     assert_eq!(mounts_under(&e.c.state), Vec::<String>::new());
 }
+
+/// A state directory under which a pod's socket would not fit a socket
+/// address: crius refuses to start and says why, instead of failing every
+/// RunPodSandbox later.
+#[test]
+fn a_state_path_too_long_for_pod_sockets_is_refused_at_start() {
+    let dir = tempfile::Builder::new().prefix("cr").tempdir().unwrap();
+    let state = dir.path().join("s".repeat(40));
+    let config = dir.path().join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "root = {:?}\nstate = {:?}\nsocket = {:?}\n",
+            dir.path().join("root"),
+            state,
+            dir.path().join("crius.sock")
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(e2e::crius::crius_bin());
+    cmd.arg("--config").arg(&config);
+    e2e::crius::die_with_parent(&mut cmd);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "crius started: {stderr}");
+    assert!(
+        stderr.contains("the state directory is too long")
+            && stderr.contains(&state.join("pods").display().to_string()),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("crius.sock").exists());
+}

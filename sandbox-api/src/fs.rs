@@ -1,5 +1,6 @@
-//! Files that must be whole after a crash: the one way crius and its
-//! sandboxes write a state file.
+//! The state directory's files: the one way crius and its sandboxes write
+//! a state file (whole after a crash), and the check that its sockets'
+//! paths fit a socket address.
 
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -60,5 +61,38 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
         assert!(write_atomic(&d.path().join("absent/x"), b"", 0o600).is_err());
+    }
+}
+
+/// The longest path a Unix socket can be bound at (`sun_path`'s 108
+/// bytes, its NUL included).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses a state directory under which a pod's socket would not fit a
+/// Unix socket address: `longest` is the longest such path (the longest
+/// pod id's), checked as a sandbox starts, so that no pod fails later.
+pub fn check_socket_path(longest: &Path) -> Result<(), crate::SandboxError> {
+    let n = longest.as_os_str().len();
+    if n <= MAX_SOCKET_PATH {
+        return Ok(());
+    }
+    Err(crate::SandboxError::InvalidArgument(format!(
+        "the state directory is too long: a pod's socket would be {} ({n} bytes; \
+         a Unix socket path has at most {MAX_SOCKET_PATH})",
+        longest.display()
+    )))
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_must_fit_an_address() {
+        let ok = Path::new("/").join("a".repeat(MAX_SOCKET_PATH - 1));
+        assert!(check_socket_path(&ok).is_ok());
+        let long = Path::new("/").join("a".repeat(MAX_SOCKET_PATH));
+        let e = check_socket_path(&long).expect_err("108 bytes");
+        assert!(e.to_string().contains("(108 bytes;"), "{e}");
     }
 }

@@ -100,6 +100,15 @@ impl NamespaceSandbox {
         images: Arc<ImageStore>,
         events: EventSink,
     ) -> Result<NamespaceSandbox> {
+        // The longest socket path: a pod monitor's (libcontainer's notify
+        // sockets, `<state>/runc/<id>/notify.sock`, are shorter).
+        sandbox_api::fs::check_socket_path(
+            &config
+                .state
+                .join("pods")
+                .join("f".repeat(64))
+                .join(crate::monitor::SOCKET_FILE),
+        )?;
         let cni = Cni::new(config.cni).map_err(SandboxError::from)?;
         // Searchable (not listable) by others: containers of pods with
         // their own user namespace are set up from inside it and reach

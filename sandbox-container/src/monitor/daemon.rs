@@ -208,7 +208,7 @@ fn start(pod_dir: &Path, ns: &mut PodNs) -> io::Result<Monitor> {
     }
 
     let sock = pod_dir.join(SOCKET_FILE);
-    if sock.as_os_str().len() > 107 {
+    if sock.as_os_str().len() > sandbox_api::fs::MAX_SOCKET_PATH {
         return Err(io::Error::other("pod directory path too long for a socket"));
     }
     // Never take over a pod whose monitor is alive.

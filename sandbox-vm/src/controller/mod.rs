@@ -101,6 +101,9 @@ impl VmSandbox {
             initramfs = %cfg.initramfs.display(),
             "VM sandbox"
         );
+        // The longest socket path: the VM's vsock backend's.
+        let longest = cfg.state.join("vm").join("f".repeat(64));
+        sandbox_api::fs::check_socket_path(&crate::vm_monitor::vsock_path(&longest))?;
         let cni = Cni::new(cfg.cni.clone()).map_err(SandboxError::from)?;
         sandbox_container::controller::pod_files::make_dir(&cfg.state.join("vm"), 0o700)
             .map_err(SandboxError::at("create the VM pods' directory"))?;

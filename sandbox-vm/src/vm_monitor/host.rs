@@ -54,7 +54,7 @@ pub(crate) enum Ended {
 pub(crate) fn bind(dir: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     let sock = dir.join(SOCKET_FILE);
-    if sock.as_os_str().len() > 107 {
+    if sock.as_os_str().len() > sandbox_api::fs::MAX_SOCKET_PATH {
         return Err(std::io::Error::other(
             "pod directory path too long for a socket",
         ));
