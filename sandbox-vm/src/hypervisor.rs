@@ -423,27 +423,46 @@ impl Drop for Vm {
 }
 
 /// SIGKILLs the children of `parent` (listed by /proc) and gives it a
-/// moment to reap them and exit by itself.
+/// moment to reap them and exit by itself. `parent` is stopped meanwhile,
+/// so that it cannot fork a child after the list is read (that child,
+/// orphaned, would be a zombie of init's).
 fn kill_children_first(parent: &mut Child) {
+    use nix::sys::signal::{Signal, kill};
     let pid = parent.id();
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    // The PID is ours until we reap it: signals cannot reach another.
+    let _ = kill(target, Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while !stopped(pid) && Instant::now() < deadline {
+        if !matches!(parent.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let children =
         fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for child in children
         .split_whitespace()
         .filter_map(|c| c.parse::<i32>().ok())
     {
-        // A listed child keeps its PID until its parent reaps it, which the
-        // parent does only once it has exited: only in that instant could
-        // the PID be another process's.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // A listed child keeps its PID until its parent reaps it, and the
+        // parent is stopped.
+        let _ = kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
     }
+    let _ = kill(target, Signal::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(2);
     while matches!(parent.try_wait(), Ok(None)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc).
+fn stopped(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|close| stat[close + 1..].split_whitespace().next())
+            == Some("T")
+    })
 }
 
 /// Reads a growing console log for the agent's "up" line, from where it
