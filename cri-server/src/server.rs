@@ -36,6 +36,14 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{} is another crius's (pid {pid}): one crius per root and state directory",
+        dir.display()
+    )]
+    InUse {
+        dir: std::path::PathBuf,
+        pid: String,
+    },
     #[error("open image store")]
     Images(#[source] image_store::Error),
     #[error("open state store")]
@@ -56,6 +64,48 @@ fn state_dir(path: &Path, mode: u32) -> Result<(), ServeError> {
     };
     std::fs::create_dir_all(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+/// The lock file of a root or state directory.
+const LOCK_FILE: &str = "crius.lock";
+
+/// Holds `<dir>/crius.lock` (flock, with our pid in it) for as long as the
+/// returned file lives: a second crius on the same directory refuses to
+/// start, instead of taking the first one's socket and pods.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServeError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(LOCK_FILE);
+    let err = |source| ServeError::Dir {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut held) => {
+            held.set_len(0).map_err(err)?;
+            held.rewind().map_err(err)?;
+            held.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .map_err(err)?;
+            Ok(held)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(ServeError::InUse {
+                dir: dir.to_path_buf(),
+                pid: pid.trim().to_string(),
+            })
+        }
+        Err((_, errno)) => Err(err(errno.into())),
+    }
 }
 
 /// How long a shutdown waits for open connections before exiting.
@@ -89,6 +139,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // Image content (configs carry env), snapshots with the images'
     // setuid files, containers' writable layers: root's alone.
     state_dir(&config.root, 0o700)?;
+    let mut _locks = vec![lock_dir(&config.state)?];
+    if config.root != config.state {
+        _locks.push(lock_dir(&config.root)?);
+    }
     let images = ImageStore::open(
         &config.root.join("images"),
         config.registry.clone(),

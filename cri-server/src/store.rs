@@ -142,6 +142,9 @@ fn make_private_dir(dir: &Path) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
+/// Reads every record of `dir`. One that cannot be decoded (a bug of an
+/// older crius, a disk that lied) is set aside and logged: it must not keep
+/// crius from starting, and it is kept for a person to look at.
 fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();
     let entries = fs::read_dir(dir).map_err(|source| StoreError::Io {
@@ -159,16 +162,42 @@ fn read_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<T>, StoreErr
             path: path.clone(),
             source,
         })?;
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
-                path: path.clone(),
-                source,
-            })?;
-        upgrade(&mut v);
-        out.push(serde_json::from_value(v).map_err(|source| StoreError::Decode { path, source })?);
+        let decoded = serde_json::from_slice::<serde_json::Value>(&bytes).and_then(|mut v| {
+            upgrade(&mut v);
+            serde_json::from_value(v)
+        });
+        match decoded {
+            Ok(record) => out.push(record),
+            Err(e) => set_aside(&path, &e)?,
+        }
     }
     Ok(out)
 }
+
+/// Moves an undecodable record to `<store>/set-aside/<kind>-<name>`.
+fn set_aside(path: &Path, why: &serde_json::Error) -> Result<(), StoreError> {
+    let (Some(kind_dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let store = kind_dir.parent().unwrap_or(kind_dir);
+    let dir = store.join(SET_ASIDE);
+    let io = |what| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { what, path, source }
+    };
+    make_private_dir(&dir).map_err(io("set aside"))?;
+    let kind = kind_dir
+        .file_name()
+        .map(|k| k.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let to = dir.join(format!("{kind}-{}", name.to_string_lossy()));
+    fs::rename(path, &to).map_err(io("set aside"))?;
+    tracing::error!(record = %to.display(), error = %why, "a record that cannot be decoded was set aside");
+    Ok(())
+}
+
+/// Where undecodable records go, in the store's directory.
+const SET_ASIDE: &str = "set-aside";
 
 /// A record written before the sandbox seam kept the sandbox's state in
 /// fields of its own (`netns`, `monitor_pid`, `bundle`...): the sandbox
@@ -377,6 +406,21 @@ mod tests {
             created_at: 1,
             ips: vec![],
         }
+    }
+
+    #[test]
+    fn an_undecodable_record_is_set_aside_not_fatal() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        s.put_pod(&pod("good")).unwrap();
+        drop(s);
+        fs::write(t.path().join("pods/bad.json"), b"{\"state\": 42").unwrap();
+        let s = Store::open(t.path()).unwrap();
+        assert_eq!(s.pods().len(), 1);
+        assert!(s.pod("good").is_some());
+        assert!(!t.path().join("pods/bad.json").exists());
+        let kept = fs::read(t.path().join(SET_ASIDE).join("pods-bad.json")).unwrap();
+        assert_eq!(kept, b"{\"state\": 42");
     }
 
     #[test]

@@ -772,3 +772,31 @@ fn a_state_path_too_long_for_pod_sockets_is_refused_at_start() {
     );
     assert!(!dir.path().join("crius.sock").exists());
 }
+
+/// A second crius on a running one's root and state refuses to start,
+/// naming the first, which serves on untouched (its socket was not taken).
+#[tokio::test]
+async fn a_second_crius_on_the_same_directories_refuses_to_start() {
+    let e = Env::start("").await;
+    let mut cmd = std::process::Command::new(e2e::crius::crius_bin());
+    cmd.arg("--config").arg(&e.c.config);
+    e2e::crius::die_with_parent(&mut cmd);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second crius started: {stderr}");
+    let first = e.c.pid().unwrap();
+    assert!(
+        stderr.contains(&format!("is another crius's (pid {first})")),
+        "{stderr}"
+    );
+    let v =
+        e.c.runtime()
+            .await
+            .version(VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(v.runtime_name, "crius");
+}
