@@ -22,6 +22,9 @@ use crate::error::Error;
 pub const TOKEN_TTL: Duration = Duration::from_secs(60);
 /// At most this many URLs handed out and not used yet.
 const MAX_PENDING: usize = 1024;
+/// At most this many connections at once (sessions included); one more is
+/// closed as it comes.
+const MAX_CONNECTIONS: usize = 256;
 /// The most an HTTP request head may take, in bytes and in time.
 const MAX_HEAD: usize = 16 << 10;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,10 +59,19 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
-    /// Listens on `address` (`host:port`, port 0 for any) and serves in
-    /// the background.
+    /// Listens on `address` (`host:port`, port 0 for any; loopback only:
+    /// crius serves no TLS, and a token in clear on a network is anyone's)
+    /// and serves in the background.
     pub async fn start(address: &str) -> Result<Arc<StreamServer>, std::io::Error> {
         let listener = TcpListener::bind(address).await?;
+        if !listener.local_addr()?.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a loopback address: the streaming server has no TLS (kubelet reaches \
+                 it on loopback and proxies the streams)",
+            ));
+        }
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let server = Arc::new(StreamServer {
             addr: listener.local_addr()?,
             pending: Mutex::new(HashMap::new()),
@@ -70,11 +82,16 @@ impl StreamServer {
             loop {
                 match listener.accept().await {
                     Ok((conn, peer)) => {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, "streaming: {MAX_CONNECTIONS} connections open, one more closed");
+                            continue;
+                        };
                         let s = s.clone();
                         tokio::spawn(async move {
                             if let Err(e) = s.serve(conn).await {
                                 tracing::debug!(%peer, "streaming request: {e}");
                             }
+                            drop(slot);
                         });
                     }
                     Err(e) => {
@@ -361,6 +378,34 @@ mod tests {
                 sandbox: Default::default(),
             },
         }))
+    }
+
+    #[tokio::test]
+    async fn only_loopback_and_a_bounded_number_of_connections() {
+        let e = StreamServer::start("0.0.0.0:0")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        let server = StreamServer::start("127.0.0.1:0").await.unwrap();
+        // Silent clients hold their connections (until the head's timeout).
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(TcpStream::connect(server.addr).await.unwrap());
+        }
+        let mut extra = TcpStream::connect(server.addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "connection {} was not closed: {read:?}",
+            MAX_CONNECTIONS + 1
+        );
+        // One closed, one more served.
+        drop(held.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let line = status_line(&server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(line.starts_with("HTTP/1.1 404"), "{line}");
     }
 
     #[tokio::test]
