@@ -54,6 +54,9 @@ pub struct Config {
     /// Where the streaming server (the URLs of Exec and PortForward)
     /// listens: `host:port`, port 0 for any free one.
     pub stream_address: String,
+    /// How long an ExecSync without a timeout (0) may run, in seconds;
+    /// 0: for ever.
+    pub exec_sync_max_seconds: u64,
     pub registry: RegistryConfig,
     pub image: ImageConfig,
     pub cni: CniConfig,
@@ -150,6 +153,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             image_volumes: true,
             stream_address: "127.0.0.1:0".to_string(),
+            exec_sync_max_seconds: 3600,
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
             cni: CniConfig::default(),

@@ -800,3 +800,46 @@ async fn a_second_crius_on_the_same_directories_refuses_to_start() {
             .into_inner();
     assert_eq!(v.runtime_name, "crius");
 }
+
+/// An ExecSync without a timeout (0) is bounded by exec_sync_max_seconds:
+/// DeadlineExceeded, and the command is killed.
+#[tokio::test]
+async fn an_exec_sync_without_a_timeout_is_bounded_by_the_config() {
+    let e = Env::start("exec_sync_max_seconds = 2\n").await;
+    let pc = pod_config(&e, "exec-bound");
+    let pod = run_pod(&e.c, &pc).await;
+    let c = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &c).await;
+    let t = Instant::now();
+    let err =
+        e.c.runtime()
+            .await
+            .exec_sync(ExecSyncRequest {
+                container_id: c.clone(),
+                cmd: vec!["sh".into(), "-c".into(), "sleep 30; echo done".into()],
+                timeout: 0,
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("exec_sync_max_seconds (2 s)"),
+        "{}",
+        err.message()
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let ps =
+        e.c.runtime()
+            .await
+            .exec_sync(ExecSyncRequest {
+                container_id: c.clone(),
+                cmd: vec!["ps".into()],
+                timeout: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.contains("sleep 30"), "the command still runs:\n{ps}");
+    stop_remove_pod(&e.c, &pod).await;
+}

@@ -54,6 +54,8 @@ pub struct Runtime {
     streams: Arc<StreamServer>,
     /// The node's pod CIDR, as kubelet last passed it.
     pod_cidr: std::sync::Mutex<String>,
+    /// The bound of an ExecSync without a timeout (`exec_sync_max_seconds`).
+    exec_sync_max: Option<std::time::Duration>,
 }
 
 /// The store as the sandboxes' journal: what a sandbox saves of a pod or
@@ -101,6 +103,8 @@ impl Runtime {
             cpu_samples: stats::CpuSamples::default(),
             streams,
             pod_cidr: Default::default(),
+            exec_sync_max: (config.exec_sync_max_seconds > 0)
+                .then(|| std::time::Duration::from_secs(config.exec_sync_max_seconds)),
         }
     }
 
