@@ -120,17 +120,22 @@ impl RegistryClient {
                     .collect()
             })
             .unwrap_or_default();
-        let upstream = if registry == "docker.io" {
+        let upstream = self.upstream(registry);
+        if !out.contains(&upstream) {
+            out.push(upstream);
+        }
+        out
+    }
+
+    /// The registry's own base URL.
+    fn upstream(&self, registry: &str) -> String {
+        if registry == "docker.io" {
             "https://registry-1.docker.io".to_string()
         } else if is_loopback(registry) {
             format!("http://{registry}")
         } else {
             format!("https://{registry}")
-        };
-        if !out.contains(&upstream) {
-            out.push(upstream);
         }
-        out
     }
 
     /// A session for one repository: remembers the endpoint that answered
@@ -141,6 +146,7 @@ impl RegistryClient {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             creds: creds.clone(),
+            upstream: self.upstream(&reference.registry),
             endpoints: self.endpoints(&reference.registry),
             current: 0,
             auth: None,
@@ -163,7 +169,10 @@ pub struct Session<'a> {
     client: &'a RegistryClient,
     registry: String,
     repository: String,
+    /// The pull's credentials: for the registry itself, never a mirror.
     creds: Credentials,
+    /// The registry's own endpoint (the last of `endpoints`).
+    upstream: String,
     endpoints: Vec<String>,
     current: usize,
     auth: Option<HeaderValue>,
@@ -185,6 +194,7 @@ impl<'a> Session<'a> {
             registry: self.registry.clone(),
             repository: self.repository.clone(),
             creds: self.creds.clone(),
+            upstream: self.upstream.clone(),
             endpoints: self.endpoints.clone(),
             current: self.current,
             auth: self.auth.clone(),
@@ -321,14 +331,26 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// The credentials for the endpoint in use: the pull's for the
+    /// registry itself, none for a mirror (they were given for the
+    /// registry, and a mirror is another party).
+    fn creds(&self) -> Credentials {
+        if self.endpoints.get(self.current) == Some(&self.upstream) {
+            self.creds.clone()
+        } else {
+            Credentials::default()
+        }
+    }
+
     async fn get_one(
         &mut self,
         url: &str,
         accept: Option<&str>,
         what: &str,
     ) -> Result<Response, RegistryError> {
-        if self.auth.is_none() && !self.creds.registry_token.is_empty() {
-            self.auth = header(&format!("Bearer {}", self.creds.registry_token));
+        let creds = self.creds();
+        if self.auth.is_none() && !creds.registry_token.is_empty() {
+            self.auth = header(&format!("Bearer {}", creds.registry_token));
         }
         let mut tried_auth = false;
         loop {
@@ -392,13 +414,13 @@ impl<'a> Session<'a> {
             registry: self.registry.clone(),
         };
         let (scheme, params) = parse_challenge(challenge);
-        let has_basic = !self.creds.username.is_empty() || !self.creds.password.is_empty();
+        let creds = self.creds();
+        let has_basic = !creds.username.is_empty() || !creds.password.is_empty();
         if scheme.eq_ignore_ascii_case("basic") {
             if !has_basic {
                 return Err(unauthorized());
             }
-            return header(&basic(&self.creds.username, &self.creds.password))
-                .ok_or_else(unauthorized);
+            return header(&basic(&creds.username, &creds.password)).ok_or_else(unauthorized);
         }
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(RegistryError::BadResponse {
@@ -418,15 +440,25 @@ impl<'a> Session<'a> {
                 why: format!("token realm {realm:?} is not an http(s) URL"),
             });
         }
+        let sends_secret = has_basic || !creds.identity_token.is_empty();
+        if sends_secret
+            && let Some(rest) = realm.strip_prefix("http://")
+            && !is_loopback(rest.split('/').next().unwrap_or(""))
+        {
+            return Err(RegistryError::BadResponse {
+                url: url.to_string(),
+                why: format!("token realm {realm:?} is plain HTTP: credentials go only over HTTPS"),
+            });
+        }
         let scope = params
             .get("scope")
             .cloned()
             .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
         let service = params.get("service").cloned().unwrap_or_default();
-        let resp = if !self.creds.identity_token.is_empty() {
+        let resp = if !creds.identity_token.is_empty() {
             let form = [
                 ("grant_type", "refresh_token"),
-                ("refresh_token", self.creds.identity_token.as_str()),
+                ("refresh_token", creds.identity_token.as_str()),
                 ("service", service.as_str()),
                 ("scope", scope.as_str()),
                 ("client_id", "crius"),
@@ -450,10 +482,7 @@ impl<'a> Session<'a> {
             }
             let mut req = self.client.http.get(u);
             if has_basic {
-                req = req.header(
-                    AUTHORIZATION,
-                    basic(&self.creds.username, &self.creds.password),
-                );
+                req = req.header(AUTHORIZATION, basic(&creds.username, &creds.password));
             }
             req.send().await
         };

@@ -214,3 +214,82 @@ async fn a_manifest_that_does_not_match_its_digest_is_refused() {
         .expect("mismatch refused");
     assert!(e.to_string().contains("asked for"), "{e}");
 }
+
+/// Credentials are for the registry they were given for: a mirror that
+/// challenges gets none (and the pull goes on to the registry, which gets
+/// them).
+#[tokio::test]
+async fn a_mirror_never_gets_the_credentials() {
+    let (mirror, mirror_log) = serve(|_, _| {
+        (
+            401,
+            vec![("WWW-Authenticate".into(), r#"Basic realm="m""#.into())],
+            vec![],
+        )
+    });
+    let (registry, _) = serve(|req, _| {
+        if req.auth == "Basic dXNlcjpwYXNz" || req.auth == "Bearer RGT" {
+            return manifest_ok();
+        }
+        (
+            401,
+            vec![("WWW-Authenticate".into(), r#"Basic realm="r""#.into())],
+            vec![],
+        )
+    });
+    let host = format!("127.0.0.1:{registry}");
+    let mut config = RegistryConfig::default();
+    config.mirrors.insert(
+        host.clone(),
+        image_store::registry::Mirror {
+            endpoints: vec![format!("http://127.0.0.1:{mirror}")],
+        },
+    );
+    let client = RegistryClient::new(config).unwrap();
+    let r = Reference::parse(&format!("{host}/team/app:v1")).unwrap();
+    for creds in [
+        Credentials {
+            username: "user".into(),
+            password: "pass".into(),
+            ..Default::default()
+        },
+        Credentials {
+            registry_token: "RGT".into(),
+            ..Default::default()
+        },
+    ] {
+        let got = client.session(&r, &creds).manifest("v1").await.unwrap();
+        assert_eq!(got.digest, Digest::of(MANIFEST));
+    }
+    let log = mirror_log.lock().unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log.iter().all(|l| l.ends_with("[]")), "{log:?}");
+}
+
+/// A token realm in plain HTTP on another host gets no credentials: the
+/// pull fails and says why, before connecting there.
+#[tokio::test]
+async fn credentials_never_go_to_a_plain_http_token_realm() {
+    let (port, _) = serve(|_, _| {
+        let challenge = r#"Bearer realm="http://auth.invalid/token",service="reg""#;
+        (
+            401,
+            vec![("WWW-Authenticate".into(), challenge.into())],
+            vec![],
+        )
+    });
+    for creds in [
+        Credentials {
+            username: "user".into(),
+            password: "pass".into(),
+            ..Default::default()
+        },
+        Credentials {
+            identity_token: "RT".into(),
+            ..Default::default()
+        },
+    ] {
+        let e = fetch(port, creds).await.unwrap_err();
+        assert!(e.contains("credentials go only over HTTPS"), "{e}");
+    }
+}
