@@ -23,6 +23,16 @@ const CHECKS: [&str; 4] = [
     "boots_leave_nothing",
 ];
 
+/// Whether every failed check failed because the guest shut down (a
+/// reset) while it booted, before its agent answered.
+fn only_guest_resets_during_boot(stdout: &str) -> bool {
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.contains(": FAILED:")).collect();
+    !failed.is_empty()
+        && failed
+            .iter()
+            .all(|l| l.contains("exited during boot") && l.contains("guest shut down"))
+}
+
 fn assert_all_passed(stdout: &str) {
     for name in CHECKS {
         assert!(
@@ -66,26 +76,40 @@ fn builtin_vmm_boots_our_guest_inside_the_nested_kvm_host() {
     .unwrap();
     assert_eq!(out.stdout, b"1\n", "kvm_amd nested: {out:?}");
 
-    let out = nested::run(
-        &l1,
-        &[
-            &format!("{m}/crius-vmm-check"),
-            "--vmm",
-            &format!("{m}/crius-vmm"),
-            "--kernel",
-            &format!("{m}/vmlinux"),
-            "--initramfs",
-            &format!("{m}/initramfs.img"),
-            "--ro-disk",
-            &format!("{m}/ro.img"),
-            "--rw-disk",
-            &format!("{m}/rw.img"),
-            "--work",
-            "/tmp/vmm-check",
-        ],
-        Duration::from_secs(1500),
-    )
-    .unwrap();
+    let check = || {
+        nested::run(
+            &l1,
+            &[
+                &format!("{m}/crius-vmm-check"),
+                "--vmm",
+                &format!("{m}/crius-vmm"),
+                "--kernel",
+                &format!("{m}/vmlinux"),
+                "--initramfs",
+                &format!("{m}/initramfs.img"),
+                "--ro-disk",
+                &format!("{m}/ro.img"),
+                "--rw-disk",
+                &format!("{m}/rw.img"),
+                "--work",
+                "/tmp/vmm-check",
+            ],
+            Duration::from_secs(1500),
+        )
+        .unwrap()
+    };
+    let mut out = check();
+    // Nested SVM emulated by TCG now and then resets the innermost guest
+    // mid-boot (crius-vmm sees KVM_EXIT_SHUTDOWN while the kernel prints,
+    // about one boot in fifty here): the checks run once more then, and
+    // only then. Any other failure fails at once.
+    if out.code != Some(0) && only_guest_resets_during_boot(&String::from_utf8_lossy(&out.stdout)) {
+        eprintln!(
+            "crius-vmm-check: a guest reset mid-boot (nested SVM under TCG); once more:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        out = check();
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("crius-vmm-check in the nested host:\n{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
