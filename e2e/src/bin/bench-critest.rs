@@ -1,11 +1,11 @@
 //! `bench-critest`: pod and container lifecycle of crius against two
-//! containerds, containerd 2.4 with runc 1.4 (built by `scripts/peers`) and
+//! containerds, containerd 2.4 with runc 1.5 (built by `scripts/peers`) and
 //! Debian's containerd 1.6 with its runc 1.1, timed by critest's own
 //! benchmarks, plus the memory each runtime needs idle and per running pod.
 //! Not part of CI.
 //!
 //! ```text
-//! scripts/peers    # once: containerd 2.4.2 and runc 1.4.0 into /var/tmp/crius-peers/bin
+//! scripts/peers    # once: containerd 2.4.2 and runc 1.5.3 into /var/tmp/crius-peers/bin
 //! cargo run --release -p e2e --bin bench-critest -- [--rounds N] [--samples N]
 //!     [--image-samples N] [--memory-pods N] [--crius PATH] [--containerd2 PATH]
 //!     [--runc2 PATH] [--containerd PATH] [--skip NAME]... [--critest PATH]
@@ -221,7 +221,7 @@ struct Args {
 }
 
 /// `${CRIUS_PEERS_DIR:-/var/tmp/crius-peers}/bin`, where `scripts/peers`
-/// installs containerd 2.4 and runc 1.4.
+/// installs containerd 2.4 and runc 1.5.
 fn peers_bin_dir() -> PathBuf {
     std::env::var_os("CRIUS_PEERS_DIR")
         .filter(|d| !d.is_empty())
@@ -452,7 +452,7 @@ enum Kind {
     Crius,
     /// crius's `vm` runtime handler: each pod a VM (qemu; TCG here).
     CriusVm,
-    /// containerd 2.4 with runc 1.4, from `scripts/peers`.
+    /// containerd 2.4 with runc 1.5, from `scripts/peers`.
     Containerd2,
     /// Debian's containerd 1.6 with its runc.
     Containerd16,
