@@ -3,6 +3,7 @@
 //! libcontainer by a per-pod monitor process. [`controller`] is its side of
 //! the sandbox seam (`sandbox_api`); the rest is what it is built from.
 
+pub mod cgroup_mounts;
 pub mod cgroup_update;
 pub mod cgroup_warm;
 pub mod cni;

@@ -48,15 +48,39 @@ const MAX_PROCS: usize = 4096;
 const MAX_FDS: u64 = 1 << 20;
 
 impl Cgroups {
-    /// The hierarchies of this host, under /sys/fs/cgroup.
+    /// The hierarchies of this host (`crate::cgroup_mounts`).
     pub fn host() -> Cgroups {
-        Cgroups::at(Path::new("/sys/fs/cgroup"))
+        Cgroups::of(&crate::cgroup_mounts::CgroupMounts::detect())
     }
 
-    /// The hierarchies under `root`: a cgroup2 mount there (it has
-    /// `cgroup.controllers`) or one v1 mount per directory, named after
+    /// The hierarchies of `mounts`: its v1 controllers where it has any
+    /// (a hybrid host's cgroup2 mount names none), else its cgroup2 tree.
+    pub fn of(mounts: &crate::cgroup_mounts::CgroupMounts) -> Cgroups {
+        if !mounts.is_v1()
+            && let Some(v2) = mounts.v2()
+        {
+            return Cgroups {
+                layout: Layout::Unified(v2.to_path_buf()),
+            };
+        }
+        let mut v1: Vec<(String, PathBuf)> = Vec::new();
+        for (controllers, mount) in mounts.v1() {
+            for controller in controllers {
+                if v1.iter().all(|(c, _)| c != controller) {
+                    v1.push((controller.clone(), mount.clone()));
+                }
+            }
+        }
+        Cgroups {
+            layout: Layout::Legacy(v1),
+        }
+    }
+
+    /// A fake tree at `root` for tests: a cgroup2 tree (it has
+    /// `cgroup.controllers`) or one v1 hierarchy per directory, named after
     /// its controllers.
-    pub fn at(root: &Path) -> Cgroups {
+    #[cfg(test)]
+    pub(crate) fn at(root: &Path) -> Cgroups {
         if root.join("cgroup.controllers").is_file() {
             return Cgroups {
                 layout: Layout::Unified(root.to_path_buf()),

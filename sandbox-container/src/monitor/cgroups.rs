@@ -4,67 +4,15 @@
 //! container stopped as libcontainer's kill does).
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::sys;
 
-/// The cgroup filesystems of this host, from /proc/self/mountinfo.
-#[derive(Debug, Default, Clone)]
-pub struct CgroupMounts {
-    /// cgroup v1 hierarchies: controllers and mount point.
-    v1: Vec<(Vec<String>, PathBuf)>,
-    /// A cgroup2 mount.
-    v2: Option<PathBuf>,
-}
+use crate::cgroup_mounts::CgroupMounts;
+use crate::cgroup_mounts::relative;
 
 impl CgroupMounts {
-    pub fn detect() -> CgroupMounts {
-        match crate::mountinfo::read() {
-            Ok(table) => Self::from_table(&table),
-            Err(e) => {
-                tracing::warn!("reading mountinfo: {e}");
-                CgroupMounts::default()
-            }
-        }
-    }
-
-    fn from_table(table: &[crate::mountinfo::Mount]) -> CgroupMounts {
-        let mut m = CgroupMounts::default();
-        for e in table {
-            match e.fs_type.as_str() {
-                "cgroup" => {
-                    let controllers = e
-                        .super_options
-                        .split(',')
-                        .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
-                        .map(str::to_owned)
-                        .collect();
-                    m.v1.push((controllers, e.mount_point.clone()));
-                }
-                "cgroup2" if m.v2.is_none() => m.v2 = Some(e.mount_point.clone()),
-                _ => {}
-            }
-        }
-        m
-    }
-
-    /// Whether containers' cgroups are v1 ones (legacy or hybrid hosts).
-    fn is_v1(&self) -> bool {
-        self.v1.iter().any(|(c, _)| !c.is_empty())
-    }
-
-    fn v1_dir(&self, controller: &str, cgroup: &Path) -> Option<PathBuf> {
-        self.v1
-            .iter()
-            .find(|(c, _)| c.iter().any(|x| x == controller))
-            .map(|(_, mnt)| mnt.join(relative(cgroup)))
-    }
-
-    fn v2_dir(&self, cgroup: &Path) -> Option<PathBuf> {
-        self.v2.as_ref().map(|mnt| mnt.join(relative(cgroup)))
-    }
-
     /// Removes `cgroup` from every hierarchy; a missing directory is fine.
     /// Processes still in it (killed ones not yet gone) are SIGKILLed and
     /// the removal retried for up to [`REMOVE_WAIT`].
@@ -76,7 +24,7 @@ impl CgroupMounts {
             )));
         }
         let dirs = self
-            .v1
+            .v1()
             .iter()
             .map(|(_, mnt)| mnt.join(relative(cgroup)))
             .chain(self.v2_dir(cgroup));
@@ -151,10 +99,6 @@ fn is_container_cgroup(cgroup: &Path) -> bool {
     use std::path::Component;
     let rel = relative(cgroup);
     rel.components().next().is_some() && rel.components().all(|c| matches!(c, Component::Normal(_)))
-}
-
-fn relative(cgroup: &Path) -> &Path {
-    cgroup.strip_prefix("/").unwrap_or(cgroup)
 }
 
 fn oom_kill_count(s: &str) -> u64 {
@@ -264,21 +208,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_mountinfo() {
-        let parse = |t: &str| CgroupMounts::from_table(&crate::mountinfo::parse(t));
-        let m = parse(
-            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
-             40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
-             41 31 0:38 / /sys/fs/cgroup/uni\\040fied rw,relatime - cgroup2 cgroup2 rw\n",
-        );
-        assert!(m.is_v1());
-        assert_eq!(
-            m.v1_dir("memory", Path::new("/a/b")),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/a/b"))
-        );
-        assert_eq!(m.v2, Some(PathBuf::from("/sys/fs/cgroup/uni fied")));
-        let m = parse("1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n");
-        assert!(!m.is_v1());
+    fn oom_counts_and_cgroup_paths() {
+        let m = CgroupMounts::from_table(&crate::mountinfo::parse(
+            "1 0 0:1 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+        ));
         assert_eq!(
             oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
             2

@@ -15,7 +15,7 @@ use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::WaitStatus;
 
-use super::cgroups::CgroupMounts;
+use crate::cgroup_mounts::CgroupMounts;
 use super::logfmt::{LineSplitter, StreamKind, format_line};
 use super::{EXIT_FILE, sys};
 use sandbox_api::error::chain;

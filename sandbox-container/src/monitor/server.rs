@@ -11,13 +11,13 @@ use crius_proto::monitor::{ErrorKind, PROTOCOL_VERSION, Phase, Request, Response
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::cgroups::CgroupMounts;
 use super::conn::{Conn, queue, send_with_fds};
 use super::container::{CreateArgs, Ctr, Fail};
 use super::exec::Exec;
 use super::logfmt::StreamKind;
 use super::ns::PodNs;
 use super::{MonitorConfig, PID_FILE, SOCKET_FILE, sys};
+use crate::cgroup_mounts::CgroupMounts;
 
 /// At most this many clients at once; more are closed on accept.
 pub(super) const MAX_CONNS: usize = 128;

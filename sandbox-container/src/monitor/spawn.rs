@@ -128,14 +128,14 @@ pub fn monitor_alive(pod_dir: &Path) -> bool {
 pub fn signal_orphaned_container(cgroups_path: &str, signal: i32) -> std::io::Result<()> {
     let dir = crate::stats::cgroups_path_dir(cgroups_path)
         .ok_or_else(|| std::io::Error::other(format!("bad cgroups path {cgroups_path:?}")))?;
-    super::cgroups::CgroupMounts::detect().kill_all(&dir, signal)
+    crate::cgroup_mounts::CgroupMounts::detect().kill_all(&dir, signal)
 }
 
 /// For a container whose monitor is gone: removes its (empty) cgroup.
 pub fn remove_orphaned_cgroup(cgroups_path: &str) -> std::io::Result<()> {
     let dir = crate::stats::cgroups_path_dir(cgroups_path)
         .ok_or_else(|| std::io::Error::other(format!("bad cgroups path {cgroups_path:?}")))?;
-    super::cgroups::CgroupMounts::detect().remove(&dir)
+    crate::cgroup_mounts::CgroupMounts::detect().remove(&dir)
 }
 
 /// Ends what is left of a pod's monitor after a Shutdown that failed or

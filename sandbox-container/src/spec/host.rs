@@ -135,7 +135,7 @@ impl HostLimits {
 
         let v1_controllers = match cgroup {
             CgroupMode::V1 => v1_controllers(
-                &crate::mountinfo::read().unwrap_or_default(),
+                &crate::cgroup_mounts::CgroupMounts::detect(),
                 Path::new("/sys/fs/cgroup"),
             ),
             CgroupMode::V2 => Vec::new(),
@@ -180,15 +180,17 @@ const V1_MANAGED: [&str; 12] = [
 ];
 
 /// The v1 hierarchies of managed controllers mounted directly under
-/// `root` (per `mountinfo`), and the symlinks in `root` that point at them.
-fn v1_controllers(table: &[crate::mountinfo::Mount], root: &Path) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = table
+/// `root`, and the symlinks in `root` that point at them.
+fn v1_controllers(
+    mounts: &crate::cgroup_mounts::CgroupMounts,
+    root: &Path,
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = mounts
+        .v1()
         .iter()
-        .filter(|m| {
-            m.fs_type == "cgroup" && m.super_options.split(',').any(|o| V1_MANAGED.contains(&o))
-        })
-        .filter_map(|m| {
-            let dir = m.mount_point.strip_prefix(root).ok()?.to_str()?;
+        .filter(|(controllers, _)| controllers.iter().any(|c| V1_MANAGED.contains(&c.as_str())))
+        .filter_map(|(_, mount)| {
+            let dir = mount.strip_prefix(root).ok()?.to_str()?;
             (!dir.is_empty() && !dir.contains('/')).then(|| (dir.to_string(), dir.to_string()))
         })
         .collect();
@@ -288,7 +290,12 @@ mod tests {
              33 25 0:29 / /elsewhere/x rw - cgroup cgroup rw,pids\n"
         );
         assert_eq!(
-            v1_controllers(&crate::mountinfo::parse(&mountinfo), root.path()),
+            v1_controllers(
+                &crate::cgroup_mounts::CgroupMounts::from_table(&crate::mountinfo::parse(
+                    &mountinfo
+                )),
+                root.path()
+            ),
             [
                 ("cpu".to_string(), "cpu,cpuacct".to_string()),
                 ("cpu,cpuacct".into(), "cpu,cpuacct".into()),
