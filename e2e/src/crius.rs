@@ -58,6 +58,8 @@ pub fn die_with_parent(cmd: &mut Command) {
 }
 
 pub struct Crius {
+    /// The binary run.
+    bin: PathBuf,
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub socket: PathBuf,
@@ -70,6 +72,11 @@ impl Crius {
     /// Starts crius with `mirrors` (registry host -> endpoint URL) and any
     /// extra TOML appended to the config.
     pub fn start(mirrors: &[(&str, &str)], extra: &str) -> io::Result<Crius> {
+        Crius::start_with(&crius_bin(), mirrors, extra)
+    }
+
+    /// [`Crius::start`] with the binary `bin`.
+    pub fn start_with(bin: &Path, mirrors: &[(&str, &str)], extra: &str) -> io::Result<Crius> {
         // Short: Unix socket paths under it (pod monitors, libcontainer's
         // notify sockets with 64-digit IDs) must fit in 107 bytes.
         let dir = tempfile::Builder::new().prefix("cr").tempdir()?;
@@ -91,6 +98,7 @@ impl Crius {
         }
         fs::write(&config, text)?;
         let mut c = Crius {
+            bin: bin.to_path_buf(),
             dir,
             child: None,
             socket,
@@ -107,7 +115,7 @@ impl Crius {
             .create(true)
             .append(true)
             .open(self.dir.path().join("crius.log"))?;
-        let mut cmd = Command::new(crius_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

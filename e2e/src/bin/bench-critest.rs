@@ -7,12 +7,15 @@
 //! ```text
 //! scripts/peers    # once: containerd 2.4.2 and runc 1.5.3 into /var/tmp/crius-peers/bin
 //! cargo run --release -p e2e --bin bench-critest -- [--rounds N] [--samples N]
-//!     [--image-samples N] [--memory-pods N] [--crius PATH] [--containerd2 PATH]
+//!     [--image-samples N] [--memory-pods N] [--crius PATH] [--crius-before PATH]
+//!     [--containerd2 PATH]
 //!     [--runc2 PATH] [--containerd PATH] [--skip NAME]... [--critest PATH]
 //!     [--crius-log-level FILTER] [--keep-logs DIR]
 //! ```
 //!
-//! The runtimes, by the names `--skip` takes: `crius`; `crius-vm`, the same
+//! The runtimes, by the names `--skip` takes: `crius`; `crius-before`, an
+//! earlier build of crius given by `--crius-before` (only then), for a
+//! before-and-after in one run; `crius-vm`, the same
 //! crius with every pod on its `vm` runtime handler (critest's
 //! `--runtime-handler vm`, the memory pods' handler): each pod a VM through
 //! the driver crius picks (qemu; TCG on a host whose KVM runs no stock
@@ -148,7 +151,8 @@ type Res<T> = Result<T, Box<dyn Error>>;
 
 const USAGE: &str = "usage: bench-critest [--rounds N (default 3)] [--samples N (default 20)] \
                      [--image-samples N (default 20)] [--memory-pods N (default 10)] \
-                     [--crius PATH] [--containerd2 PATH] [--runc2 PATH] [--containerd PATH] \
+                     [--crius PATH] [--crius-before PATH] [--containerd2 PATH] [--runc2 PATH] \
+                     [--containerd PATH] \
                      [--skip NAME]... [--critest PATH] [--crius-log-level FILTER] \
                      [--keep-logs DIR]\n\
                      --samples N        critest's podsNumber and containersNumber (sequential)\n\
@@ -158,6 +162,7 @@ const USAGE: &str = "usage: bench-critest [--rounds N (default 3)] [--samples N 
                      memory measurement\n\
                      --crius PATH       default $CARGO_TARGET_DIR/release/crius, else beside \
                      this binary\n\
+                     --crius-before PATH  an earlier crius, measured too (runtime crius-before)\n\
                      --containerd2 PATH containerd 2.4, default \
                      ${CRIUS_PEERS_DIR:-/var/tmp/crius-peers}/bin/containerd (scripts/peers); \
                      the containerd-shim-runc-v2 beside it is used\n\
@@ -211,6 +216,8 @@ struct Args {
     image_samples: usize,
     memory_pods: usize,
     crius: PathBuf,
+    /// Another crius (an earlier build) measured in the same run.
+    crius_before: Option<PathBuf>,
     containerd2: PathBuf,
     runc2: PathBuf,
     containerd: PathBuf,
@@ -235,6 +242,7 @@ fn parse_args() -> Result<Args, String> {
     let mut image_samples = 20usize;
     let mut memory_pods = 10usize;
     let mut crius = None;
+    let mut crius_before = None;
     let mut containerd2 = peers_bin_dir().join("containerd");
     let mut runc2 = None;
     let mut containerd = PathBuf::from("/usr/bin/containerd");
@@ -270,6 +278,7 @@ fn parse_args() -> Result<Args, String> {
             "--image-samples" => image_samples = number("--image-samples", 0)?,
             "--memory-pods" => memory_pods = number("--memory-pods", 1)?,
             "--crius" => crius = Some(PathBuf::from(value()?)),
+            "--crius-before" => crius_before = Some(PathBuf::from(value()?)),
             "--containerd2" => containerd2 = PathBuf::from(value()?),
             "--runc2" => runc2 = Some(PathBuf::from(value()?)),
             "--containerd" => containerd = PathBuf::from(value()?),
@@ -302,6 +311,11 @@ fn parse_args() -> Result<Args, String> {
             crius.display()
         ));
     }
+    if let Some(b) = &crius_before
+        && !b.is_file()
+    {
+        return Err(format!("--crius-before {}: not found", b.display()));
+    }
     let runc2 = runc2.unwrap_or_else(|| {
         containerd2
             .parent()
@@ -319,6 +333,7 @@ fn parse_args() -> Result<Args, String> {
         image_samples,
         memory_pods,
         crius,
+        crius_before,
         containerd2,
         runc2,
         containerd,
@@ -351,33 +366,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // A private copy: a rebuild of the shared target dir during the run
-    // must not change the binary between rounds.
-    if !args.skip.contains(&Kind::Crius) || !args.skip.contains(&Kind::CriusVm) {
-        let crius_copy = work.path().join("crius");
-        let digest = match fs::copy(&args.crius, &crius_copy).and_then(|_| file_sha256(&crius_copy))
-        {
+    // Private copies: a rebuild of the shared target dir during the run
+    // must not change a binary between rounds.
+    let mut copies = Vec::new();
+    let needs_crius = !args.skip.contains(&Kind::Crius) || !args.skip.contains(&Kind::CriusVm);
+    for (name, from) in [
+        ("crius", needs_crius.then_some(&args.crius)),
+        ("crius-before", args.crius_before.as_ref()),
+    ] {
+        let Some(from) = from else { continue };
+        let to = work.path().join(name);
+        let digest = match fs::copy(from, &to).and_then(|_| file_sha256(&to)) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("bench-critest: copying {}: {e}", args.crius.display());
+                eprintln!("bench-critest: copying {}: {e}", from.display());
                 return ExitCode::FAILURE;
             }
         };
         println!(
-            "crius {} ({}, sha256 {}...), copied to {}",
-            args.crius.display(),
-            fs::metadata(&crius_copy).map_or_else(|_| "?".into(), |m| mib(m.len() / 1024)),
+            "{name} {} ({}, sha256 {}...), copied to {}",
+            from.display(),
+            fs::metadata(&to).map_or_else(|_| "?".into(), |m| mib(m.len() / 1024)),
             &digest[..16],
-            crius_copy.display()
+            to.display()
         );
-        // SAFETY: still single-threaded: no runtime, registry or helper
-        // thread exists yet, so nothing reads the environment concurrently.
-        unsafe {
-            // Crius::start runs $CRIUS_BIN.
-            std::env::set_var("CRIUS_BIN", &crius_copy);
-        }
+        copies.push((name, digest));
     }
-    // SAFETY: as above.
+    // SAFETY: still single-threaded: no runtime, registry or helper
+    // thread exists yet, so nothing reads the environment concurrently.
     unsafe {
         // RUST_LOG would override crius's log_level.
         std::env::remove_var("RUST_LOG");
@@ -386,7 +402,11 @@ fn main() -> ExitCode {
         eprintln!("bench-critest: signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    let res = run(&args, work.path());
+    let before = copies
+        .iter()
+        .find(|(n, _)| *n == "crius-before")
+        .map(|(_, d)| d[..12].to_string());
+    let res = run(&args, work.path(), before.as_deref());
     drop(work);
     match res {
         Ok(true) => ExitCode::SUCCESS,
@@ -452,6 +472,8 @@ enum Kind {
     Crius,
     /// crius's `vm` runtime handler: each pod a VM (qemu; TCG here).
     CriusVm,
+    /// An earlier crius (`--crius-before`), runc handler.
+    CriusBefore,
     /// containerd 2.4 with runc 1.5, from `scripts/peers`.
     Containerd2,
     /// Debian's containerd 1.6 with its runc.
@@ -459,8 +481,9 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 5] = [
         Kind::Crius,
+        Kind::CriusBefore,
         Kind::CriusVm,
         Kind::Containerd2,
         Kind::Containerd16,
@@ -471,6 +494,7 @@ impl Kind {
         match self {
             Kind::Crius => "crius",
             Kind::CriusVm => "crius-vm",
+            Kind::CriusBefore => "crius-before",
             Kind::Containerd2 => "containerd2.4",
             Kind::Containerd16 => "containerd1.6",
         }
@@ -498,9 +522,12 @@ struct Runtime {
 
 /// The runtimes to measure, in `Kind::ALL` order: those not skipped whose
 /// binaries exist (a missing containerd is reported and left out).
-fn runtimes(args: &Args) -> Vec<Runtime> {
+fn runtimes(args: &Args, before: Option<&str>) -> Vec<Runtime> {
     let mut out = Vec::new();
     for kind in Kind::ALL {
+        if kind == Kind::CriusBefore && args.crius_before.is_none() {
+            continue;
+        }
         if args.skip.contains(&kind) {
             println!("{}: skipped (--skip)", kind.name());
             continue;
@@ -508,6 +535,7 @@ fn runtimes(args: &Args) -> Vec<Runtime> {
         let label = match kind {
             Kind::Crius => "crius".to_owned(),
             Kind::CriusVm => "crius, vm handler".to_owned(),
+            Kind::CriusBefore => format!("crius before ({})", before.unwrap_or("?")),
             Kind::Containerd2 => {
                 let shim = args
                     .containerd2
@@ -626,15 +654,22 @@ struct ProcMem {
     pss_shmem: u64,
 }
 
-fn run(args: &Args, work: &Path) -> Res<bool> {
+fn run(args: &Args, work: &Path, before: Option<&str>) -> Res<bool> {
     println!("machine: {} cores (nproc)", nproc());
-    let runtimes = runtimes(args);
+    let runtimes = runtimes(args, before);
     if runtimes.is_empty() {
         return Err("no runtime left to measure".into());
     }
     for rt in &runtimes {
         match rt.kind {
             Kind::Crius => {}
+            Kind::CriusBefore => println!(
+                "{}: {}",
+                rt.kind.name(),
+                args.crius_before
+                    .as_ref()
+                    .map_or_else(String::new, |b| b.display().to_string())
+            ),
             Kind::CriusVm => println!(
                 "{}: crius's vm handler (its VMs' driver and accelerator: crius.log of each round)",
                 rt.kind.name()
@@ -700,6 +735,11 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
             fs::create_dir_all(&dir)?;
             let ctx = RunCtx {
                 args,
+                crius: work.join(if kind == Kind::CriusBefore {
+                    "crius-before"
+                } else {
+                    "crius"
+                }),
                 params: &params,
                 dir: &dir,
                 cgroup_parent: format!("/{bench_cgroup}"),
@@ -707,7 +747,9 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
             };
             let net = nets.get(&kind).ok_or("no pod network")?;
             let res = match kind {
-                Kind::Crius | Kind::CriusVm => bench_crius(&ctx, kind, &registry, net),
+                Kind::Crius | Kind::CriusVm | Kind::CriusBefore => {
+                    bench_crius(&ctx, kind, &registry, net)
+                }
                 Kind::Containerd2 | Kind::Containerd16 => {
                     bench_containerd(&ctx, kind, &registry, net)
                 }
@@ -737,6 +779,8 @@ fn run(args: &Args, work: &Path) -> Res<bool> {
 
 struct RunCtx<'a> {
     args: &'a Args,
+    /// The crius binary of this run (a private copy).
+    crius: PathBuf,
     params: &'a Path,
     dir: &'a Path,
     /// For the memory pods.
@@ -773,7 +817,7 @@ fn mirrors(registry: &Registry) -> Vec<(String, String)> {
 }
 
 fn bench_crius(ctx: &RunCtx, kind: Kind, registry: &Registry, net: &TestNetwork) -> Res<RunResult> {
-    let run = CriusRun::start(registry, net, &ctx.args.crius_log_level)?;
+    let run = CriusRun::start(&ctx.crius, registry, net, &ctx.args.crius_log_level)?;
     let pid = run.crius.pid().ok_or("crius is not running")?;
     let socket = run.crius.socket.clone();
     let state = run.crius.state.clone();
@@ -1294,10 +1338,12 @@ fn print_run(round: usize, kind: Kind, r: &RunResult) {
             list.cycles.len(),
         );
     }
-    if m.per_pod.len() != m.pods || m.sleepers != m.pods {
+    // A VM pod's sleeps run in its guest.
+    let sleeps = if kind == Kind::CriusVm { 0 } else { m.pods };
+    if m.per_pod.len() != m.pods || m.sleepers != sleeps {
         println!(
-            "      note: expected {} per-pod processes and {} sleeps",
-            m.pods, m.pods
+            "      note: expected {} per-pod processes and {sleeps} sleeps",
+            m.pods
         );
     }
 }
@@ -1826,7 +1872,7 @@ fn matching_processes(kind: Kind, key: &Path) -> Vec<u32> {
         .filter(|pid| {
             let args = cmdline(*pid);
             match kind {
-                Kind::Crius => {
+                Kind::Crius | Kind::CriusBefore => {
                     args.iter().any(|a| a == "monitor") && args.iter().any(|a| a.starts_with(&*key))
                 }
                 Kind::CriusVm => {
@@ -2026,11 +2072,11 @@ struct CriusRun {
 }
 
 impl CriusRun {
-    fn start(registry: &Registry, net: &TestNetwork, log_level: &str) -> Res<CriusRun> {
+    fn start(bin: &Path, registry: &Registry, net: &TestNetwork, log_level: &str) -> Res<CriusRun> {
         let m = mirrors(registry);
         let mirrors: Vec<(&str, &str)> = m.iter().map(|(h, u)| (h.as_str(), u.as_str())).collect();
-        let mut crius =
-            Crius::start(&mirrors, &net.toml()).map_err(|e| format!("start crius: {e}"))?;
+        let mut crius = Crius::start_with(bin, &mirrors, &net.toml())
+            .map_err(|e| format!("start crius: {e}"))?;
         // Crius::start writes its own verbose log_level; restart on a config
         // with ours (same, still empty, dirs).
         crius.stop()?;

@@ -15,9 +15,9 @@ use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::WaitStatus;
 
-use crate::cgroup_mounts::CgroupMounts;
 use super::logfmt::{LineSplitter, StreamKind, format_line};
 use super::{EXIT_FILE, sys};
+use crate::cgroup_mounts::CgroupMounts;
 use sandbox_api::error::chain;
 use sandbox_api::fs::write_atomic;
 
