@@ -1,5 +1,6 @@
 //! The one place where errors become gRPC statuses.
 
+use image_store::LayerError;
 use image_store::registry::RegistryError;
 use sandbox_api::SandboxError;
 use tonic::{Code, Status};
@@ -56,7 +57,14 @@ fn code(e: &Error) -> Code {
                 RegistryError::BadResponse { .. } => Code::Unknown,
                 RegistryError::BadEndpoint(_) => Code::FailedPrecondition,
             },
-            I::BadImage { .. } | I::Layer { .. } => Code::InvalidArgument,
+            I::Layer { source, .. } => match &**source {
+                LayerError::Download(RegistryError::Unreachable { .. }) | LayerError::Removed => {
+                    Code::Unavailable
+                }
+                _ => Code::InvalidArgument,
+            },
+            I::BadImage { .. } => Code::InvalidArgument,
+            I::InUse { .. } => Code::FailedPrecondition,
             I::Io { .. } | I::Db(_) => Code::Internal,
         },
     }

@@ -9,4 +9,5 @@ pub mod network;
 pub mod oci_image;
 pub mod pods;
 pub mod registry;
+pub mod stall_proxy;
 pub mod test_images;

@@ -478,6 +478,73 @@ async fn concurrent_pulls_share_one_download() {
     assert_eq!(list(&c).await.len(), 1, "{img:?}");
 }
 
+/// A registry that stalls in the middle of a blob holds up that pull only:
+/// while it hangs, an image removal and another pull finish; then the
+/// stalled pull fails as unavailable, saying the download stalled, and
+/// leaves no staging behind. (Before, a pull held the store's lock for its
+/// whole download, and a removal queued behind it blocked every later pull.)
+#[tokio::test]
+async fn a_stalled_download_holds_up_nothing_else_and_fails_clearly() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = fixture();
+    // 2 MiB that gzip cannot shrink: the blob is large.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let name = push_raw_layer(f, "stalls", &raw_tar("big", &data));
+    let proxy = e2e::stall_proxy::StallingProxy::start(&f.host, 1 << 20, 64 << 10).unwrap();
+    let stalled_name = name.replace(&f.host, &proxy.host());
+    // Far above what the other calls take, far below the test's patience.
+    let c = start(f, "[registry]\ntimeout = 15\n");
+    pull(&c, BUSYBOX).await.unwrap();
+
+    let stalled_done = AtomicBool::new(false);
+    let stalled = async {
+        let r = pull(&c, &stalled_name).await;
+        stalled_done.store(true, Ordering::SeqCst);
+        r
+    };
+    let others = async {
+        for _ in 0..1200 {
+            if proxy.stalled() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(proxy.stalled(), 1, "the download reached the stall");
+        c.images()
+            .await
+            .remove_image(RemoveImageRequest {
+                image: spec(BUSYBOX),
+            })
+            .await
+            .expect("remove during the stall");
+        pull(&c, "registry.k8s.io/e2e-test-images/nonewprivs:1.3")
+            .await
+            .expect("pull during the stall");
+        assert!(
+            !stalled_done.load(Ordering::SeqCst),
+            "the removal and the pull finished while the download hung"
+        );
+    };
+    let (res, ()) = tokio::join!(stalled, others);
+    let e = res.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("stalled"), "{}", e.message());
+    assert_eq!(
+        dir_entries(&c.root.join("images/staging")),
+        Vec::<String>::new()
+    );
+    assert!(status(&c, &stalled_name).await.is_none());
+    assert!(status(&c, BUSYBOX).await.is_none());
+}
+
 /// Pushes a one-layer image of `entries` (with the layer's diff ID replaced
 /// by `diff_id` when given) and returns its name.
 fn push_hostile(

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::digest::Digest;
 use crate::metadata::{ImageRecord, Metadata};
+pub use crate::pull::LayerError;
 pub use crate::reference::Reference;
 pub use crate::registry::Credentials;
 use crate::registry::{RegistryClient, RegistryConfig, RegistryError};
@@ -51,6 +52,8 @@ pub enum Error {
     },
     #[error("image metadata")]
     Db(#[from] rusqlite::Error),
+    #[error("image {image} is in use by {by}")]
+    InUse { image: String, by: String },
 }
 
 impl Error {
@@ -72,6 +75,8 @@ pub struct ImageConfig {
     pub max_layer_entries: u64,
     /// Layers downloaded and unpacked at once, per pull.
     pub parallel_layers: usize,
+    /// Layers downloaded and unpacked at once by all pulls together.
+    pub max_downloads: usize,
 }
 
 impl Default for ImageConfig {
@@ -80,6 +85,7 @@ impl Default for ImageConfig {
             max_layer_bytes: 64 << 30,
             max_layer_entries: 4_000_000,
             parallel_layers: 4,
+            max_downloads: 8,
         }
     }
 }
@@ -112,9 +118,12 @@ pub struct ImageStore {
     snapshots: Snapshots,
     registry: RegistryClient,
     config: ImageConfig,
-    /// Pulls hold it shared; removal holds it alone, so a removal never
-    /// deletes a snapshot that a running pull is about to reference.
-    gc: tokio::sync::RwLock<()>,
+    /// Held for the short steps that decide what exists: a pull checking
+    /// its layers and recording its image, a removal deleting one, a pin.
+    /// Never held across a download, so a stalled pull stalls nothing else.
+    gc: Mutex<Gc>,
+    /// Layers being downloaded by all pulls together.
+    downloads: Arc<tokio::sync::Semaphore>,
     /// One lock per image reference or chain ID being pulled, so that two
     /// pulls of the same thing share one download.
     inflight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
@@ -139,9 +148,10 @@ impl ImageStore {
             content,
             snapshots,
             registry,
-            config,
-            gc: tokio::sync::RwLock::new(()),
+            gc: Mutex::new(Gc::default()),
+            downloads: Arc::new(tokio::sync::Semaphore::new(config.max_downloads.max(1))),
             inflight: Mutex::new(HashMap::new()),
+            config,
         };
         store.drop_unrecorded_snapshots()?;
         Ok(store)
@@ -149,6 +159,10 @@ impl ImageStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn gc(&self) -> std::sync::MutexGuard<'_, Gc> {
+        self.gc.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Metadata> {
@@ -225,18 +239,50 @@ impl ImageStore {
         recs.into_iter().map(|r| self.image(r)).collect()
     }
 
-    /// Removes the image `reference` names, with all its tags and digests,
-    /// and the snapshots and blobs no other image uses. Returns false when
-    /// there was no such image.
-    pub async fn remove(&self, reference: &str) -> Result<bool> {
-        let _gc = self.gc.write().await;
-        let Some(id) = self.resolve(reference)? else {
-            return Ok(false);
+    /// Finds an image, as [`ImageStore::get`], and keeps it from removal
+    /// until the pin drops: a container being created holds one until its
+    /// record names the image, which `remove`'s `in_use` then sees.
+    pub fn pin(&self, reference: &str) -> Result<Option<(Image, ImagePin<'_>)>> {
+        let mut gc = self.gc();
+        let Some(image) = self.get(reference)? else {
+            return Ok(None);
         };
-        self.remove_id(&id)
+        *gc.pins.entry(image.id.clone()).or_default() += 1;
+        let pin = ImagePin {
+            store: self,
+            id: image.id.clone(),
+        };
+        Ok(Some((image, pin)))
     }
 
-    /// Removes an image by ID; the caller holds `gc` for writing.
+    /// Removes the image `reference` names, with all its tags and digests,
+    /// and the snapshots and blobs no other image uses. Returns false when
+    /// there was no such image. Refused while the image is pinned or while
+    /// `in_use` names a user of it, checked at the moment of removal.
+    pub fn remove(
+        &self,
+        reference: &str,
+        in_use: impl Fn(&Image) -> Option<String>,
+    ) -> Result<bool> {
+        let gc = self.gc();
+        let Some(image) = self.get(reference)? else {
+            return Ok(false);
+        };
+        let by = if gc.pins.get(&image.id).is_some_and(|&n| n > 0) {
+            Some("a container being created".to_string())
+        } else {
+            in_use(&image)
+        };
+        if let Some(by) = by {
+            return Err(Error::InUse {
+                image: reference.to_string(),
+                by,
+            });
+        }
+        self.remove_id(&image.id)
+    }
+
+    /// Removes an image by ID; the caller holds `gc`.
     fn remove_id(&self, id: &Digest) -> Result<bool> {
         let rec = {
             let mut db = self.db();
@@ -277,6 +323,11 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Whether the layer `chain` is unpacked and recorded.
+    fn has_layer(&self, chain: &Digest) -> Result<bool> {
+        Ok(self.snapshots.exists(chain) && self.db().has_snapshot(chain)?)
+    }
+
     /// Snapshot directories present on disk but not in the metadata are
     /// leftovers of a crash between unpack and record: remove them.
     fn drop_unrecorded_snapshots(&self) -> Result<()> {
@@ -312,5 +363,29 @@ impl ImageStore {
     /// The directory holding the image filesystem (for ImageFsInfo).
     pub fn fs_dir(&self) -> &Path {
         &self.root
+    }
+}
+
+#[derive(Default)]
+struct Gc {
+    /// Image ID -> pins held.
+    pins: HashMap<Digest, usize>,
+}
+
+/// Keeps an image from removal while held; see [`ImageStore::pin`].
+pub struct ImagePin<'a> {
+    store: &'a ImageStore,
+    id: Digest,
+}
+
+impl Drop for ImagePin<'_> {
+    fn drop(&mut self) {
+        let mut gc = self.store.gc();
+        if let Some(n) = gc.pins.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                gc.pins.remove(&self.id);
+            }
+        }
     }
 }

@@ -22,6 +22,10 @@ use crate::{Error, Image, ImageStore, Reference, Result};
 
 const MAX_CONFIG_BYTES: usize = 16 << 20;
 
+/// How many times a pull fetches again the layers that an image removal
+/// deleted under it before it could record its image.
+const RECORD_ATTEMPTS: usize = 3;
+
 /// Why a layer could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
@@ -45,6 +49,8 @@ pub enum LayerError {
     TooLarge(u64),
     #[error("unpack task failed")]
     Task,
+    #[error("removed by an image removal while the pull ran; pull again")]
+    Removed,
 }
 
 #[derive(Deserialize)]
@@ -116,12 +122,14 @@ struct LayerJob {
 impl ImageStore {
     /// Pulls `reference` and returns the image. Concurrent pulls of the
     /// same reference wait for the first; layers already present (from any
-    /// image) are not fetched again.
+    /// image) are not fetched again. No lock is held across the downloads:
+    /// once they are done, the layers are checked and the image recorded in
+    /// one step under `gc`, and layers that a removal deleted meanwhile are
+    /// fetched again.
     pub async fn pull(&self, reference: &str, creds: &Credentials) -> Result<Image> {
         let r = Reference::parse(reference)?;
         let lock = self.inflight_lock(&format!("ref:{r}"));
         let _one = lock.lock().await;
-        let _gc = self.gc.read().await;
         let mut session = self.registry.session(&r, creds);
         let bad = |why: String| Error::BadImage {
             reference: r.to_string(),
@@ -203,14 +211,6 @@ impl ImageStore {
             });
         }
 
-        self.fetch_layers(&r, &session, jobs).await?;
-
-        self.content
-            .put(&manifest_digest, &manifest_bytes)
-            .map_err(Error::io("store manifest"))?;
-        self.content
-            .put(&config_digest, &config_bytes)
-            .map_err(Error::io("store config"))?;
         let record = ImageRecord {
             id: config_digest.clone(),
             manifest_digest: manifest_digest.clone(),
@@ -221,13 +221,37 @@ impl ImageStore {
         if let Some(t) = r.tagged() {
             names.push((t, false));
         }
-        let displaced = self.db().put_image(&record, &names)?;
-        drop(_gc);
-        if !displaced.is_empty() {
-            let _gc = self.gc.write().await;
-            for old in displaced {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.fetch_layers(&r, &session, &jobs).await?;
+            let _gc = self.gc();
+            if let Some(gone) = jobs
+                .iter()
+                .map(|j| self.has_layer(&j.chain_id).map(|has| (j, has)))
+                .find(|res| !matches!(res, Ok((_, true))))
+            {
+                let (job, _) = gone?;
+                if attempt < RECORD_ATTEMPTS {
+                    tracing::debug!(image = %r, layer = %job.digest, "layer removed during the pull; fetching it again");
+                    continue;
+                }
+                return Err(Error::Layer {
+                    reference: r.to_string(),
+                    digest: job.digest.clone(),
+                    source: Box::new(LayerError::Removed),
+                });
+            }
+            self.content
+                .put(&manifest_digest, &manifest_bytes)
+                .map_err(Error::io("store manifest"))?;
+            self.content
+                .put(&config_digest, &config_bytes)
+                .map_err(Error::io("store config"))?;
+            for old in self.db().put_image(&record, &names)? {
                 self.remove_id(&old)?;
             }
+            break;
         }
         tracing::info!(image = %r, id = %config_digest, "image pulled");
         self.get(config_digest.as_str())?
@@ -238,13 +262,14 @@ impl ImageStore {
         &self,
         r: &Reference,
         session: &Session<'_>,
-        jobs: Vec<LayerJob>,
+        jobs: &[LayerJob],
     ) -> Result<()> {
         let limit = Arc::new(Semaphore::new(self.config.parallel_layers.max(1)));
         let mut tasks: FuturesUnordered<_> = jobs
-            .into_iter()
+            .iter()
             .map(|job| {
                 let limit = limit.clone();
+                let downloads = self.downloads.clone();
                 let mut session = session.fork();
                 async move {
                     let lock = self.inflight_lock(&format!("layer:{}", job.chain_id));
@@ -254,12 +279,14 @@ impl ImageStore {
                     {
                         return Ok(());
                     }
-                    let _permit = limit.acquire().await.map_err(|_| Error::Layer {
+                    let closed = |_| Error::Layer {
                         reference: r.to_string(),
                         digest: job.digest.clone(),
                         source: Box::new(LayerError::Task),
-                    })?;
-                    self.fetch_layer(&mut session, &job)
+                    };
+                    let _permit = limit.acquire().await.map_err(closed)?;
+                    let _download = downloads.acquire().await.map_err(closed)?;
+                    self.fetch_layer(&mut session, job)
                         .await
                         .map_err(|source| Error::Layer {
                             reference: r.to_string(),
@@ -313,6 +340,7 @@ impl ImageStore {
         });
         // Feed the body to the unpacker; stop early if it gave up.
         let mut received = 0u64;
+        let mut failed = None;
         loop {
             match resp.chunk().await {
                 Ok(Some(chunk)) => {
@@ -332,13 +360,19 @@ impl ImageStore {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(io::Error::other(e))).await;
+                    let _ = tx.send(Err(io::Error::other("download failed"))).await;
+                    failed = Some(session.body_error(&e));
                     break;
                 }
             }
         }
         drop(tx);
-        let out = unpack.await.map_err(|_| LayerError::Task)??;
+        let out = unpack.await.map_err(|_| LayerError::Task)?;
+        // A failed download makes the unpacker fail too: say why.
+        let out = match (out, failed) {
+            (Err(_), Some(e)) => return Err(LayerError::Download(e)),
+            (out, _) => out?,
+        };
         if out.digest != job.digest {
             return Err(LayerError::Digest {
                 got: out.digest,

@@ -49,11 +49,24 @@ pub enum RegistryError {
 }
 
 /// `[registry]` in the config file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
+    /// Seconds a registry may take to answer a request whole (a download:
+    /// to send its headers), and may stay silent in the middle of a
+    /// download.
+    pub timeout: u64,
     /// Per registry host, endpoints tried in order before the host itself.
     pub mirrors: BTreeMap<String, Mirror>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            timeout: 60,
+            mirrors: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -83,6 +96,8 @@ impl std::fmt::Debug for Credentials {
 
 pub struct RegistryClient {
     http: reqwest::Client,
+    /// `config.timeout`: for a whole small request, or a download's headers.
+    timeout: Duration,
     config: RegistryConfig,
 }
 
@@ -95,16 +110,21 @@ impl RegistryClient {
                 }
             }
         }
+        let timeout = Duration::from_secs(config.timeout.max(1));
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .read_timeout(timeout)
             .user_agent(concat!("crius/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| RegistryError::BadResponse {
                 url: String::new(),
                 why: e.to_string(),
             })?;
-        Ok(RegistryClient { http, config })
+        Ok(RegistryClient {
+            http,
+            timeout,
+            config,
+        })
     }
 
     /// Base URLs (without `/v2`) to try for `registry`, in order.
@@ -219,7 +239,7 @@ impl<'a> Session<'a> {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
-        let bytes = read_bounded(resp, MAX_MANIFEST_BYTES, &url).await?;
+        let bytes = read_bounded(resp, MAX_MANIFEST_BYTES, &url, self.client.timeout).await?;
         let digest = Digest::of(&bytes);
         if let Ok(want) = Digest::parse(reference)
             && want != digest
@@ -244,7 +264,7 @@ impl<'a> Session<'a> {
     ) -> Result<Bytes, RegistryError> {
         let resp = self.blob(digest).await?;
         let url = resp.url().to_string();
-        let bytes = read_bounded(resp, max, &url).await?;
+        let bytes = read_bounded(resp, max, &url, self.client.timeout).await?;
         let got = Digest::of(&bytes);
         if &got != digest {
             return Err(RegistryError::BadResponse {
@@ -253,6 +273,26 @@ impl<'a> Session<'a> {
             });
         }
         Ok(bytes)
+    }
+
+    /// Why a download's body failed, for the error.
+    pub fn body_error(&self, e: &reqwest::Error) -> RegistryError {
+        RegistryError::Unreachable {
+            registry: self.registry.clone(),
+            tried: self
+                .endpoints
+                .get(self.current)
+                .cloned()
+                .unwrap_or_default(),
+            last: if e.is_timeout() {
+                format!(
+                    "the download stalled: no data for {} s",
+                    self.client.timeout.as_secs()
+                )
+            } else {
+                error_chain(e)
+            },
+        }
     }
 
     /// Starts a blob download; the caller streams and verifies the body.
@@ -361,11 +401,15 @@ impl<'a> Session<'a> {
             if let Some(auth) = &self.auth {
                 req = req.header(AUTHORIZATION, auth.clone());
             }
-            let resp = req.send().await.map_err(|e| RegistryError::Unreachable {
+            let unreachable = |last| RegistryError::Unreachable {
                 registry: self.registry.clone(),
                 tried: url.to_string(),
-                last: error_chain(&e),
-            })?;
+                last,
+            };
+            let resp = tokio::time::timeout(self.client.timeout, req.send())
+                .await
+                .map_err(|_| unreachable(no_answer(self.client.timeout)))?
+                .map_err(|e| unreachable(error_chain(&e)))?;
             match resp.status() {
                 s if s.is_success() => return Ok(resp),
                 StatusCode::UNAUTHORIZED if !tried_auth => {
@@ -472,6 +516,7 @@ impl<'a> Session<'a> {
                 .http
                 .post(realm)
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .timeout(self.client.timeout)
                 .body(body)
                 .send()
                 .await
@@ -480,7 +525,7 @@ impl<'a> Session<'a> {
             if !service.is_empty() {
                 u.push_str(&format!("&service={}", urlencode(&service)));
             }
-            let mut req = self.client.http.get(u);
+            let mut req = self.client.http.get(u).timeout(self.client.timeout);
             if has_basic {
                 req = req.header(AUTHORIZATION, basic(&creds.username, &creds.password));
             }
@@ -500,7 +545,7 @@ impl<'a> Session<'a> {
                 why: format!("token endpoint answered HTTP {}", resp.status()),
             });
         }
-        let body = read_bounded(resp, 1 << 20, realm).await?;
+        let body = read_bounded(resp, 1 << 20, realm, self.client.timeout).await?;
         #[derive(Deserialize)]
         struct Token {
             #[serde(default)]
@@ -608,27 +653,47 @@ fn parse_challenge(h: &str) -> (String, BTreeMap<String, String>) {
     (scheme.to_string(), params)
 }
 
-/// Reads a response body, refusing more than `max` bytes.
-async fn read_bounded(mut resp: Response, max: usize, url: &str) -> Result<Bytes, RegistryError> {
+/// Reads a response body whole within `timeout`, refusing more than `max`
+/// bytes.
+async fn read_bounded(
+    mut resp: Response,
+    max: usize,
+    url: &str,
+    timeout: Duration,
+) -> Result<Bytes, RegistryError> {
     let too_big = || RegistryError::BadResponse {
         url: url.to_string(),
         why: format!("body larger than {max} bytes"),
     };
+    let unreachable = |last| RegistryError::Unreachable {
+        registry: String::new(),
+        tried: url.to_string(),
+        last,
+    };
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(too_big());
     }
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Unreachable {
-        registry: String::new(),
-        tried: url.to_string(),
-        last: error_chain(&e),
-    })? {
-        if buf.len() + chunk.len() > max {
-            return Err(too_big());
+    let read = async {
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?
+        {
+            if buf.len() + chunk.len() > max {
+                return Err(too_big());
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(buf))
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| unreachable(no_answer(timeout)))?
+}
+
+fn no_answer(timeout: Duration) -> String {
+    format!("no answer within {} s", timeout.as_secs())
 }
 
 #[cfg(test)]

@@ -20,25 +20,28 @@ pub async fn remove_image(
         return Ok(RemoveImageResponse {});
     };
     let id = image.id.to_string();
-    let uses = |c: &crate::store::ContainerRecord| {
-        c.image_id == id
-            || c.config.mounts.iter().any(|m| {
-                m.image.as_ref().is_some_and(|i| {
-                    i.image == id
-                        || images
-                            .get(&i.image)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|v| v.id == image.id)
+    // Checked under the image store's lock, at the moment of removal: a
+    // container being created pins the image until its record is here.
+    let in_use = |image: &image_store::Image| {
+        let uses = |c: &crate::store::ContainerRecord| {
+            c.image_id == image.id.as_str()
+                || c.config.mounts.iter().any(|m| {
+                    m.image.as_ref().is_some_and(|i| {
+                        i.image == image.id.as_str()
+                            || images
+                                .get(&i.image)
+                                .ok()
+                                .flatten()
+                                .is_some_and(|v| v.id == image.id)
+                    })
                 })
-            })
+        };
+        state
+            .containers()
+            .iter()
+            .find(|c| uses(c))
+            .map(|c| format!("container {}: remove the container first", c.id))
     };
-    if let Some(c) = state.containers().iter().find(|c| uses(c)) {
-        return Err(Error::FailedPrecondition(format!(
-            "image {name} is in use by container {}: remove the container first",
-            c.id
-        )));
-    }
-    images.remove(&id).await?;
+    images.remove(&id, in_use)?;
     Ok(RemoveImageResponse {})
 }

@@ -59,7 +59,9 @@ impl Runtime {
                 container_id: existing.container.id,
             });
         }
-        let image = self.images.get(&image_name)?.ok_or_else(|| {
+        // Pinned until the record below names the image: RemoveImage
+        // refuses it from then on.
+        let (image, pin) = self.images.pin(&image_name)?.ok_or_else(|| {
             Error::NotFound(format!("image {image_name:?} not found: pull it first"))
         })?;
         let log_path = if config.log_path.is_empty() {
@@ -97,6 +99,7 @@ impl Runtime {
         let c_lock = self.store.lock(&c.id);
         let _c_held = c_lock.lock().await;
         self.store.put_container(&c)?;
+        drop(pin);
         let journal = self.journal();
         let image = sandbox_api::ContainerImage {
             id: image.id.to_string(),

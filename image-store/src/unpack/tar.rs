@@ -66,6 +66,8 @@ struct Pending {
     gid: Option<u32>,
     mtime: Option<Mtime>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// GNU sparse records (`GNU.sparse.*`): the data is a sparse map.
+    sparse: bool,
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
 }
@@ -273,18 +275,14 @@ impl<R: Read> Reader<R> {
                         b'4' => Kind::Block,
                         b'5' => Kind::Dir,
                         b'6' => Kind::Fifo,
-                        _ => {
-                            tracing::debug!(
-                                typeflag = flag,
-                                offset,
-                                "skipping tar entry of unknown type"
-                            );
-                            self.skip(size)?;
-                            self.skip(padding(size))?;
-                            pending = Pending::default();
-                            continue;
-                        }
+                        // Its data is a sparse map, not the file: written
+                        // as is, the file would be wrong.
+                        b'S' => return Err(bad("GNU sparse files are not supported")),
+                        _ => return Err(bad("unknown entry type")),
                     };
+                    if pending.sparse {
+                        return Err(bad("PAX sparse files are not supported"));
+                    }
                     let mut entry = header.into_entry(kind, pending);
                     // Old (pre-POSIX) archives mark directories by a
                     // trailing slash only.
@@ -543,6 +541,7 @@ fn parse_pax(mut data: &[u8], pending: &mut Pending) -> Result<(), &'static str>
             b"mtime" => {
                 pending.mtime = optional(value, parse_pax_time).ok_or("invalid PAX mtime")?
             }
+            _ if key.starts_with(b"GNU.sparse.") => pending.sparse = true,
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     if name.is_empty() {
