@@ -61,6 +61,7 @@ fn code(e: &Error) -> Code {
                 LayerError::Download(RegistryError::Unreachable { .. }) | LayerError::Removed => {
                     Code::Unavailable
                 }
+                LayerError::NoSpace(_) => Code::ResourceExhausted,
                 _ => Code::InvalidArgument,
             },
             I::BadImage { .. } => Code::InvalidArgument,

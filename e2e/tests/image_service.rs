@@ -443,6 +443,41 @@ async fn layer_size_cap_refuses_and_leaves_nothing() {
     );
 }
 
+/// An image whose layers together expand past `image.max_image_bytes` is
+/// refused, and so is any pull while the image filesystem is below
+/// `image.min_free_bytes`; neither leaves anything behind.
+#[tokio::test]
+async fn image_byte_cap_and_free_space_floor_refuse_and_leave_nothing() {
+    let f = fixture();
+    for (config, code, says) in [
+        (
+            "[image]\nmax_image_bytes = 1048576\n",
+            Code::InvalidArgument,
+            "the image expands past the 1048576-byte limit",
+        ),
+        (
+            // More than any disk has.
+            "[image]\nmin_free_bytes = 9223372036854775807\n",
+            Code::ResourceExhausted,
+            "the image filesystem is down to its last",
+        ),
+    ] {
+        let c = start(f, config);
+        let e = pull(&c, BUSYBOX).await.unwrap_err();
+        assert_eq!(e.code(), code, "{config}: {e:?}");
+        assert!(e.message().contains(says), "{config}: {}", e.message());
+        assert!(list(&c).await.is_empty());
+        assert_eq!(
+            dir_entries(&c.root.join("images/staging")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            dir_entries(&c.root.join("images/snapshots")),
+            Vec::<String>::new()
+        );
+    }
+}
+
 #[tokio::test]
 async fn images_survive_sigkill_and_instances_stay_apart() {
     let f = fixture();

@@ -73,6 +73,11 @@ pub struct ImageConfig {
     pub max_layer_bytes: u64,
     /// The most tar entries in one layer.
     pub max_layer_entries: u64,
+    /// The most bytes the layers one pull unpacks may expand to together.
+    pub max_image_bytes: u64,
+    /// A layer is not unpacked, nor goes on unpacking, when the image
+    /// filesystem has less free space than this.
+    pub min_free_bytes: u64,
     /// Layers downloaded and unpacked at once, per pull.
     pub parallel_layers: usize,
     /// Layers downloaded and unpacked at once by all pulls together.
@@ -84,6 +89,8 @@ impl Default for ImageConfig {
         ImageConfig {
             max_layer_bytes: 64 << 30,
             max_layer_entries: 4_000_000,
+            max_image_bytes: 128 << 30,
+            min_free_bytes: 256 << 20,
             parallel_layers: 4,
             max_downloads: 8,
         }

@@ -6,6 +6,7 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -47,6 +48,10 @@ pub enum LayerError {
     Db(#[source] rusqlite::Error),
     #[error("expands past the {0}-byte limit")]
     TooLarge(u64),
+    #[error("the image expands past the {0}-byte limit")]
+    ImageTooLarge(u64),
+    #[error("the image filesystem is down to its last {0} bytes")]
+    NoSpace(u64),
     #[error("unpack task failed")]
     Task,
     #[error("removed by an image removal while the pull ran; pull again")]
@@ -265,11 +270,13 @@ impl ImageStore {
         jobs: &[LayerJob],
     ) -> Result<()> {
         let limit = Arc::new(Semaphore::new(self.config.parallel_layers.max(1)));
+        let budget = Arc::new(AtomicU64::new(self.config.max_image_bytes));
         let mut tasks: FuturesUnordered<_> = jobs
             .iter()
             .map(|job| {
                 let limit = limit.clone();
                 let downloads = self.downloads.clone();
+                let budget = budget.clone();
                 let mut session = session.fork();
                 async move {
                     let lock = self.inflight_lock(&format!("layer:{}", job.chain_id));
@@ -286,7 +293,7 @@ impl ImageStore {
                     };
                     let _permit = limit.acquire().await.map_err(closed)?;
                     let _download = downloads.acquire().await.map_err(closed)?;
-                    self.fetch_layer(&mut session, job)
+                    self.fetch_layer(&mut session, job, budget)
                         .await
                         .map_err(|source| Error::Layer {
                             reference: r.to_string(),
@@ -308,6 +315,7 @@ impl ImageStore {
         &self,
         session: &mut Session<'_>,
         job: &LayerJob,
+        budget: Arc<AtomicU64>,
     ) -> Result<(), LayerError> {
         let mut resp = session
             .blob(&job.digest)
@@ -326,6 +334,15 @@ impl ImageStore {
         let dest = staged.path().to_path_buf();
         let compression = job.compression;
         let max_bytes = self.config.max_layer_bytes;
+        let mut guard = Guard {
+            budget,
+            max_image_bytes: self.config.max_image_bytes,
+            min_free: self.config.min_free_bytes,
+            dir: dest.clone(),
+            since_check: 0,
+            failed: None,
+        };
+        guard.check_space(0)?;
         let unpack = tokio::task::spawn_blocking(move || {
             unpack_stream(
                 ChannelReader {
@@ -336,6 +353,7 @@ impl ImageStore {
                 &dest,
                 &limits,
                 max_bytes,
+                guard,
             )
         });
         // Feed the body to the unpacker; stop early if it gave up.
@@ -424,6 +442,7 @@ fn unpack_stream(
     dest: &std::path::Path,
     limits: &Limits,
     max_bytes: u64,
+    mut guard: Guard,
 ) -> Result<Unpacked, LayerError> {
     let mut compressed = HashingReader::new(input);
     let (diff_id, stats) = {
@@ -436,9 +455,22 @@ fn unpack_stream(
         };
         // The tar may end before the stream does; the rest still counts
         // towards the diff ID and the size limit.
-        let mut tar = HashingReader::new(decompressed.take(max_bytes.saturating_add(1)));
-        let stats = unpack::unpack(&mut tar, dest, limits).map_err(LayerError::Unpack)?;
-        let (diff_id, n) = tar.finish().map_err(LayerError::Read)?;
+        let guarded = GuardedReader {
+            inner: decompressed.take(max_bytes.saturating_add(1)),
+            guard: &mut guard,
+        };
+        let mut tar = HashingReader::new(guarded);
+        let stats = unpack::unpack(&mut tar, dest, limits);
+        let finished = stats.is_ok().then(|| tar.finish());
+        // The guard's reason beats the unpacker's I/O error it caused.
+        if let Some(e) = guard.failed.take() {
+            return Err(e);
+        }
+        let stats = stats.map_err(LayerError::Unpack)?;
+        let Some(finished) = finished else {
+            return Err(LayerError::Task);
+        };
+        let (diff_id, n) = finished.map_err(LayerError::Read)?;
         if n > max_bytes {
             return Err(LayerError::TooLarge(max_bytes));
         }
@@ -451,6 +483,70 @@ fn unpack_stream(
         diff_id,
         stats,
     })
+}
+
+/// What a layer may cost beyond its own limits: its share of the pull's
+/// byte budget (`image.max_image_bytes`, shared by the pull's layers) and
+/// the free space left on the image filesystem (`image.min_free_bytes`).
+struct Guard {
+    budget: Arc<AtomicU64>,
+    max_image_bytes: u64,
+    min_free: u64,
+    /// Where the layer is unpacked: the filesystem to watch.
+    dir: std::path::PathBuf,
+    since_check: u64,
+    /// Why the guard stopped the layer (the unpacker only sees an I/O error).
+    failed: Option<LayerError>,
+}
+
+/// Free space is looked at once per this many bytes unpacked.
+const SPACE_CHECK_BYTES: u64 = 16 << 20;
+
+impl Guard {
+    /// Takes `n` bytes from the budget; looks at the free space now and then.
+    fn take(&mut self, n: u64) -> Result<(), LayerError> {
+        let left = self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(n));
+        if left.is_err() {
+            return Err(LayerError::ImageTooLarge(self.max_image_bytes));
+        }
+        self.check_space(n)
+    }
+
+    fn check_space(&mut self, n: u64) -> Result<(), LayerError> {
+        self.since_check += n;
+        if n > 0 && self.since_check < SPACE_CHECK_BYTES {
+            return Ok(());
+        }
+        self.since_check = 0;
+        let st = nix::sys::statvfs::statvfs(&self.dir)
+            .map_err(|e| LayerError::Read(io::Error::from(e)))?;
+        #[allow(clippy::unnecessary_cast)] // the field types differ by target
+        let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+        if free < self.min_free {
+            return Err(LayerError::NoSpace(self.min_free));
+        }
+        Ok(())
+    }
+}
+
+/// Counts the uncompressed layer against its [`Guard`].
+struct GuardedReader<'g, R> {
+    inner: R,
+    guard: &'g mut Guard,
+}
+
+impl<R: Read> Read for GuardedReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Err(e) = self.guard.take(n as u64) {
+            let msg = e.to_string();
+            self.guard.failed = Some(e);
+            return Err(io::Error::other(msg));
+        }
+        Ok(n)
+    }
 }
 
 /// A blocking `Read` over chunks sent from the async side.

@@ -3,7 +3,10 @@
 //! devices, opaque dirs by xattr), so a container rootfs is an overlay of
 //! its image's snapshots. A layer is unpacked into `staging/` and renamed
 //! into `snapshots/` only once verified; anything left in `staging/` after
-//! a crash is deleted at start.
+//! a crash is deleted at start. A snapshot is on disk (syncfs) before it
+//! is renamed into place, and the rename is on disk (fsync of `snapshots/`)
+//! before the caller records it: after a power loss a recorded snapshot is
+//! whole.
 
 use std::fs;
 use std::io;
@@ -58,7 +61,7 @@ impl Snapshots {
         Ok(Staged { path: Some(path) })
     }
 
-    /// Publishes a staged snapshot under its chain ID.
+    /// Publishes a staged snapshot under its chain ID, durably.
     pub fn commit(&self, mut staged: Staged, chain_id: &Digest) -> io::Result<()> {
         let Some(from) = staged.path.take() else {
             return Ok(());
@@ -68,7 +71,10 @@ impl Snapshots {
             remove_tree(&from)?;
             return Ok(());
         }
-        fs::rename(&from, &to)
+        let tree = fs::File::open(&from)?;
+        nix::unistd::syncfs(&tree)?;
+        fs::rename(&from, &to)?;
+        fs::File::open(&self.dir)?.sync_all()
     }
 
     pub fn remove(&self, chain_id: &Digest) -> io::Result<()> {

@@ -50,8 +50,15 @@ pub(super) struct Writer {
     /// (st_dev, st_ino) -> index in `dirs`, so a directory named twice gets
     /// the later entry's mtime.
     seen: HashMap<(u64, u64), usize>,
+    /// Memory `dirs` and `seen` account for, bounded by `max_dir_memory`.
+    dir_memory: u64,
+    max_dir_memory: u64,
     buf: Vec<u8>,
 }
+
+/// What one recorded directory costs beyond its path: the `DirTime`, the
+/// `seen` entry and the allocators' overhead, roughly.
+const DIR_COST: u64 = 96;
 
 struct DirTime {
     path: CString,
@@ -60,7 +67,7 @@ struct DirTime {
 }
 
 impl Writer {
-    pub(super) fn open(dest: &Path) -> Result<Writer, UnpackError> {
+    pub(super) fn open(dest: &Path, max_dir_memory: u64) -> Result<Writer, UnpackError> {
         let root = fcntl::open(dest, DIR_FLAGS, Mode::empty()).map_err(|e| UnpackError::Io {
             op: "open",
             path: dest.to_path_buf(),
@@ -71,6 +78,8 @@ impl Writer {
             root,
             dirs: Vec::new(),
             seen: HashMap::new(),
+            dir_memory: 0,
+            max_dir_memory,
             buf: vec![0; 128 * 1024],
         })
     }
@@ -184,7 +193,12 @@ impl Writer {
             .map_err(|e| self.io_error("open", rel, e.into()))?;
         self.set_metadata(entry, fd.as_fd(), rel)?;
         let st = stat::fstat(&fd).map_err(|e| self.io_error("stat", rel, e.into()))?;
-        self.record_dir(rel, file_id(&st), timespec(entry.mtime))
+        let mtime = timespec(entry.mtime);
+        if !self.record_dir(rel, file_id(&st), mtime)? {
+            stat::futimens(&fd, &mtime, &mtime)
+                .map_err(|e| self.io_error("set the times of", rel, e.into()))?;
+        }
+        Ok(())
     }
 
     fn symlink(
@@ -417,24 +431,37 @@ impl Writer {
         .map_err(|e| self.io_error("set the times of", rel, e.into()))
     }
 
+    /// Remembers a directory's mtime for the end of the layer; false when
+    /// that would pass `max_dir_memory` (the caller sets it now).
     fn record_dir(
         &mut self,
         rel: &[u8],
         id: (u64, u64),
         mtime: TimeSpec,
-    ) -> Result<(), UnpackError> {
+    ) -> Result<bool, UnpackError> {
         let path = cstring(rel)?;
         match self.seen.get(&id).and_then(|&i| self.dirs.get_mut(i)) {
             Some(dir) => {
-                dir.path = path;
+                // The later entry's time wins; its path too, room allowing
+                // (the end checks that the path still leads to this one).
+                let (old, new) = (dir.path.as_bytes().len() as u64, rel.len() as u64);
+                if self.dir_memory - old + new <= self.max_dir_memory {
+                    self.dir_memory = self.dir_memory - old + new;
+                    dir.path = path;
+                }
                 dir.mtime = mtime;
             }
             None => {
+                let cost = rel.len() as u64 + DIR_COST;
+                if self.dir_memory + cost > self.max_dir_memory {
+                    return Ok(false);
+                }
+                self.dir_memory += cost;
                 self.seen.insert(id, self.dirs.len());
                 self.dirs.push(DirTime { path, id, mtime });
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Opens the directory `comps` (relative to the snapshot, symlinks

@@ -24,7 +24,7 @@
 //! - change outside files through links: chmod, chown or truncate a symlink
 //!   or hard-link target by naming the link in a later entry;
 //! - exhaust memory, disk or time: a decompression bomb, huge extended
-//!   headers, millions of entries, deep trees;
+//!   headers, millions of entries, millions of directories, deep trees;
 //! - crash the runtime with malformed headers.
 //!
 //! The defences:
@@ -34,6 +34,8 @@
 //!   [`Limits::max_bytes`], every header against [`Limits::max_entries`], and
 //!   extended headers (PAX, GNU long names) are refused before they are read
 //!   into memory when they exceed [`Limits::max_header_bytes`].
+//! - The writer's memory is bounded too: the directories whose times wait
+//!   for the end of the layer fit in [`Limits::max_dir_memory`].
 //! - Names are normalised lexically; a `..` component anywhere is an error.
 //! - The writer ([`apply`]) never passes a multi-component path to a syscall
 //!   except through `openat2(2)` with `RESOLVE_IN_ROOT`, relative to a file
@@ -69,6 +71,11 @@ pub struct Limits {
     /// Size of the extended headers (PAX records, GNU long names) that may
     /// precede one entry, in total.
     pub max_header_bytes: u64,
+    /// Memory for the directories whose times are set once the layer ends
+    /// (path bytes plus a fixed cost each). Past it, a directory's times are
+    /// set at once, and a later entry in it leaves its mtime at unpack time:
+    /// only a layer of millions of directories gets there.
+    pub max_dir_memory: u64,
 }
 
 impl Default for Limits {
@@ -77,6 +84,7 @@ impl Default for Limits {
             max_bytes: 64 << 30,
             max_entries: 4_000_000,
             max_header_bytes: 1 << 20,
+            max_dir_memory: 64 << 20,
         }
     }
 }
@@ -124,7 +132,7 @@ pub enum UnpackError {
 /// error `dest` holds a partial tree that the caller must delete.
 pub fn unpack<R: Read>(tar: R, dest: &Path, limits: &Limits) -> Result<Stats, UnpackError> {
     let mut reader = tar::Reader::new(tar, limits);
-    let mut writer = apply::Writer::open(dest)?;
+    let mut writer = apply::Writer::open(dest, limits.max_dir_memory)?;
     while let Some(entry) = reader.next_entry()? {
         writer.apply(&entry, &mut reader)?;
     }

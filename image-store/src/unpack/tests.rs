@@ -684,6 +684,36 @@ fn too_many_entries() {
     );
 }
 
+/// The directories whose times wait for the end of the layer fit in
+/// `max_dir_memory`: within it, a directory keeps the layer's mtime though
+/// entries come into it later; past it, its time is set at once (and a
+/// later entry in it moves it), but the layer still unpacks.
+#[test]
+fn directory_memory_is_bounded() {
+    let sb = Sandbox::new();
+    let mut t = Tar::default();
+    for i in 0..20 {
+        t.entry(h(b'5', &format!("d{i:02}")).mtime(1_000_000_000), b"");
+    }
+    for i in 0..20 {
+        t.file(&format!("d{i:02}/f"), b"x");
+    }
+    let limits = Limits {
+        // Room for about five: each costs its path and DIR_COST.
+        max_dir_memory: 5 * 99,
+        ..Limits::default()
+    };
+    unpack(&t.finish()[..], &sb.dest, &limits).unwrap();
+    let mtime = |i: usize| lstat(&sb.path(&format!("d{i:02}"))).mtime();
+    for i in 0..5 {
+        assert_eq!(mtime(i), 1_000_000_000, "d{i:02} was recorded");
+    }
+    for i in 5..20 {
+        assert_ne!(mtime(i), 1_000_000_000, "d{i:02} was past the bound");
+        assert_eq!(fs::read(sb.path(&format!("d{i:02}/f"))).unwrap(), b"x");
+    }
+}
+
 /// A sparse file's data is a map plus fragments, and an unknown entry type
 /// may be anything: writing either as a plain file, or skipping it, would
 /// make a tree that is not the image's. Both are refused, nothing after them
