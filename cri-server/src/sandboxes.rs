@@ -28,7 +28,12 @@ impl Sandboxes {
         images: Arc<ImageStore>,
         events: EventSink,
     ) -> Result<Sandboxes, SandboxError> {
-        let mut cni = sandbox_container::cni::CniOptions::new(config.state.join("cni-cache"));
+        // On persistent storage, so that a reboot's leftovers are swept;
+        // it was under `state` before.
+        let cache = config.root.join("cni-cache");
+        sandbox_container::cni::move_cache_entries(&config.state.join("cni-cache"), &cache)
+            .map_err(SandboxError::at("move the CNI cache"))?;
+        let mut cni = sandbox_container::cni::CniOptions::new(cache);
         cni.conf_dirs = config.cni.conf_dirs.clone();
         cni.bin_dirs = config.cni.bin_dirs.clone();
         cni.plugin_timeout = Duration::from_secs(config.cni.plugin_timeout.max(1));

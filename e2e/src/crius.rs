@@ -155,10 +155,22 @@ impl Crius {
 
     /// SIGKILLs crius (by its PID) and starts it again on the same dirs.
     pub fn kill_and_restart(&mut self) -> io::Result<()> {
+        self.kill()?;
+        self.spawn()
+    }
+
+    /// SIGKILLs crius (by its PID) and reaps it; [`Crius::restart`] starts
+    /// it again.
+    pub fn kill(&mut self) -> io::Result<()> {
         if let Some(mut c) = self.child.take() {
             c.kill()?;
             c.wait()?;
         }
+        Ok(())
+    }
+
+    /// Starts crius again on the same dirs, after [`Crius::kill`].
+    pub fn restart(&mut self) -> io::Result<()> {
         self.spawn()
     }
 

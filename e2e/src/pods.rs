@@ -53,6 +53,89 @@ impl Env {
     }
 }
 
+impl Env {
+    /// What a reboot does to this env's crius, short of rebooting: crius is
+    /// SIGKILLed, every process of its pods (its monitors, by their pid
+    /// files; its containers, by this env's cgroups) is killed, every mount
+    /// under its dirs goes, and its state directory (tmpfs on a real node)
+    /// is emptied; then crius starts again on the same root, and has
+    /// answered a call (so its start-up recovery is done).
+    pub async fn reboot(&mut self) {
+        self.c.kill().expect("kill crius");
+        let monitors: Vec<u32> = fs::read_dir(self.c.state.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|p| fs::read_to_string(p.path().join("monitor.pid")).ok())
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        for pid in monitors {
+            kill_pid(pid);
+        }
+        for _ in 0..100 {
+            let procs = cgroup_procs(&self.cgroup_parent);
+            if procs.is_empty() {
+                break;
+            }
+            procs.into_iter().for_each(kill_pid);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            cgroup_procs(&self.cgroup_parent).is_empty(),
+            "the pods' processes are gone"
+        );
+        let mut mounts = mounts_under(&self.c.state);
+        mounts.extend(mounts_under(&self.c.root));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH)
+                .unwrap_or_else(|e| panic!("unmount {m}: {e}"));
+        }
+        fs::remove_dir_all(&self.c.state).expect("empty the state dir");
+        self.c.restart().expect("start crius after the reboot");
+        self.c
+            .runtime()
+            .await
+            .version(VersionRequest::default())
+            .await
+            .expect("crius answers after the reboot");
+    }
+}
+
+fn kill_pid(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The PIDs in any cgroup at or below `parent`, in any v1 hierarchy.
+fn cgroup_procs(parent: &str) -> Vec<u32> {
+    fn walk(dir: &Path, out: &mut Vec<u32>) {
+        if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ctl in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        walk(&ctl.path().join(parent.trim_start_matches('/')), &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 impl Drop for Env {
     fn drop(&mut self) {
         let _ = self.c.crictl(&["rmp", "--force", "--all"]);

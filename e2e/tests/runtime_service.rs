@@ -316,6 +316,55 @@ async fn containers_survive_a_crius_sigkill() {
     assert!(mounts_under(&e.c.state).is_empty());
 }
 
+/// The records live on tmpfs; the writable layers and the IPAM
+/// allocations do not. After a reboot (everything of the pods gone, the
+/// state emptied, the root kept), crius sweeps what no record names: the
+/// pod's IP goes back to host-local, its container's writable layer goes,
+/// and a new pod runs.
+#[tokio::test]
+async fn a_reboot_leaves_no_writable_layer_or_pod_ip_behind() {
+    let mut e = env().await;
+    let pc = pod_config(&e, "before-reboot");
+    let pod = run_pod(&e.c, &pc).await;
+    let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &id).await;
+    let layers = e.c.root.join("containers");
+    assert_eq!(
+        fs::read_dir(&layers).unwrap().count(),
+        1,
+        "one writable layer"
+    );
+    assert_eq!(e.net.allocated_ips().len(), 1, "one pod IP");
+
+    e.reboot().await;
+
+    assert!(
+        e.net.allocated_ips().is_empty(),
+        "the pod IP is released: {:?}\n{}",
+        e.net.allocated_ips(),
+        e.c.log()
+    );
+    assert_eq!(
+        fs::read_dir(&layers).unwrap().count(),
+        0,
+        "the writable layer is swept\n{}",
+        e.c.log()
+    );
+    let rt = &mut e.c.runtime().await;
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    let pc = pod_config(&e, "after-reboot");
+    let pod = run_pod(&e.c, &pc).await;
+    assert_eq!(e.net.allocated_ips().len(), 1);
+    stop_remove_pod(&e.c, &pod).await;
+    assert!(e.net.allocated_ips().is_empty());
+}
+
 #[tokio::test]
 async fn crictl_runs_a_pod_and_a_container() {
     let e = env().await;

@@ -75,6 +75,17 @@ pub trait SandboxController: Send + Sync {
     async fn adopt_pod(&self, pod: &Pod, containers: &[Container]);
     /// What verbose PodSandboxStatus shows of the sandbox's side.
     fn pod_info(&self, pod: &Pod) -> serde_json::Value;
+    /// Once recovery is done at start: deletes what this sandbox keeps on
+    /// persistent storage (writable layers, network attachments) for pods
+    /// and containers that no record names, of any sandbox: a reboot
+    /// emptied the runtime state, or a crash came between a step and its
+    /// record. Best effort; it logs what it could not delete.
+    async fn sweep(
+        &self,
+        _live_pods: &std::collections::HashSet<String>,
+        _live_containers: &std::collections::HashSet<String>,
+    ) {
+    }
 
     /// A container or exec process is about to be made in this sandbox:
     /// starts slow set-up that can run beside the call's own work.

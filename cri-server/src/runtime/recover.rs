@@ -1,7 +1,9 @@
 //! Restart recovery: whatever a crash interrupted is rolled back, so the
 //! store holds only pods and containers that fully exist; then each Ready
 //! pod is handed back to its sandbox, whose events bring the exits that
-//! happened meanwhile (running pods outlived us).
+//! happened meanwhile (running pods outlived us). Last, every sandbox
+//! sweeps what it keeps on persistent storage for pods and containers no
+//! record names (after a reboot, all of them: the records are on tmpfs).
 
 use super::Runtime;
 use crate::store::{ContainerPhase, PodState};
@@ -64,6 +66,16 @@ impl Runtime {
             if let Err(e) = result {
                 tracing::warn!(pod = %p.id, error = %crate::error::chain(&e), "rollback failed");
             }
+        }
+        let pods = self.store.pods().into_iter().map(|p| p.pod.id).collect();
+        let containers = self
+            .store
+            .containers()
+            .into_iter()
+            .map(|c| c.container.id)
+            .collect();
+        for ctl in self.sandboxes.all() {
+            ctl.sweep(&pods, &containers).await;
         }
     }
 }

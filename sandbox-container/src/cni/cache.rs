@@ -137,6 +137,25 @@ impl Cache {
     /// The entries of an attachment, for any network; none when the cache
     /// dir does not exist.
     pub(crate) fn find(&self, container_id: &str, if_name: &str) -> Result<Vec<Found>> {
+        self.find_prefix(&Self::prefix(container_id, if_name))
+    }
+
+    /// The container IDs that have entries, each once.
+    pub(crate) fn container_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .find_prefix("")?
+            .iter()
+            .filter_map(|f| {
+                let name = f.path.file_name()?.to_str()?;
+                Some(name.split('@').next()?.to_string())
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn find_prefix(&self, prefix: &str) -> Result<Vec<Found>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -147,7 +166,6 @@ impl Cache {
                 });
             }
         };
-        let prefix = Self::prefix(container_id, if_name);
         let mut found = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| Error::Cache {
@@ -156,7 +174,7 @@ impl Cache {
             })?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !(name.starts_with(&prefix) && name.ends_with(".json")) {
+            if !(name.starts_with(prefix) && name.ends_with(".json")) || name.starts_with('.') {
                 continue;
             }
             let path = entry.path();
@@ -203,6 +221,37 @@ fn read_entry(path: &Path) -> Result<Result<CacheEntry, serde_json::Error>> {
             )))
         }
     }))
+}
+
+/// Moves the entries of an earlier cache dir (`old`) into `new`, once: a
+/// crius upgraded in place keeps what it owes its running pods.
+pub fn move_entries(old: &Path, new: &Path) -> std::io::Result<usize> {
+    let entries = match fs::read_dir(old) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(new)?;
+    let mut moved = 0;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let to = new.join(&name);
+        if name.to_str().is_some_and(|n| n.ends_with(".json")) && !to.exists() {
+            let tmp = new.join(format!(".moved.{}.tmp", name.to_string_lossy()));
+            fs::copy(e.path(), &tmp)?;
+            fs::File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &to)?;
+            moved += 1;
+        }
+        fs::remove_file(e.path())?;
+    }
+    fs::File::open(new)?.sync_all()?;
+    let _ = fs::remove_dir(old);
+    Ok(moved)
 }
 
 #[cfg(test)]

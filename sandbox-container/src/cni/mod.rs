@@ -58,7 +58,8 @@ pub use config::{NetworkConfigList, PluginConfig, SUPPORTED_VERSIONS, find_plugi
 pub use error::{ConfigError, Error, PluginError, Result};
 pub use result::{Dns, Interface, IpConfig, IpPrefix, IpPrefixError, NetworkResult, Route};
 
-use cache::{Cache, CacheEntry};
+pub use cache::move_entries as move_cache_entries;
+use cache::{Cache, CacheEntry, Found};
 use exec::{Command, Invocation, PluginEnv};
 
 /// Where the CNI caller finds configs and plugins, and where it caches.
@@ -68,7 +69,10 @@ pub struct CniOptions {
     pub conf_dirs: Vec<PathBuf>,
     /// Plugin binary dirs, in search order (also passed as `CNI_PATH`).
     pub bin_dirs: Vec<PathBuf>,
-    /// Where ADD results are cached (for example `<state>/cni-cache`).
+    /// Where ADD results are cached: on persistent storage (for example
+    /// `<root>/cni-cache`), so that what a reboot left attached (host-local
+    /// IPAM's allocations, hostPort rules' records) is swept at the next
+    /// start.
     pub cache_dir: PathBuf,
     /// The pod's interface name (`CNI_IFNAME`).
     pub ifname: String,
@@ -203,13 +207,25 @@ impl Cni {
     }
 
     /// Attaches the pod to the network: ADD through every plugin, result
-    /// cached. On failure the attachment is DELeted again (best effort).
+    /// cached. The cache entry is written (without a result) before the
+    /// first plugin runs, so a crash in the middle still owes a DEL. On
+    /// failure the attachment is DELeted again (best effort; the entry
+    /// stays until a DEL works).
     pub fn add(&self, pod: &PodNetwork) -> Result<NetworkResult> {
         let started = Instant::now();
         let env = self.plugin_env(pod)?;
         let list = self.config()?;
         let binaries = self.binaries(&list)?;
         let caps = capability_args(pod);
+        let pending = self.cache.write(&CacheEntry::new(
+            &list.name,
+            &env.container_id,
+            &env.ifname,
+            &env.netns,
+            list.to_value(),
+            caps.clone(),
+            Value::Null,
+        ))?;
         match self.add_list(&list, &binaries, &env, &caps) {
             Ok(result) => {
                 info!(
@@ -229,13 +245,14 @@ impl Cni {
                     error = %sandbox_api::error::chain(&e),
                     "CNI ADD failed; undoing it with DEL"
                 );
-                if let Err(del) = self.run_each(Command::Del, &list, &binaries, &env, &caps, None) {
-                    warn!(
+                match self.run_each(Command::Del, &list, &binaries, &env, &caps, None) {
+                    Ok(()) => self.cache.remove(&pending)?,
+                    Err(del) => warn!(
                         network = %list.name,
                         id = %pod.id,
                         error = %sandbox_api::error::chain(&del),
                         "CNI DEL after a failed ADD failed"
-                    );
+                    ),
                 }
                 Err(e)
             }
@@ -349,6 +366,13 @@ impl Cni {
                 path: f.path.clone(),
                 source,
             })?;
+            if entry.result.is_null() {
+                // An ADD that did not finish.
+                return Err(Error::NotAttached {
+                    container_id: env.container_id,
+                    ifname: env.ifname,
+                });
+            }
             let list = NetworkConfigList::from_list_value(entry.config).map_err(|e| {
                 Error::CorruptCache {
                     path: f.path.clone(),
@@ -377,6 +401,42 @@ impl Cni {
             )?;
         }
         Ok(())
+    }
+
+    /// DELs every attachment in the cache whose pod `live` does not know
+    /// (its records went with a reboot, or a crash came between ADD and
+    /// the record): the plugins release its IP and host ports though its
+    /// network namespace is gone. Returns the pods swept.
+    pub fn sweep(&self, live: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+        let mut swept = Vec::new();
+        let ids = self.cache.container_ids()?;
+        debug!(dir = %self.opts.cache_dir.display(), attachments = ids.len(), "CNI sweep");
+        for id in ids {
+            if live(&id) {
+                continue;
+            }
+            let gone = PodNetwork {
+                id: id.clone(),
+                netns: self.opts.cache_dir.join("gone"),
+                ..PodNetwork::default()
+            };
+            let gone = match self.cache.find(&id, &self.opts.ifname)?.first() {
+                Some(Found {
+                    entry: Ok(entry), ..
+                }) => PodNetwork {
+                    netns: entry.netns.clone(),
+                    ..gone
+                },
+                _ => gone,
+            };
+            match self.del(&gone) {
+                Ok(()) => swept.push(id),
+                Err(e) => {
+                    warn!(id = %id, error = %sandbox_api::error::chain(&e), "cannot sweep a CNI attachment")
+                }
+            }
+        }
+        Ok(swept)
     }
 
     /// The cached ADD result of the pod (the first, if it is on several

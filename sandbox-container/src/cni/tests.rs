@@ -275,6 +275,41 @@ fn cni_del_after_restart_uses_cache_alone() {
     });
 }
 
+/// After a reboot: the pod's netns is gone, its config too, and no record
+/// names it; the sweep DELs it from the cache (the IP goes back) and leaves
+/// the attachments of live pods alone.
+#[test]
+fn cni_sweep_releases_what_no_record_names() {
+    in_own_netns(|| {
+        let f = Fixture::bridge(false);
+        let pod = f.pod();
+        let ip0 = f.cni.add(&pod).unwrap().pod_ips()[0];
+        let swept = f.cni.sweep(&|id| id == pod.id).unwrap();
+        assert!(swept.is_empty(), "a live pod is kept");
+        assert!(f.lease(ip0).exists());
+        f.ns.delete();
+        fs::remove_file(f.tmp.path().join("net.d/10-test.conflist")).unwrap();
+        let swept = f.cni.sweep(&|_| false).unwrap();
+        assert_eq!(swept, std::slice::from_ref(&pod.id));
+        assert!(!f.lease(ip0).exists(), "IP not released");
+        assert!(!f.cni.cache_path(&f.network, &pod).exists());
+        assert!(f.cni.sweep(&|_| false).unwrap().is_empty());
+    });
+}
+
+/// Entries of the cache's earlier home move to the new one, once.
+#[test]
+fn cni_cache_entries_move() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, new) = (tmp.path().join("state/cni"), tmp.path().join("root/cni"));
+    assert_eq!(super::move_cache_entries(&old, &new).unwrap(), 0);
+    fs::create_dir_all(&old).unwrap();
+    fs::write(old.join("a@eth0@n.json"), "{}").unwrap();
+    assert_eq!(super::move_cache_entries(&old, &new).unwrap(), 1);
+    assert_eq!(fs::read_to_string(new.join("a@eth0@n.json")).unwrap(), "{}");
+    assert!(!old.exists());
+}
+
 #[test]
 fn cni_del_after_netns_removed() {
     in_own_netns(|| {

@@ -30,6 +30,8 @@ mod watch;
 pub use container::mount_image_volumes;
 pub use watch::Watches;
 
+use std::collections::HashSet;
+use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,6 +271,29 @@ impl SandboxController for NamespaceSandbox {
         rootfs::remove_tree(&self.pod_dir(&pod.id)).map_err(SandboxError::at("remove pod dir"))
     }
 
+    async fn sweep(&self, live_pods: &HashSet<String>, live_containers: &HashSet<String>) {
+        sweep_network(&self.cni, live_pods).await;
+        let dir = self.root.join("containers");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(id) = name.to_str() else { continue };
+            if live_containers.contains(id) {
+                continue;
+            }
+            match rootfs::remove_tree(&e.path()) {
+                Ok(()) => {
+                    tracing::info!(container = %id, "swept the writable layer of a container no record names")
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "cannot sweep a writable layer")
+                }
+            }
+        }
+    }
+
     async fn adopt_pod(&self, pod: &Pod, containers: &[Container]) {
         self.watches.watch(
             &pod.id,
@@ -409,5 +434,24 @@ impl SandboxController for NamespaceSandbox {
         })
         .await
         .map_err(task_error)
+    }
+}
+
+/// Sweeps the CNI attachments of pods no record names (see
+/// [`SandboxController::sweep`]); the VM sandbox shares it.
+pub async fn sweep_network(cni: &Cni, live_pods: &HashSet<String>) {
+    let cni = cni.clone();
+    let live = live_pods.clone();
+    let swept = tokio::task::spawn_blocking(move || cni.sweep(&|id| live.contains(id))).await;
+    match swept {
+        Ok(Ok(ids)) => {
+            for id in ids {
+                tracing::info!(pod = %id, "swept the network attachment of a pod no record names");
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %sandbox_api::error::chain(&e), "cannot sweep network attachments")
+        }
+        Err(e) => tracing::warn!(error = %e, "network sweep task failed"),
     }
 }

@@ -202,6 +202,15 @@ impl SandboxController for VmSandbox {
             .map_err(SandboxError::at("remove the pod's directory"))
     }
 
+    async fn sweep(
+        &self,
+        live_pods: &std::collections::HashSet<String>,
+        _live_containers: &std::collections::HashSet<String>,
+    ) {
+        // Writable layers live in the guest: only the network is on disk.
+        sandbox_container::controller::sweep_network(&self.cni, live_pods).await;
+    }
+
     async fn adopt_pod(&self, pod: &Pod, containers: &[Container]) {
         self.watches.watch(
             &pod.id,
