@@ -1,6 +1,7 @@
 //! Calls that their client cuts short (a deadline, a dropped connection)
 //! run to their end or roll back in crius: five RunPodSandbox calls cut
-//! after 5 ms give five Ready pods (a retry gets its pod back), a cut
+//! after 5 ms give Ready pods, never NotReady ones (a retry gets its pod
+//! back; a call cut before its request was even whole made none), a cut
 //! CreateContainer gives its container, and removing them all leaves no
 //! pod IP allocated, no mount, no process, no cgroup. Before, the cut
 //! calls left NotReady pods whose IPs host-local kept for good.
@@ -117,35 +118,53 @@ async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
     for pc in &configs {
         cut_run_pod(&e.c, pc).await;
     }
-    // Each call ran to its end: five pods, all Ready, each with an IP.
-    eventually("five Ready pods", || async {
+    // Each call that reached crius ran to its end: its pod is Ready. (On
+    // a busy machine a 5 ms cut can come before the request is whole;
+    // that call made nothing, which is right too.)
+    eventually("the cut calls' pods Ready", || async {
         let listed = pods_listed(&e.c).await;
         let ready = listed
             .iter()
             .filter(|p| p.state == PodSandboxState::SandboxReady as i32)
             .count();
-        if listed.len() == 5 && ready == 5 {
+        if !listed.is_empty() && ready == listed.len() {
             Ok(())
         } else {
             Err(format!("{listed:?}"))
         }
     })
     .await;
+    let made: Vec<(String, String)> = pods_listed(&e.c)
+        .await
+        .into_iter()
+        .map(|p| (p.metadata.unwrap().name, p.id))
+        .collect();
+
+    // kubelet's retries of the cut calls get the pods the first ones made.
+    let mut ids = Vec::new();
+    for pc in &configs {
+        let id = pods::run_pod(&e.c, pc).await;
+        let name = &pc.metadata.as_ref().unwrap().name;
+        if let Some((_, first)) = made.iter().find(|(n, _)| n == name) {
+            assert_eq!(&id, first, "{name}: the retry got the first pod");
+        }
+        ids.push(id);
+    }
+    let listed = pods_listed(&e.c).await;
+    assert_eq!(listed.len(), 5, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|p| p.state == PodSandboxState::SandboxReady as i32),
+        "{listed:?}"
+    );
     assert_eq!(
         e.net.allocated_ips().len(),
         5,
         "{:?}",
         e.net.allocated_ips()
     );
-
-    // kubelet's retry of a cut call gets the pod the first one made.
-    let first = pods_listed(&e.c)
-        .await
-        .into_iter()
-        .find(|p| p.metadata.as_ref().unwrap().name == "cut-0")
-        .unwrap()
-        .id;
-    assert_eq!(pods::run_pod(&e.c, &configs[0]).await, first);
+    let first = ids[0].clone();
 
     // A cut CreateContainer makes its container; the retry gets it back.
     let config = pods::busybox("cut", &["sleep", "1000"]);
