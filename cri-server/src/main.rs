@@ -75,6 +75,10 @@ fn main() -> ExitCode {
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .init();
+            match sandboxes::raise_nofile() {
+                Ok((before, now)) => tracing::debug!(before, now, "open files limit raised"),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -94,6 +94,13 @@ impl Sandboxes {
     }
 }
 
+/// Raises crius's open-files limit to its hard limit; the namespace
+/// sandbox's monitors put their containers' back to the one crius had.
+/// Returns (before, now).
+pub fn raise_nofile() -> nix::Result<(u64, u64)> {
+    sandbox_container::monitor::nofile::raise()
+}
+
 /// `crius monitor <pod dir>`: the namespace sandbox's per-pod monitor;
 /// `crius vm-monitor <pod dir>`: a VM pod's host process. Must run before
 /// any thread or async runtime exists.

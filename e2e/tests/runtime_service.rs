@@ -316,6 +316,41 @@ async fn containers_survive_a_crius_sigkill() {
     assert!(mounts_under(&e.c.state).is_empty());
 }
 
+/// crius raises its own open-files limit (to its hard limit); a container
+/// does not get the raise: it has the limit crius was started with.
+#[tokio::test]
+async fn containers_do_not_inherit_crius_s_raised_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // crius starts with a soft limit below its hard one (this process's,
+    // which every crius this test binary starts inherits: they raise it).
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let soft = 1024.min(hard / 2);
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    let e = env().await;
+    let limits = fs::read_to_string(format!("/proc/{}/limits", e.c.pid().unwrap())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[3..5],
+        [hard.to_string(), hard.to_string()],
+        "crius raised its soft limit: {line}"
+    );
+    let pc = pod_config(&e, "nofile");
+    let pod = run_pod(&e.c, &pc).await;
+    let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &id).await;
+    let (code, out) = e2e::pods::sh(&e.c, &id, "ulimit -n; ulimit -Hn").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        [soft.to_string(), hard.to_string()]
+    );
+    stop_remove_pod(&e.c, &pod).await;
+}
+
 /// The records live on tmpfs; the writable layers and the IPAM
 /// allocations do not. After a reboot (everything of the pods gone, the
 /// state emptied, the root kept), crius sweeps what no record names: the

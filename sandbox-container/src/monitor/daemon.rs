@@ -38,6 +38,7 @@ pub fn main(pod_dir: &Path) -> ExitCode {
         eprintln!("crius monitor: the pod directory must be an absolute path");
         return ExitCode::from(2);
     }
+    super::nofile::restore_from_env();
     daemonize("crius monitor", |ready| daemon(pod_dir, ready))
 }
 

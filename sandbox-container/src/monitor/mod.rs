@@ -90,6 +90,7 @@ mod daemon;
 mod error;
 mod exec;
 pub mod logfmt;
+pub mod nofile;
 mod ns;
 mod propagation;
 mod server;

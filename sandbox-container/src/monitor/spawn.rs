@@ -58,6 +58,10 @@ pub fn spawn_command<S: AsRef<OsStr>>(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
+        .env(
+            super::nofile::ENV,
+            super::nofile::started_with().to_string(),
+        )
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
