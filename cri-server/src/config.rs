@@ -54,6 +54,9 @@ pub struct Config {
     /// Where the streaming server (the URLs of Exec and PortForward)
     /// listens: `host:port`, port 0 for any free one.
     pub stream_address: String,
+    /// Seconds a streaming session (exec, attach, port forward) may carry
+    /// nothing either way before it is closed.
+    pub stream_idle_timeout: u64,
     /// How long an ExecSync without a timeout (0) may run, in seconds;
     /// 0: for ever.
     pub exec_sync_max_seconds: u64,
@@ -153,6 +156,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             image_volumes: true,
             stream_address: "127.0.0.1:0".to_string(),
+            stream_idle_timeout: 4 * 3600,
             exec_sync_max_seconds: 3600,
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),

@@ -154,9 +154,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let (sink, events) = sandbox_api::EventSink::new();
     let sandboxes =
         Arc::new(Sandboxes::new(&config, images.clone(), sink).map_err(ServeError::Sandbox)?);
-    let streams = crate::streaming::StreamServer::start(&config.stream_address)
-        .await
-        .map_err(|e| ServeError::Streaming(config.stream_address.clone(), e))?;
+    let streams = crate::streaming::StreamServer::start(
+        &config.stream_address,
+        Duration::from_secs(config.stream_idle_timeout.max(1)),
+    )
+    .await
+    .map_err(|e| ServeError::Streaming(config.stream_address.clone(), e))?;
     // Bound once everything that can refuse the config has: a crius that
     // does not start leaves no socket.
     let listener = bind(&config.socket)?;

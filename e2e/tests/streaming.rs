@@ -386,3 +386,52 @@ async fn two_clients_attach_at_once_and_leave_the_container_running() {
     }
     stop_remove_pod(&e.c, &pod).await;
 }
+
+/// A session that carries nothing for `stream_idle_timeout` is closed (the
+/// exec's crictl returns long before its command would end); one that
+/// carries a little now and then is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_sessions_are_closed_busy_ones_are_not() {
+    let e = Env::start("stream_idle_timeout = 4\n").await;
+    let pc = pod_config(&e, "idle");
+    let pod = run_pod(&e.c, &pc).await;
+    let ctr = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &ctr).await;
+
+    let busy = e.c.crictl(&[
+        "exec",
+        &ctr,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 1; done",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&busy.stdout),
+        "1\n2\n3\n4\n5\n6\n7\n8\n",
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    assert!(busy.status.success());
+
+    let mut quiet =
+        e.c.crictl_command(&["exec", &ctr, "sleep", "600"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // crictl returns: its connection was closed long before `sleep` ends.
+    while quiet.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the quiet session was not closed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        e.c.log().contains("streaming session idle: closed"),
+        "{}",
+        e.c.log()
+    );
+    stop_remove_pod(&e.c, &pod).await;
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::idle::{Activity, Watched};
 use super::{exec, portforward, spdy, ws};
 use crate::error::Error;
 
@@ -55,14 +56,20 @@ impl Pending {
 
 pub struct StreamServer {
     addr: SocketAddr,
+    /// A session that carries nothing either way for this long ends.
+    idle_timeout: Duration,
     pending: Mutex<HashMap<String, (Pending, Instant)>>,
 }
 
 impl StreamServer {
     /// Listens on `address` (`host:port`, port 0 for any; loopback only:
     /// crius serves no TLS, and a token in clear on a network is anyone's)
-    /// and serves in the background.
-    pub async fn start(address: &str) -> Result<Arc<StreamServer>, std::io::Error> {
+    /// and serves in the background; a session quiet for `idle_timeout`
+    /// ends.
+    pub async fn start(
+        address: &str,
+        idle_timeout: Duration,
+    ) -> Result<Arc<StreamServer>, std::io::Error> {
         let listener = TcpListener::bind(address).await?;
         if !listener.local_addr()?.ip().is_loopback() {
             return Err(std::io::Error::new(
@@ -74,6 +81,7 @@ impl StreamServer {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let server = Arc::new(StreamServer {
             addr: listener.local_addr()?,
+            idle_timeout,
             pending: Mutex::new(HashMap::new()),
         });
         tracing::info!(address = %server.addr, "streaming server listening");
@@ -169,11 +177,26 @@ impl StreamServer {
             .await
             .map_err(|e| format!("writing the upgrade: {e}"))?;
         let (r, w) = conn.into_split();
-        let io = tokio::io::join(std::io::Cursor::new(rest).chain(r), w);
+        let activity = Activity::new();
+        let io = Watched::new(
+            tokio::io::join(std::io::Cursor::new(rest).chain(r), w),
+            activity.clone(),
+        );
         let (session, streams) = spdy::Session::start(io);
-        match what {
-            Pending::Stdio(req) => exec::serve(*req, session, streams).await,
-            Pending::PortForward(call) => portforward::serve(*call, session, streams).await,
+        let ending = session.clone();
+        let served = async {
+            match what {
+                Pending::Stdio(req) => exec::serve(*req, session, streams).await,
+                Pending::PortForward(call) => portforward::serve(*call, session, streams).await,
+            }
+        };
+        tokio::select! {
+            () = served => {}
+            () = activity.idle(self.idle_timeout) => {
+                tracing::info!(timeout_s = self.idle_timeout.as_secs(), "streaming session idle: closed");
+                ending.close().await;
+                ending.closed().await;
+            }
         }
         Ok(())
     }
@@ -213,9 +236,21 @@ impl StreamServer {
             .await
             .map_err(|e| format!("writing the upgrade: {e}"))?;
         let (r, w) = conn.into_split();
-        let io = tokio::io::join(std::io::Cursor::new(rest).chain(r), w);
+        let activity = Activity::new();
+        let io = Watched::new(
+            tokio::io::join(std::io::Cursor::new(rest).chain(r), w),
+            activity.clone(),
+        );
         let (session, inputs) = ws::Session::start(io, &[0, 4]);
-        exec::serve_ws(*req, session, inputs).await;
+        let ending = session.clone();
+        tokio::select! {
+            () = exec::serve_ws(*req, session, inputs) => {}
+            () = activity.idle(self.idle_timeout) => {
+                tracing::info!(timeout_s = self.idle_timeout.as_secs(), "streaming session idle: closed");
+                ending.close().await;
+                ending.closed().await;
+            }
+        }
         Ok(())
     }
 }
@@ -382,12 +417,14 @@ mod tests {
 
     #[tokio::test]
     async fn only_loopback_and_a_bounded_number_of_connections() {
-        let e = StreamServer::start("0.0.0.0:0")
+        let e = StreamServer::start("0.0.0.0:0", Duration::from_secs(60))
             .await
             .err()
             .expect("refused");
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
-        let server = StreamServer::start("127.0.0.1:0").await.unwrap();
+        let server = StreamServer::start("127.0.0.1:0", Duration::from_secs(60))
+            .await
+            .unwrap();
         // Silent clients hold their connections (until the head's timeout).
         let mut held = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
@@ -410,7 +447,9 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_are_single_use_and_typed() {
-        let server = StreamServer::start("127.0.0.1:0").await.unwrap();
+        let server = StreamServer::start("127.0.0.1:0", Duration::from_secs(60))
+            .await
+            .unwrap();
         let url = server.url_for(forward()).unwrap();
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(url.contains("/portforward/"));
@@ -439,7 +478,9 @@ mod tests {
 
     #[tokio::test]
     async fn bad_requests_get_http_errors() {
-        let server = StreamServer::start("127.0.0.1:0").await.unwrap();
+        let server = StreamServer::start("127.0.0.1:0", Duration::from_secs(60))
+            .await
+            .unwrap();
         let upgrade = |path: &str| {
             format!(
                 "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
