@@ -580,6 +580,93 @@ async fn a_stalled_download_holds_up_nothing_else_and_fails_clearly() {
     assert!(status(&c, BUSYBOX).await.is_none());
 }
 
+/// A layer over a lower one: what containerd 2.4.2 (overlayfs snapshotter,
+/// checked by hand with `ctr image import` and `ctr image mount`) makes of
+/// it, crius makes too. `bin/x` over a lower `bin -> usr/bin` gives a real
+/// `bin/` holding only `x` that hides the symlink (containerd unpacks each
+/// layer into its own upper directory and follows no lower symlink, nor
+/// does crius); a hard link to a lower layer's file fails the pull (in
+/// containerd: "link ...: no such file or directory"), leaving no staging.
+#[tokio::test]
+async fn layers_over_lower_symlinks_and_hard_links_end_as_in_containerd() {
+    use e2e::oci_image::{Compression, Entry, Image as OciImage, ImageConfigJson, Layer};
+    let f = fixture();
+    let base = Layer::new(vec![
+        Entry::dir("usr", 0o755),
+        Entry::dir("usr/bin", 0o755),
+        Entry::file("usr/bin/a", b"A\n".to_vec(), 0o755),
+        Entry::symlink("bin", "usr/bin"),
+        Entry::file("usr/lib-file", b"L\n".to_vec(), 0o644),
+    ])
+    .build(Compression::Gzip)
+    .unwrap();
+    let over = Layer::new(vec![
+        Entry::dir("bin", 0o755),
+        Entry::file("bin/x", b"X\n".to_vec(), 0o755),
+    ])
+    .build(Compression::Gzip)
+    .unwrap();
+    // The image builder refuses a link to another layer: a raw header.
+    let mut link = raw_tar("hl", b"");
+    link[156] = b'1';
+    link[157..157 + 12].copy_from_slice(b"usr/lib-file");
+    link[148..156].copy_from_slice(b"        ");
+    let sum: u32 = link[..512].iter().map(|&b| u32::from(b)).sum();
+    link[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let link = raw_blob(&link);
+    OciImage::new(vec![base.clone(), over.clone()], ImageConfigJson::default())
+        .push(&f.url, "crius-test/lower", "symlink")
+        .unwrap();
+    OciImage::new(vec![base.clone(), link], ImageConfigJson::default())
+        .push(&f.url, "crius-test/lower", "hardlink")
+        .unwrap();
+    let c = start(f, "");
+
+    pull(&c, &format!("{}/crius-test/lower:symlink", f.host))
+        .await
+        .unwrap();
+    // The image's root as a container sees it: an overlay of its layers.
+    let chain0 = base.diff_id.clone();
+    let chain1 = e2e::oci_image::sha256_digest(format!("{chain0} {}", over.diff_id).as_bytes());
+    let snap = |c0: &str| {
+        c.root
+            .join("images/snapshots")
+            .join(c0.trim_start_matches("sha256:"))
+    };
+    let merged = tempfile::tempdir().unwrap();
+    let lower = format!(
+        "lowerdir={}:{}",
+        snap(&chain1).display(),
+        snap(&chain0).display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        merged.path(),
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(lower.as_str()),
+    )
+    .unwrap();
+    let bin = merged.path().join("bin");
+    let is_dir = fs::symlink_metadata(&bin).map(|m| m.is_dir());
+    let listed = dir_entries(&bin);
+    let a = fs::read(merged.path().join("usr/bin/a"));
+    nix::mount::umount(merged.path()).unwrap();
+    assert!(is_dir.unwrap(), "bin/ is a real directory");
+    assert_eq!(listed, ["x"], "it hides the lower symlink");
+    assert_eq!(a.unwrap(), b"A\n");
+
+    let e = pull(&c, &format!("{}/crius-test/lower:hardlink", f.host))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("hard link target"), "{}", e.message());
+    assert_eq!(
+        dir_entries(&c.root.join("images/staging")),
+        Vec::<String>::new()
+    );
+}
+
 /// Pushes a one-layer image of `entries` (with the layer's diff ID replaced
 /// by `diff_id` when given) and returns its name.
 fn push_hostile(
@@ -620,22 +707,26 @@ fn raw_tar(name: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Pushes an image whose one layer is `tar`, gzipped.
-fn push_raw_layer(f: &e2e::fixture::Fixture, tag: &str, tar: &[u8]) -> String {
-    use e2e::oci_image::{
-        Compression, Image as OciImage, ImageConfigJson, LayerBlob, sha256_digest,
-    };
+/// A gzipped layer blob of `tar`, whatever it holds.
+fn raw_blob(tar: &[u8]) -> e2e::oci_image::LayerBlob {
+    use e2e::oci_image::{Compression, LayerBlob, sha256_digest};
     use std::io::Write;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(tar).unwrap();
     let data = gz.finish().unwrap();
-    let blob = LayerBlob {
+    LayerBlob {
         digest: sha256_digest(&data),
         diff_id: sha256_digest(tar),
         data: std::sync::Arc::new(data),
         compression: Compression::Gzip,
         comment: None,
-    };
+    }
+}
+
+/// Pushes an image whose one layer is `tar`, gzipped.
+fn push_raw_layer(f: &e2e::fixture::Fixture, tag: &str, tar: &[u8]) -> String {
+    use e2e::oci_image::{Image as OciImage, ImageConfigJson};
+    let blob = raw_blob(tar);
     OciImage::new(vec![blob], ImageConfigJson::default())
         .push(&f.url, "crius-test/hostile", tag)
         .unwrap();
