@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p e2e --bin bench-pull -- [--rounds N] [--crius PATH]
 //!     [--containerd PATH] [--settle SECS] [--crius-parallel-layers N]
-//!     [--restart-crius]
+//!     [--restart-crius] [--crius-before PATH]
 //! ```
 //!
 //! 1. Starts a local `docker-registry` ([`e2e::registry::Registry`]) and
@@ -34,7 +34,9 @@
 //! `--restart-crius` also restarts crius (same root) before each of its
 //! pulls, as containerd is, to show that a warm process is not what makes
 //! the difference; `--crius-parallel-layers N` sets crius's
-//! `[image] parallel_layers`.
+//! `[image] parallel_layers`. `--crius-before PATH` also measures an
+//! earlier crius binary in the same rounds (its own root), for before and
+//! after figures.
 //!
 //! The host's page cache is never dropped: the registry's blobs are warm in
 //! it for both runtimes alike. Every child process gets `PR_SET_PDEATHSIG`
@@ -66,7 +68,7 @@ type Res<T> = Result<T, Box<dyn Error>>;
 
 const USAGE: &str = "usage: bench-pull [--rounds N (default 5)] [--crius PATH] \
                      [--containerd PATH] [--crius-parallel-layers N] [--restart-crius] \
-                     [--settle SECS (default 65)]\n\
+                     [--settle SECS (default 65)] [--crius-before PATH]\n\
                      --settle SECS              wait after emptying the stores, before the pulls\n\
                      --crius-parallel-layers N  sets crius's [image] parallel_layers\n\
                      --restart-crius            restarts crius (same root) before each pull, \
@@ -102,6 +104,7 @@ struct Args {
     crius_parallel_layers: Option<usize>,
     restart_crius: bool,
     settle: u64,
+    crius_before: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -111,6 +114,7 @@ fn parse_args() -> Result<Args, String> {
     let mut parallel = None;
     let mut restart_crius = false;
     let mut settle = 65u64;
+    let mut crius_before = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -140,6 +144,7 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or_else(|| format!("--rounds wants a positive number, got {v:?}"))?;
             }
             "--crius" => crius = Some(PathBuf::from(value()?)),
+            "--crius-before" => crius_before = Some(PathBuf::from(value()?)),
             "--settle" => {
                 let v = value()?;
                 settle = v
@@ -181,6 +186,7 @@ fn parse_args() -> Result<Args, String> {
         crius_parallel_layers: parallel,
         restart_crius,
         settle,
+        crius_before,
     })
 }
 
@@ -224,38 +230,61 @@ fn run(args: &Args) -> Res<bool> {
     println!("image {image}: {}", info.summary());
     println!("machine: {} cores (nproc)", nproc());
 
-    let mut crius = start_crius(&registry, args.crius_parallel_layers)?;
+    let mut crius = start_crius(&args.crius, &registry, args.crius_parallel_layers)?;
     println!(
         "crius {} (pid {})",
         args.crius.display(),
         crius.pid().unwrap_or(0)
     );
+    let mut before = match &args.crius_before {
+        Some(bin) => {
+            let c = start_crius(bin, &registry, args.crius_parallel_layers)?;
+            println!(
+                "crius-before {} (pid {})",
+                bin.display(),
+                c.pid().unwrap_or(0)
+            );
+            Some(c)
+        }
+        None => None,
+    };
     let mut containerd = Containerd::new(&args.containerd, &registry)?;
 
     let mut rows: Vec<Row> = Vec::new();
     let mut ok = true;
+    let mut kinds = vec![Runtime::Crius, Runtime::Containerd];
+    if before.is_some() {
+        kinds.push(Runtime::CriusBefore);
+    }
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 {
-            [Runtime::Crius, Runtime::Containerd]
-        } else {
-            [Runtime::Containerd, Runtime::Crius]
-        };
+        // Each runtime goes first in turn.
+        let mut order = kinds.clone();
+        order.rotate_left(round % kinds.len());
         let mut row = Row {
             first: order[0],
             crius: None,
             containerd: None,
+            crius_before: None,
         };
-        // Both stores are emptied first, then left to settle, then pulled.
-        let cold_c = cold_crius(&mut crius, args.restart_crius, &image);
-        let cold_d = cold_containerd(&mut containerd);
+        // Every store is emptied first, then left to settle, then pulled.
+        let mut cold_c = cold_crius(&mut crius, args.restart_crius, &image);
+        let mut cold_d = cold_containerd(&mut containerd);
+        let mut cold_b = match before.as_mut() {
+            Some(b) => cold_crius(b, args.restart_crius, &image),
+            None => Ok(()),
+        };
         settle(args.settle);
-        let mut cold = [cold_c, cold_d];
-        for rt_kind in order {
+        for &rt_kind in &order {
             let res = match rt_kind {
-                Runtime::Crius => std::mem::replace(&mut cold[0], Ok(()))
+                Runtime::Crius => std::mem::replace(&mut cold_c, Ok(()))
                     .and_then(|()| pull_crius(&crius, &image, registry.pid())),
-                Runtime::Containerd => std::mem::replace(&mut cold[1], Ok(()))
+                Runtime::Containerd => std::mem::replace(&mut cold_d, Ok(()))
                     .and_then(|()| pull_containerd(&containerd, &image, registry.pid())),
+                Runtime::CriusBefore => match before.as_ref() {
+                    Some(b) => std::mem::replace(&mut cold_b, Ok(()))
+                        .and_then(|()| pull_crius(b, &image, registry.pid())),
+                    None => continue,
+                },
             };
             match res {
                 Ok(p) => {
@@ -275,6 +304,7 @@ fn run(args: &Args) -> Res<bool> {
                     match rt_kind {
                         Runtime::Crius => row.crius = Some(p),
                         Runtime::Containerd => row.containerd = Some(p),
+                        Runtime::CriusBefore => row.crius_before = Some(p),
                     }
                 }
                 Err(e) => {
@@ -286,10 +316,12 @@ fn run(args: &Args) -> Res<bool> {
         rows.push(row);
     }
     drop(containerd);
-    if let Ok(Some(status)) = crius.stop()
-        && !status.success()
-    {
-        println!("note: crius exited with {status}");
+    for c in std::iter::once(&mut crius).chain(before.as_mut()) {
+        if let Ok(Some(status)) = c.stop()
+            && !status.success()
+        {
+            println!("note: crius exited with {status}");
+        }
     }
     print!("{}", table(&rows));
     Ok(ok)
@@ -430,6 +462,7 @@ fn dir_layer(dir: &Path) -> Res<Layer> {
 enum Runtime {
     Crius,
     Containerd,
+    CriusBefore,
 }
 
 impl Runtime {
@@ -437,6 +470,7 @@ impl Runtime {
         match self {
             Runtime::Crius => "crius",
             Runtime::Containerd => "containerd",
+            Runtime::CriusBefore => "crius-before",
         }
     }
 }
@@ -445,6 +479,7 @@ struct Row {
     first: Runtime,
     crius: Option<Pulled>,
     containerd: Option<Pulled>,
+    crius_before: Option<Pulled>,
 }
 
 struct Pulled {
@@ -474,15 +509,16 @@ fn spec(image: &str) -> Option<ImageSpec> {
     })
 }
 
-/// Starts crius with a mirror for the registry and `log_level = "warn"`.
-fn start_crius(registry: &Registry, parallel_layers: Option<usize>) -> Res<Crius> {
+/// Starts the crius `bin` with a mirror for the registry and
+/// `log_level = "warn"`.
+fn start_crius(bin: &Path, registry: &Registry, parallel_layers: Option<usize>) -> Res<Crius> {
     let host = registry.host();
     let url = registry.url();
     let extra = match parallel_layers {
         Some(n) => format!("[image]\nparallel_layers = {n}\n"),
         None => String::new(),
     };
-    let mut crius = Crius::start(&[(host.as_str(), url.as_str())], &extra)?;
+    let mut crius = Crius::start_with(bin, &[(host.as_str(), url.as_str())], &extra)?;
     // Crius::start writes its own log_level (verbose, for the tests);
     // restart it on a config that says "warn" (same dirs, nothing pulled).
     crius.stop()?;
@@ -1011,6 +1047,36 @@ fn table(rows: &[Row]) -> String {
         fmt_secs(wd),
         fmt_secs(cd)
     );
+    let (wb, cb) = (
+        med(&|r| wall(&r.crius_before)),
+        med(&|r| cpu(&r.crius_before)),
+    );
+    if rows.iter().any(|r| r.crius_before.is_some()) {
+        let _ = writeln!(
+            s,
+            "\ncrius-before: {} (s)",
+            rows.iter()
+                .map(|r| fmt_secs(wall(&r.crius_before)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let (Some(b), Some(c), Some(bcpu), Some(ccpu)) = (wb, wc, cb, cc)
+            && c > 0.0
+            && ccpu > 0.0
+        {
+            let _ = writeln!(
+                s,
+                "median wall clock crius-before/crius = {:.2} ({:.2} s / {:.2} s)\n\
+                 median CPU time   crius-before/crius = {:.2} ({:.2} s / {:.2} s)",
+                b / c,
+                b,
+                c,
+                bcpu / ccpu,
+                bcpu,
+                ccpu
+            );
+        }
+    }
     match (wc, wd, cc, cd) {
         (Some(c), Some(d), Some(ccpu), Some(dcpu)) if c > 0.0 && ccpu > 0.0 => {
             let _ = writeln!(
