@@ -537,15 +537,36 @@ mod tests {
         c.assert_usable();
     }
 
+    /// Kills the `sleep SECS` processes a test left running on purpose.
+    fn kill_sleeps(secs: &str) {
+        let want = format!("sleep\0{secs}\0");
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
     #[test]
     fn timeout_kills_the_group_despite_a_background_child() {
         let mut c = connect();
         let start = Instant::now();
         // The background sleep holds stdout open and is in the group.
-        let out = c.run(&["sh", "-c", "sleep 30 & echo started; sleep 30"], b"", 300);
+        let out = c.run(
+            &["sh", "-c", "sleep 600 & echo started; sleep 600"],
+            b"",
+            300,
+        );
         assert_eq!(out.stdout, b"started\n");
         assert_eq!(out.exit, exit(None, Some(9), true));
-        assert!(start.elapsed() < Duration::from_secs(10));
+        // The 300 ms timeout, far before the 600 s sleeps.
+        assert!(start.elapsed() < Duration::from_secs(120));
         c.assert_usable();
     }
 
@@ -562,19 +583,22 @@ mod tests {
         let mut c = connect();
         let start = Instant::now();
         // Out of the group: survives the kill, keeps stdout open.
-        let out = c.run(&["sh", "-c", "setsid sleep 5 & sleep 30"], b"", 300);
+        let out = c.run(&["sh", "-c", "setsid sleep 611 & sleep 600"], b"", 300);
         assert_eq!(out.exit, exit(None, Some(9), true));
-        assert!(start.elapsed() < Duration::from_secs(4));
+        assert!(start.elapsed() < Duration::from_secs(120));
+        kill_sleeps("611");
     }
 
     #[test]
     fn exit_is_reported_while_a_background_child_holds_stdout() {
         let mut c = connect();
         let start = Instant::now();
-        let out = c.run(&["sh", "-c", "sleep 5 & echo hi; exit 7"], b"", 0);
+        let out = c.run(&["sh", "-c", "sleep 612 & echo hi; exit 7"], b"", 0);
         assert_eq!(out.stdout, b"hi\n");
         assert_eq!(out.exit, exit(Some(7), None, false));
-        assert!(start.elapsed() < Duration::from_secs(4));
+        // Not held until the background sleep ends.
+        assert!(start.elapsed() < Duration::from_secs(120));
+        kill_sleeps("612");
     }
 
     #[test]
