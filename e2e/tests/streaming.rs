@@ -268,12 +268,17 @@ async fn crictl_attach_talks_to_the_containers_stdio() {
     input
         .write_all(b"echo hello-attach; echo to-err >&2\n")
         .unwrap();
-    // Give the shell time to answer before its stdin closes (and it exits).
-    std::thread::sleep(Duration::from_millis(500));
+    // The shell answers; then its stdin closes (and it exits).
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "hello-attach\n");
     drop(input);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "nothing more on stdout");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-attach\n");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("to-err"),
         "{out:?}"
@@ -371,11 +376,16 @@ async fn two_clients_attach_at_once_and_leave_the_container_running() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Attached: the monitor holds the client's pipes.
+        let attached = Instant::now() + Duration::from_secs(60);
+        while fds() <= before {
+            assert!(Instant::now() < attached, "the client never attached");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = c.kill();
         let _ = c.wait();
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while fds() > before {
         assert!(
             Instant::now() < deadline,

@@ -486,11 +486,19 @@ fn testbin_personalities() {
             .spawn()
             .expect("pause"),
     );
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        pause.0.try_wait().expect("try_wait").is_none(),
-        "pause exited early"
-    );
+    // It sits in pause(2) (x86_64 syscall 34), not exited.
+    let pid = pause.0.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.starts_with("34 "))
+    {
+        assert!(
+            pause.0.try_wait().expect("try_wait").is_none(),
+            "pause exited early"
+        );
+        assert!(std::time::Instant::now() < deadline, "pause never paused");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // SAFETY: signals our own child by PID.
     unsafe { libc::kill(pause.0.id() as i32, libc::SIGINT) };
     assert!(pause.0.wait().expect("wait pause").success());
