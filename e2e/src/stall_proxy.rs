@@ -6,7 +6,9 @@
 //!
 //! One request per connection: the proxy asks the registry to close after
 //! each answer (`Connection: close`), which the client then sees too, so no
-//! request reaches the registry without passing the proxy's check.
+//! request reaches the registry without passing the proxy's check. Every
+//! request line is recorded ([`StallingProxy::requests`]), so a test can
+//! count what reached the registry.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -26,6 +28,8 @@ struct Shared {
     stop: AtomicBool,
     /// Client connections left hanging, closed when the proxy drops.
     held: Mutex<Vec<TcpStream>>,
+    /// Request lines (`GET /v2/... HTTP/1.1`), in order.
+    requests: Mutex<Vec<String>>,
 }
 
 impl StallingProxy {
@@ -41,6 +45,7 @@ impl StallingProxy {
             stalled: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -61,6 +66,15 @@ impl StallingProxy {
     /// `127.0.0.1:PORT`: a loopback registry host, reached over plain HTTP.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The request lines passed on so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Responses stalled so far.
@@ -89,6 +103,12 @@ impl Drop for StallingProxy {
 fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
     let mut from_client = BufReader::new(client.try_clone()?);
     let head = read_head(&mut from_client)?;
+    if let Some(line) = head.lines().next() {
+        s.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line.to_string());
+    }
     let mut request = String::new();
     for line in head.lines() {
         if !line.to_ascii_lowercase().starts_with("connection:") && !line.is_empty() {

@@ -500,17 +500,32 @@ async fn images_survive_sigkill_and_instances_stay_apart() {
     assert_eq!(status(&a, BUSYBOX).await.map(|i| i.id), Some(id));
 }
 
+/// Two pulls of one image at once: one download of each layer (counted at
+/// a proxy in front of the registry), one image.
 #[tokio::test]
 async fn concurrent_pulls_share_one_download() {
     let f = fixture();
+    let proxy = e2e::stall_proxy::StallingProxy::start(&f.host, u64::MAX, 0).unwrap();
     let c = start(f, "");
-    let image = "registry.k8s.io/e2e-test-images/nonewprivs:1.3";
-    let (a, b) = tokio::join!(pull(&c, image), pull(&c, image));
+    let image = format!("{}/e2e-test-images/nonewprivs:1.3", proxy.host());
+    let (a, b) = tokio::join!(pull(&c, &image), pull(&c, &image));
     assert_eq!(a.unwrap(), b.unwrap());
-    let img = status(&c, image).await.unwrap();
-    let layers = f.image(image).layers;
+    let img = status(&c, &image).await.unwrap();
+    let layers = f.image("registry.k8s.io/e2e-test-images/nonewprivs:1.3").layers;
     assert_eq!(dir_entries(&c.root.join("images/snapshots")).len(), layers);
     assert_eq!(list(&c).await.len(), 1, "{img:?}");
+    // Each layer fetched once (the small config, the image ID, is read
+    // by each pull).
+    let layer_gets: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/blobs/") && !r.contains(&img.id))
+        .collect();
+    let mut unique = layer_gets.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(layer_gets.len(), layers, "{layer_gets:#?}");
+    assert_eq!(unique.len(), layers, "{layer_gets:#?}");
 }
 
 /// A registry that stalls in the middle of a blob holds up that pull only:
