@@ -91,15 +91,23 @@ async fn cannot_redirect_writes(e: &Env, handler: &str) {
             ..Default::default()
         };
         let created = try_create(&e.c, &pod, &pc, config).await;
-        if let Ok(id) = &created {
+        let started = match &created {
             // Whether it starts or not, it must not write on the host.
-            let _ =
+            Ok(id) => Some(
                 e.c.runtime()
                     .await
                     .start_container(StartContainerRequest {
                         container_id: id.clone(),
                     })
-                    .await;
+                    .await,
+            ),
+            Err(_) => None,
+        };
+        if name == "control" {
+            assert!(
+                matches!(started, Some(Ok(_))),
+                "the control image runs: create {created:?}, start {started:?}"
+            );
         }
         let written: Vec<_> = std::fs::read_dir(host.path())
             .unwrap()

@@ -511,7 +511,9 @@ async fn concurrent_pulls_share_one_download() {
     let (a, b) = tokio::join!(pull(&c, &image), pull(&c, &image));
     assert_eq!(a.unwrap(), b.unwrap());
     let img = status(&c, &image).await.unwrap();
-    let layers = f.image("registry.k8s.io/e2e-test-images/nonewprivs:1.3").layers;
+    let layers = f
+        .image("registry.k8s.io/e2e-test-images/nonewprivs:1.3")
+        .layers;
     assert_eq!(dir_entries(&c.root.join("images/snapshots")).len(), layers);
     assert_eq!(list(&c).await.len(), 1, "{img:?}");
     // Each layer fetched once (the small config, the image ID, is read
