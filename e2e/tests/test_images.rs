@@ -343,7 +343,10 @@ fn in_rootfs(rootfs: &Path, userspec: Option<&str>, script: &str) -> (i32, Strin
 fn busybox_rootfs_works_in_a_chroot() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: chroot needs root");
+        sandbox_api::testing::skip(
+            "test_images::busybox_rootfs_works_in_a_chroot",
+            "chroot needs root",
+        );
         return;
     }
     let cached = test_images::busybox_rootfs().expect("rootfs");

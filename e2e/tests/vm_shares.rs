@@ -25,15 +25,12 @@ const TESTBIN: &str = "/mnt/ro/crius-testbin";
 
 /// Whether virtiofsd is installed (scripts/setup installs it); says so
 /// visibly when it is not.
-fn have_virtiofsd() -> bool {
+fn require_virtiofsd() {
     let ok = std::process::Command::new("virtiofsd")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIPPED: no virtiofsd in PATH (scripts/setup installs it)");
-    }
-    ok
+    assert!(ok, "no virtiofsd in PATH (scripts/setup installs it)");
 }
 
 fn config(tmp: &Path, name: &str) -> VmConfig {
@@ -139,9 +136,7 @@ fn assert_nothing_left(tmp: &Path, vm_dir: &Path) {
 
 #[test]
 fn shares_reach_the_guest() {
-    if !have_virtiofsd() {
-        return;
-    }
+    require_virtiofsd();
     let zombies = guest::orphaned_zombies("virtiofsd");
     let tmp = tmpdir();
     let ro = tmp.path().join("ro");
@@ -340,9 +335,7 @@ fn shares_reach_the_guest() {
 
 #[test]
 fn failed_starts_with_shares_leave_nothing_behind() {
-    if !have_virtiofsd() {
-        return;
-    }
+    require_virtiofsd();
     let zombies = guest::orphaned_zombies("virtiofsd");
     let tmp = tmpdir();
     let dir = tmp.path().join("share");

@@ -138,9 +138,12 @@ fn builtin_vmm_boots_our_guest_inside_the_nested_kvm_host() {
 fn builtin_vmm_boots_our_guest_on_this_host() {
     let kind = HostKvm::detect();
     if kind != HostKvm::Hardware {
-        eprintln!(
-            "SKIPPED: this host's KVM is {kind:?}, which runs no standard guest; \
-             the builtin VMM is tested inside the nested-KVM host instead"
+        sandbox_api::testing::skip(
+            "vmm::builtin_vmm_boots_our_guest_on_this_host",
+            &format!(
+                "this host's KVM is {kind:?}, which runs no standard guest; \
+                 the builtin VMM is tested inside the nested-KVM host instead"
+            ),
         );
         return;
     }

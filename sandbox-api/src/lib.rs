@@ -25,6 +25,7 @@ pub mod fake;
 pub mod fs;
 pub mod object;
 pub mod stdio;
+pub mod testing;
 
 use std::time::Duration;
 

@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn warming_leaves_this_process_where_it_was() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to write cgroup.procs");
+            sandbox_api::testing::skip(
+                "cgroup_warm::warming_leaves_this_process_where_it_was",
+                "needs root to write cgroup.procs",
+            );
             return;
         }
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();

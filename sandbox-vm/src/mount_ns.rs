@@ -91,7 +91,10 @@ mod tests {
     #[tokio::test]
     async fn run_mounts_in_the_joined_namespace_only() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to make mount namespaces");
+            sandbox_api::testing::skip(
+                "mount_ns::run_mounts_in_the_joined_namespace_only",
+                "needs root to make mount namespaces",
+            );
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");
