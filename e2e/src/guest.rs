@@ -199,18 +199,20 @@ pub fn mounts_under(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Zombies named `comm` whose parent is PID 1: orphans nobody reaps (some
-/// machines' PID 1 reaps nothing), the mark of a process killed before
-/// its children.
-pub fn orphaned_zombies(comm: &str) -> usize {
+/// The PIDs of zombies named `comm` whose parent is PID 1: orphans nobody
+/// has reaped yet (some machines' PID 1 reaps late, or never), the mark of
+/// a process killed before its children.
+pub fn orphaned_zombies(comm: &str) -> std::collections::BTreeSet<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Default::default();
     };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter(|stat| {
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
             // "PID (COMM) STATE PPID ..."; COMM may hold spaces.
             let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
                 return false;
@@ -218,5 +220,5 @@ pub fn orphaned_zombies(comm: &str) -> usize {
             let mut rest = stat[close + 1..].split_whitespace();
             &stat[open + 1..close] == comm && rest.next() == Some("Z") && rest.next() == Some("1")
         })
-        .count()
+        .collect()
 }
