@@ -5,14 +5,20 @@
 //! It starts a local registry holding every image critest asks for (under
 //! its exact name, through crius's mirror config), a pod network, and crius;
 //! runs critest with a JSON report; then fails when an unlisted spec fails
-//! or is skipped, or when a listed spec passes (take it off the list).
+//! or is skipped, when a listed spec passes (take it off the list) or is
+//! missing from the report (renamed upstream, a typo, a crashed worker),
+//! when a suite-level node (BeforeSuite...) fails, when critest fails with
+//! no failing spec to say why, and, for a focused run, when fewer specs
+//! ran than `--min-specs` (a focus that matches nothing passes vacuously
+//! otherwise) or a spec skipped itself at run time. The verdict is
+//! [`verdict`], unit-tested over crafted reports.
 //! critest's benchmark specs (its `pkg/benchmark`, run only by
 //! `critest --benchmark`: `bench-critest`) are not validation specs: they
 //! are counted apart and never listed.
 //!
 //! ```text
 //! crius-critest --critest PATH --expected FILE [--report FILE] [--focus REGEX] [--parallel N]
-//!               [--websocket] [--runtime-handler NAME]
+//!               [--min-specs N] [--websocket] [--runtime-handler NAME]
 //! ```
 //!
 //! `--websocket` has critest's exec and attach specs use WebSocket
@@ -37,6 +43,7 @@ struct Args {
     parallel: u32,
     websocket: bool,
     runtime_handler: Option<String>,
+    min_specs: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
     let mut parallel = 1;
     let mut websocket = false;
     let mut runtime_handler = None;
+    let mut min_specs = 1;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
@@ -58,6 +66,9 @@ fn parse_args() -> Result<Args, String> {
             "--parallel" => parallel = val()?.parse().map_err(|_| "--parallel takes a number")?,
             "--websocket" => websocket = true,
             "--runtime-handler" => runtime_handler = Some(val()?),
+            "--min-specs" => {
+                min_specs = val()?.parse().map_err(|_| "--min-specs takes a number")?
+            }
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -69,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         parallel,
         websocket,
         runtime_handler,
+        min_specs,
     })
 }
 
@@ -87,14 +99,16 @@ fn read_expected(path: &PathBuf) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
-/// (spec name, state, failure message) of every `It` in a ginkgo JSON report.
 /// A spec of the report: its full name, state, failure message, and
-/// whether it is one of critest's benchmarks.
+/// whether it is one of critest's benchmarks. Suite-level nodes
+/// (BeforeSuite, AfterSuite...) are kept too, as `suite_node`.
+#[derive(Debug, Clone, Default)]
 struct SpecResult {
     name: String,
     state: String,
     msg: String,
     benchmark: bool,
+    suite_node: bool,
 }
 
 fn read_report(path: &PathBuf) -> Result<Vec<SpecResult>, String> {
@@ -104,7 +118,9 @@ fn read_report(path: &PathBuf) -> Result<Vec<SpecResult>, String> {
     let mut out = Vec::new();
     for suite in v.as_array().into_iter().flatten() {
         for spec in suite["SpecReports"].as_array().into_iter().flatten() {
-            if spec["LeafNodeType"] != "It" {
+            let kind = spec["LeafNodeType"].as_str().unwrap_or("");
+            let suite_node = kind.contains("Suite");
+            if kind != "It" && !suite_node {
                 continue;
             }
             let mut parts: Vec<String> = spec["ContainerHierarchyTexts"]
@@ -123,11 +139,17 @@ fn read_report(path: &PathBuf) -> Result<Vec<SpecResult>, String> {
             let benchmark = spec["LeafNodeLocation"]["FileName"]
                 .as_str()
                 .is_some_and(|f| f.contains("/pkg/benchmark/"));
+            let name = if suite_node {
+                format!("{kind} {name}").trim().to_string()
+            } else {
+                name
+            };
             out.push(SpecResult {
                 name,
                 state,
                 msg,
                 benchmark,
+                suite_node,
             });
         }
     }
@@ -213,32 +235,78 @@ fn run(args: Args) -> Result<bool, String> {
         let _ = std::fs::remove_file(&report);
     }
     let specs = specs?;
-    if specs.is_empty() {
-        return Err("the critest report has no specs".into());
+    let focused = args.focus.is_some();
+    let v = verdict(&specs, &expected, focused, args.min_specs, status.success());
+    for (name, reason) in &expected {
+        // (Not the specs a focus left out.)
+        if specs
+            .iter()
+            .any(|s| &s.name == name && s.state != "passed" && !(focused && s.msg.is_empty()))
+        {
+            println!("expected: {name} -- {reason}");
+        }
     }
+    for p in &v.problems {
+        println!(
+            "{}",
+            p.replace("{expected}", &args.expected.display().to_string())
+        );
+    }
+    println!("{}", v.summary);
+    Ok(v.problems.is_empty())
+}
+
+/// What a run amounts to: the problems that fail it, and a summary line.
+struct Verdict {
+    problems: Vec<String>,
+    summary: String,
+}
+
+/// Judges a report against the ratchet: `focused` when a `--focus` chose
+/// the specs (then at least `min_specs` must have run), `critest_ok` when
+/// critest exited 0. `{expected}` in a problem stands for the ratchet
+/// file's path.
+fn verdict(
+    specs: &[SpecResult],
+    expected: &BTreeMap<String, String>,
+    focused: bool,
+    min_specs: usize,
+    critest_ok: bool,
+) -> Verdict {
     let (mut passed, mut failed, mut skipped, mut as_expected) = (0, 0, 0, 0);
     let mut problems = Vec::new();
+    if specs.iter().all(|s| s.suite_node) {
+        problems.push("the critest report has no specs".to_string());
+    }
+    for s in specs.iter().filter(|s| s.suite_node && s.state != "passed") {
+        let first = s.msg.lines().next().unwrap_or("");
+        problems.push(format!(
+            "SUITE NODE {} ({}): every spec after it is void\n    {first}",
+            s.name, s.state
+        ));
+    }
     let benchmarks = specs.iter().filter(|s| s.benchmark).count();
     for SpecResult {
         name, state, msg, ..
-    } in specs.iter().filter(|s| !s.benchmark)
+    } in specs.iter().filter(|s| !s.benchmark && !s.suite_node)
     {
         let listed = expected.get(name);
+        // A spec skipped by the focus has no message; one that called
+        // Skip() at run time says why.
+        let runtime_skip = !msg.is_empty();
         match (state.as_str(), listed) {
             ("passed", None) => passed += 1,
             ("passed", Some(_)) => {
                 passed += 1;
-                problems.push(format!(
-                    "NOW PASSES (take it off {}): {name}",
-                    args.expected.display()
-                ));
+                problems.push(format!("NOW PASSES (take it off {{expected}}): {name}"));
             }
             ("skipped" | "pending", l) => {
                 skipped += 1;
                 if l.is_some() {
                     as_expected += 1;
-                } else if args.focus.is_none() {
-                    problems.push(format!("SKIPPED, not listed: {name}"));
+                } else if !focused || runtime_skip {
+                    let first = msg.lines().next().unwrap_or("");
+                    problems.push(format!("SKIPPED, not listed: {name}\n    {first}"));
                 }
             }
             (_, Some(_)) => {
@@ -252,23 +320,35 @@ fn run(args: Args) -> Result<bool, String> {
             }
         }
     }
-    for (name, reason) in &expected {
-        if specs.iter().any(|s| &s.name == name && s.benchmark) {
-            problems.push(format!(
+    for name in expected.keys() {
+        match specs.iter().find(|s| &s.name == name) {
+            Some(s) if s.benchmark => problems.push(format!(
                 "a benchmark spec is listed (benchmarks are not validation specs): {name}"
-            ));
-        } else if specs.iter().any(|s| &s.name == name && s.state != "passed") {
-            println!("expected: {name} -- {reason}");
+            )),
+            Some(_) => {}
+            // A focused run selects some specs only.
+            None if !focused => problems.push(format!(
+                "LISTED BUT NOT IN THE REPORT (renamed upstream? a typo?): {name}"
+            )),
+            None => {}
         }
     }
-    for p in &problems {
-        println!("{p}");
+    let ran = passed + failed;
+    if focused && ran < min_specs {
+        problems.push(format!(
+            "the focus ran {ran} specs, fewer than the {min_specs} it should select"
+        ));
     }
-    println!(
-        "critest: {passed} passed, {failed} failed, {skipped} skipped ({as_expected} expected); \
-         {benchmarks} benchmark specs not run (critest --benchmark: bench-critest)"
-    );
-    Ok(problems.is_empty())
+    if !critest_ok && failed == 0 {
+        problems.push("critest failed, but no spec did: a suite-level failure?".to_string());
+    }
+    Verdict {
+        problems,
+        summary: format!(
+            "critest: {passed} passed, {failed} failed, {skipped} skipped ({as_expected} expected); \
+             {benchmarks} benchmark specs not run (critest --benchmark: bench-critest)"
+        ),
+    }
 }
 
 fn main() -> ExitCode {
@@ -286,5 +366,130 @@ fn main() -> ExitCode {
             eprintln!("crius-critest: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, state: &str, msg: &str) -> SpecResult {
+        SpecResult {
+            name: name.into(),
+            state: state.into(),
+            msg: msg.into(),
+            ..SpecResult::default()
+        }
+    }
+
+    fn listed(names: &[&str]) -> BTreeMap<String, String> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "why".to_string()))
+            .collect()
+    }
+
+    fn problems(v: &Verdict) -> String {
+        v.problems.join("\n")
+    }
+
+    #[test]
+    fn listed_failures_and_skips_pass_unlisted_ones_fail() {
+        let specs = [
+            spec("a", "passed", ""),
+            spec("b", "failed", "boom"),
+            spec("c", "skipped", "no AppArmor"),
+        ];
+        let v = verdict(&specs, &listed(&["b", "c"]), false, 1, false);
+        assert!(v.problems.is_empty(), "{}", problems(&v));
+        let v = verdict(&specs, &listed(&["b"]), false, 1, false);
+        assert!(problems(&v).contains("SKIPPED, not listed: c"));
+        let v = verdict(&specs, &listed(&["c"]), false, 1, false);
+        assert!(problems(&v).contains("FAILED (failed), not listed: b"));
+        let v = verdict(&specs, &listed(&["a", "b", "c"]), false, 1, false);
+        assert!(problems(&v).contains("NOW PASSES"));
+    }
+
+    #[test]
+    fn a_listed_spec_missing_from_the_report_fails_the_run() {
+        let specs = [spec("a", "passed", "")];
+        let v = verdict(&specs, &listed(&["renamed"]), false, 1, true);
+        assert!(
+            problems(&v).contains("NOT IN THE REPORT"),
+            "{}",
+            problems(&v)
+        );
+        // A focused run only selects some.
+        let v = verdict(&specs, &listed(&["renamed"]), true, 1, true);
+        assert!(v.problems.is_empty(), "{}", problems(&v));
+    }
+
+    #[test]
+    fn a_failed_suite_node_fails_the_run_though_every_spec_skipped() {
+        let mut before = spec("BeforeSuite", "failed", "no registry");
+        before.suite_node = true;
+        let specs = [before, spec("a", "skipped", ""), spec("b", "skipped", "")];
+        let v = verdict(&specs, &listed(&["a", "b"]), false, 1, false);
+        assert!(problems(&v).contains("SUITE NODE"), "{}", problems(&v));
+    }
+
+    #[test]
+    fn critest_failing_with_no_failed_spec_fails_the_run() {
+        let specs = [spec("a", "passed", "")];
+        let v = verdict(&specs, &BTreeMap::new(), false, 1, false);
+        assert!(problems(&v).contains("no spec did"), "{}", problems(&v));
+        assert!(
+            verdict(&specs, &BTreeMap::new(), false, 1, true)
+                .problems
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn focused_runs_need_their_specs_and_refuse_runtime_skips() {
+        // The focus left out b (no message): fine; nothing ran: not fine.
+        let specs = [spec("a", "passed", ""), spec("b", "skipped", "")];
+        assert!(
+            verdict(&specs, &BTreeMap::new(), true, 1, true)
+                .problems
+                .is_empty()
+        );
+        let v = verdict(&specs, &BTreeMap::new(), true, 2, true);
+        assert!(
+            problems(&v).contains("fewer than the 2"),
+            "{}",
+            problems(&v)
+        );
+        let none = [spec("a", "skipped", ""), spec("b", "skipped", "")];
+        let v = verdict(&none, &BTreeMap::new(), true, 1, true);
+        assert!(problems(&v).contains("ran 0 specs"), "{}", problems(&v));
+        // A spec of the focus that skipped itself.
+        let specs = [spec("a", "passed", ""), spec("b", "skipped", "needs X")];
+        let v = verdict(&specs, &BTreeMap::new(), true, 1, true);
+        assert!(
+            problems(&v).contains("SKIPPED, not listed: b"),
+            "{}",
+            problems(&v)
+        );
+    }
+
+    #[test]
+    fn an_empty_report_fails_the_run() {
+        let v = verdict(&[], &BTreeMap::new(), false, 1, true);
+        assert!(problems(&v).contains("no specs"));
+    }
+
+    #[test]
+    fn listed_benchmarks_are_refused() {
+        let mut b = spec("bench", "skipped", "");
+        b.benchmark = true;
+        let v = verdict(
+            &[b, spec("a", "passed", "")],
+            &listed(&["bench"]),
+            false,
+            1,
+            true,
+        );
+        assert!(problems(&v).contains("a benchmark spec is listed"));
     }
 }
