@@ -160,6 +160,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     )
     .await
     .map_err(|e| ServeError::Streaming(config.stream_address.clone(), e))?;
+    // SIGTERM is ours from before the socket is bound: one that comes
+    // while recovery runs (a client may already be connected) ends crius
+    // gracefully once it is done, not by the signal's default action.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     // Bound once everything that can refuse the config has: a crius that
     // does not start leaves no socket.
     let listener = bind(&config.socket)?;
@@ -180,8 +184,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // keep their connections open. Pods live on in their monitors.
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = term;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}

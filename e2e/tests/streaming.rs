@@ -61,9 +61,19 @@ async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED IN\ndone\n");
 
-    // A terminal: crictl wants one itself, so it runs under script(1).
+    // A terminal: crictl wants one itself, so it runs under script(1). The
+    // client sends its size once the session is up, which can be after
+    // the shell starts (as with any runtime): the shell waits for it.
     let out = e.c.crictl_in_terminal(
-        &["exec", "-it", &ctr, "sh", "-c", "tty; stty size"],
+        &[
+            "exec",
+            "-it",
+            &ctr,
+            "sh",
+            "-c",
+            "tty; n=0; until [ \"$(stty size)\" = \"17 91\" ] || [ $n = 500 ]; \
+             do n=$((n+1)); done; stty size",
+        ],
         Some("cols 91 rows 17"),
     );
     let text = String::from_utf8_lossy(&out.stdout);
