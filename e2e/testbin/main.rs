@@ -22,8 +22,9 @@
 //! * `fetch ADDR:PORT`: sends `GET /` over TCP and prints the answer.
 //!
 //! Servers exit 0 on SIGTERM, SIGINT and SIGQUIT. For running outside a
-//! container, `CRIUS_TESTBIN_PORT` overrides the port and
-//! `CRIUS_TESTBIN_PIDFILE` the nginx pid file.
+//! container, `CRIUS_TESTBIN_PORT` overrides the port (0: one the kernel
+//! picks; the server says which on stderr, `<server>: listening on port
+//! N`) and `CRIUS_TESTBIN_PIDFILE` the nginx pid file.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -224,22 +225,27 @@ fn pause_forever() -> i32 {
 
 /// Binds `[::]:port` (dual stack where IPv6 exists) and `0.0.0.0:port`
 /// (needed when IPv6 is off or v6only is set); at least one must succeed.
-fn listeners(port: u16) -> Result<Vec<TcpListener>, String> {
+/// Listeners on `port` for IPv6 and IPv4 (port 0: one the kernel picks,
+/// the same for both), and the port.
+fn listeners(mut port: u16) -> Result<(Vec<TcpListener>, u16), String> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for addr in [
-        SocketAddr::from(([0u16; 8], port)),
-        SocketAddr::from(([0u8; 4], port)),
-    ] {
+    for ip in [std::net::IpAddr::from([0u16; 8]), std::net::IpAddr::from([0u8; 4])] {
+        let addr = SocketAddr::new(ip, port);
         match TcpListener::bind(addr) {
-            Ok(l) => out.push(l),
+            Ok(l) => {
+                if port == 0 {
+                    port = l.local_addr().map_err(|e| e.to_string())?.port();
+                }
+                out.push(l)
+            }
             Err(e) => errors.push(format!("{addr}: {e}")),
         }
     }
     if out.is_empty() {
         Err(errors.join("; "))
     } else {
-        Ok(out)
+        Ok((out, port))
     }
 }
 
@@ -249,7 +255,7 @@ fn serve(server: &'static str, default_port: u16, body: &'static str) -> i32 {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(default_port);
-    let listeners = match listeners(port) {
+    let (listeners, port) = match listeners(port) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{server}: cannot listen on port {port}: {e}");

@@ -447,19 +447,28 @@ fn testbin_personalities() {
         format!("Effective uid: {euid}\n")
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    // Port 0: it binds one the kernel picks and says which (no free-port
+    // race with other tests).
     let pidfile = dir.path().join("run/nginx.pid");
     let mut nginx = Child(
         Command::new(dir.path().join("nginx"))
             .args(["-g", "daemon off;"])
-            .env("CRIUS_TESTBIN_PORT", port.to_string())
+            .env("CRIUS_TESTBIN_PORT", "0")
             .env("CRIUS_TESTBIN_PIDFILE", &pidfile)
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("nginx"),
     );
+    let mut said = String::new();
+    // Kept open until the end: nginx may say more.
+    let mut nginx_stderr = std::io::BufReader::new(nginx.0.stderr.take().expect("stderr"));
+    std::io::BufRead::read_line(&mut nginx_stderr, &mut said).expect("nginx's first line");
+    let port: u16 = said
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {said:?}"));
     let pid = nginx.0.id();
     let deadline = Instant::now() + Duration::from_secs(10);
     let resp = loop {
