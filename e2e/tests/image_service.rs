@@ -478,6 +478,28 @@ async fn image_byte_cap_and_free_space_floor_refuse_and_leave_nothing() {
     }
 }
 
+/// `image.max_header_bytes` bounds the extended headers before an entry: a
+/// long name (a PAX or GNU long-name header) over it is refused.
+#[tokio::test]
+async fn the_header_limit_is_configurable() {
+    use e2e::oci_image::Entry;
+    let f = fixture();
+    let long = format!("dir/{}/{}/f", "a".repeat(120), "b".repeat(120));
+    let image = push_hostile(
+        f,
+        "long-name",
+        vec![Entry::file(&long, b"x".to_vec(), 0o644)],
+        None,
+    );
+    let c = start(f, "[image]\nmax_header_bytes = 128\n");
+    let e = pull(&c, &image).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("128-byte limit"), "{}", e.message());
+    // The default takes it.
+    let c = start(f, "");
+    pull(&c, &image).await.unwrap();
+}
+
 #[tokio::test]
 async fn images_survive_sigkill_and_instances_stay_apart() {
     let f = fixture();

@@ -73,6 +73,9 @@ pub struct ImageConfig {
     pub max_layer_bytes: u64,
     /// The most tar entries in one layer.
     pub max_layer_entries: u64,
+    /// The most bytes of extended tar headers (PAX records, GNU long names)
+    /// before one entry.
+    pub max_header_bytes: u64,
     /// The most bytes the layers one pull unpacks may expand to together.
     pub max_image_bytes: u64,
     /// A layer is not unpacked, nor goes on unpacking, when the image
@@ -89,6 +92,7 @@ impl Default for ImageConfig {
         ImageConfig {
             max_layer_bytes: 64 << 30,
             max_layer_entries: 4_000_000,
+            max_header_bytes: 1 << 20,
             max_image_bytes: 128 << 30,
             min_free_bytes: 256 << 20,
             parallel_layers: 4,

@@ -329,6 +329,7 @@ impl ImageStore {
         let limits = Limits {
             max_bytes: self.config.max_layer_bytes,
             max_entries: self.config.max_layer_entries,
+            max_header_bytes: self.config.max_header_bytes,
             ..Limits::default()
         };
         let dest = staged.path().to_path_buf();
