@@ -160,10 +160,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     )
     .await
     .map_err(|e| ServeError::Streaming(config.stream_address.clone(), e))?;
-    // SIGTERM is ours from before the socket is bound: one that comes
-    // while recovery runs (a client may already be connected) ends crius
-    // gracefully once it is done, not by the signal's default action.
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // SIGTERM and SIGINT are ours from before the socket is bound: one
+    // that comes while recovery runs (a client may already be connected)
+    // ends crius gracefully once it is done, not by the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = [SignalKind::terminate(), SignalKind::interrupt()].map(|k| signal(k).ok());
     // Bound once everything that can refuse the config has: a crius that
     // does not start leaves no socket.
     let listener = bind(&config.socket)?;
@@ -184,10 +185,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // keep their connections open. Pods live on in their monitors.
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
-        let mut term = term;
+        let [mut term, mut int] = signals;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            () = signalled(term.as_mut()) => {}
+            () = signalled(int.as_mut()) => {}
         }
         tracing::info!("shutting down");
         let _ = stopping_tx.send(());
@@ -212,6 +213,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let _ = std::fs::remove_file(&config.socket);
     result
+}
+
+/// Resolves when `signal` comes (never without a handler).
+async fn signalled(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Logs each RPC with its gRPC code and duration.
