@@ -90,16 +90,15 @@ async fn pod_lifecycle_with_network() {
         "pod IP {ip} comes from the test subnet"
     );
     // The pod answers on its own network namespace: ping it through the bridge.
-    let ping = std::process::Command::new("ping")
-        .args(["-c1", "-W2", &ip])
-        .output();
-    if let Ok(out) = ping {
-        assert!(
-            out.status.success(),
-            "ping {ip}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    let out = std::process::Command::new("ping")
+        .args(["-c1", "-W10", &ip])
+        .output()
+        .expect("ping (scripts/setup installs iputils-ping)");
+    assert!(
+        out.status.success(),
+        "ping {ip}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let list = rt
         .list_pod_sandbox(ListPodSandboxRequest {
             filter: Some(PodSandboxFilter {
