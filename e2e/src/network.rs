@@ -1,5 +1,6 @@
 //! A pod network for tests: a bridge made here with a gateway address from
-//! 198.18.0.0/15, a CNI conflist (bridge with isGateway false, so the
+//! 198.18.0.0/15 (a /24 claimed by a lock file, so no two networks of any
+//! test processes share one), a CNI conflist (bridge with isGateway false, so the
 //! plugin never turns on ip_forward; host-local IPAM; portmap)
 //! in a temporary conf dir. Dropping it deletes the bridge and the files.
 //! Nothing is routed or masqueraded off the machine: portmap's SNAT only
@@ -12,6 +13,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct TestNetwork {
+    /// The claim on this network's subnet and bridge name, held while the
+    /// network lives (see [`TestNetwork::create`]).
+    _claim: nix::fcntl::Flock<std::fs::File>,
     dir: tempfile::TempDir,
     pub bridge: String,
     /// `198.18.N.0/24`
@@ -20,6 +24,38 @@ pub struct TestNetwork {
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Where test networks claim their subnets, one lock file per /24.
+const CLAIMS: &str = "/run/crius-test-nets";
+
+/// Claims a free /24 of 198.18.0.0/15 (512 of them), for as long as the
+/// returned lock is held: across every test process at once, no two
+/// networks share a subnet or a bridge name. A claim dies with its process,
+/// so a killed run's subnets come free, and its bridge (same name) is
+/// removed by the next claimer.
+fn claim(hint: usize) -> io::Result<(usize, nix::fcntl::Flock<std::fs::File>)> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(CLAIMS)?;
+    for i in 0..512 {
+        let index = (hint + i) % 512;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{CLAIMS}/{index}.lock"))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok((index, lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => continue,
+            Err((_, e)) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::other(
+        "all 512 test subnets of 198.18.0.0/15 are in use",
+    ))
+}
 
 /// Runs `ip ARGS`, failing with its stderr.
 pub(crate) fn ip(args: &[&str]) -> io::Result<()> {
@@ -36,21 +72,22 @@ pub(crate) fn ip(args: &[&str]) -> io::Result<()> {
 }
 
 impl TestNetwork {
-    /// A network unique to this process and call.
+    /// A network of its own: a /24 and a bridge no other test network,
+    /// of this process or another, has while it lives.
     pub fn create() -> io::Result<TestNetwork> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        // 198.18.0.0/15 holds 512 /24s: spread by PID, then by call.
-        let net = ((pid % 100) * 5 + n % 5) as usize % 512;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
+        // Start the search where other processes are unlikely to be.
+        let (net, claim) = claim(std::process::id() as usize * 7 + n)?;
         let (a, b) = (18 + net / 256, net % 256);
         let subnet = format!("198.{a}.{b}.0/24");
         let gateway = format!("198.{a}.{b}.1");
-        let bridge = format!("crius{}n{n}", pid % 100000);
+        let bridge = format!("crtestnet{net}");
         let dir = tempfile::Builder::new().prefix("crius-cni-").tempdir()?;
-        // A stale bridge of a crashed run with this name: ours to remove.
+        // A bridge of this name is a killed run's (we hold the claim).
         let _ = ip(&["link", "del", &bridge]);
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         let net = TestNetwork {
+            _claim: claim,
             dir,
             bridge,
             subnet,
