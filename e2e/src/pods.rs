@@ -170,6 +170,17 @@ pub fn pod_config(e: &Env, name: &str) -> PodSandboxConfig {
     }
 }
 
+/// The pods crius lists.
+pub async fn list_pods(c: &Crius) -> Vec<PodSandbox> {
+    c.runtime()
+        .await
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items
+}
+
 pub async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
     run_pod_on(c, config, "").await
 }

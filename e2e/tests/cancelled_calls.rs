@@ -41,16 +41,6 @@ async fn cut_create(c: &Crius, pod: &str, pc: &PodSandboxConfig, config: Contain
     let _ = tokio::time::timeout(CUT, client.create_container(req)).await;
 }
 
-async fn pods_listed(c: &Crius) -> Vec<PodSandbox> {
-    c.runtime()
-        .await
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-}
-
 async fn containers_listed(c: &Crius) -> Vec<crius_proto::cri::Container> {
     c.runtime()
         .await
@@ -122,7 +112,7 @@ async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
     // a busy machine a 5 ms cut can come before the request is whole;
     // that call made nothing, which is right too.)
     eventually("the cut calls' pods Ready", || async {
-        let listed = pods_listed(&e.c).await;
+        let listed = pods::list_pods(&e.c).await;
         let ready = listed
             .iter()
             .filter(|p| p.state == PodSandboxState::SandboxReady as i32)
@@ -134,7 +124,7 @@ async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
         }
     })
     .await;
-    let made: Vec<(String, String)> = pods_listed(&e.c)
+    let made: Vec<(String, String)> = pods::list_pods(&e.c)
         .await
         .into_iter()
         .map(|p| (p.metadata.unwrap().name, p.id))
@@ -150,7 +140,7 @@ async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
         }
         ids.push(id);
     }
-    let listed = pods_listed(&e.c).await;
+    let listed = pods::list_pods(&e.c).await;
     assert_eq!(listed.len(), 5, "{listed:?}");
     assert!(
         listed
@@ -182,7 +172,7 @@ async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
     assert_eq!(again, made);
 
     // Removed, they leave nothing: no IP, mount, process or cgroup.
-    for p in pods_listed(&e.c).await {
+    for p in pods::list_pods(&e.c).await {
         pods::stop_remove_pod(&e.c, &p.id).await;
     }
     assert_eq!(e.net.allocated_ips(), Vec::<String>::new(), "IPs leaked");

@@ -425,31 +425,19 @@ async fn bad_names_and_missing_images_are_clear_errors() {
     assert!(list(&c).await.is_empty());
 }
 
+/// A layer that expands past `image.max_layer_bytes`, an image whose
+/// layers together expand past `image.max_image_bytes`, and any pull while
+/// the image filesystem is below `image.min_free_bytes` are refused, and
+/// none leaves anything behind.
 #[tokio::test]
-async fn layer_size_cap_refuses_and_leaves_nothing() {
-    let f = fixture();
-    let c = start(f, "[image]\nmax_layer_bytes = 1048576\n");
-    let e = pull(&c, BUSYBOX).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains("limit"), "{}", e.message());
-    assert!(list(&c).await.is_empty());
-    assert_eq!(
-        dir_entries(&c.root.join("images/staging")),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        dir_entries(&c.root.join("images/snapshots")),
-        Vec::<String>::new()
-    );
-}
-
-/// An image whose layers together expand past `image.max_image_bytes` is
-/// refused, and so is any pull while the image filesystem is below
-/// `image.min_free_bytes`; neither leaves anything behind.
-#[tokio::test]
-async fn image_byte_cap_and_free_space_floor_refuse_and_leave_nothing() {
+async fn size_caps_and_free_space_floor_refuse_and_leave_nothing() {
     let f = fixture();
     for (config, code, says) in [
+        (
+            "[image]\nmax_layer_bytes = 1048576\n",
+            Code::InvalidArgument,
+            "expands past the 1048576-byte limit",
+        ),
         (
             "[image]\nmax_image_bytes = 1048576\n",
             Code::InvalidArgument,

@@ -385,13 +385,7 @@ async fn a_reboot_leaves_no_writable_layer_or_pod_ip_behind() {
         "the writable layer is swept\n{}",
         e.c.log()
     );
-    let rt = &mut e.c.runtime().await;
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = e2e::pods::list_pods(&e.c).await;
     assert!(pods.is_empty(), "{pods:?}");
     let pc = pod_config(&e, "after-reboot");
     let pod = run_pod(&e.c, &pc).await;

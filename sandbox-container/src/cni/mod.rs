@@ -217,15 +217,7 @@ impl Cni {
         let list = self.config()?;
         let binaries = self.binaries(&list)?;
         let caps = capability_args(pod);
-        let pending = self.cache.write(&CacheEntry::new(
-            &list.name,
-            &env.container_id,
-            &env.ifname,
-            &env.netns,
-            list.to_value(),
-            caps.clone(),
-            Value::Null,
-        ))?;
+        let pending = self.cache_result(&list, &env, &caps, Value::Null)?;
         match self.add_list(&list, &binaries, &env, &caps) {
             Ok(result) => {
                 info!(
@@ -286,17 +278,28 @@ impl Cni {
             command: Command::Add.as_str(),
             source,
         })?;
-        let entry = CacheEntry::new(
+        self.cache_result(list, env, caps, result.raw.clone())?;
+        Ok(result)
+    }
+
+    /// Caches what a DEL or CHECK of this attachment needs: `result` is the
+    /// ADD's, or null while the ADD runs.
+    fn cache_result(
+        &self,
+        list: &NetworkConfigList,
+        env: &PluginEnv,
+        caps: &Map<String, Value>,
+        result: Value,
+    ) -> Result<PathBuf> {
+        self.cache.write(&CacheEntry::new(
             &list.name,
             &env.container_id,
             &env.ifname,
             &env.netns,
             list.to_value(),
             caps.clone(),
-            result.raw.clone(),
-        );
-        self.cache.write(&entry)?;
-        Ok(result)
+            result,
+        ))
     }
 
     /// Detaches the pod: DEL through every plugin in reverse order, then the
