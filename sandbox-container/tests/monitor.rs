@@ -551,6 +551,31 @@ mod monitor {
         c.delete("long").await.unwrap();
     }
 
+    /// A SIGTERM sent before the container's init catches it (a Stop right
+    /// after a Start) is not lost: the kernel drops it for a PID 1 without
+    /// a handler, and the monitor sends it again once the handler is there.
+    #[tokio::test]
+    async fn a_signal_before_the_handler_is_delivered_once_it_is_there() {
+        let pod = Pod::start(Pod::all_ns());
+        let mut c = pod.client().await;
+        pod.run(
+            &mut c,
+            "late",
+            &[
+                "sh",
+                "-c",
+                "sleep 1; trap 'exit 7' TERM; while :; do sleep 0.1; done",
+            ],
+        )
+        .await;
+        c.signal("late", libc::SIGTERM, false).await.unwrap();
+        let exit = tokio::time::timeout(PATIENCE, wait_exit(&mut c, "late"))
+            .await
+            .expect("the late handler got the SIGTERM");
+        assert_eq!(exit.exit_code, 7, "{exit:?}");
+        c.delete("late").await.unwrap();
+    }
+
     #[tokio::test]
     async fn monitor_sigkill_is_137_and_delete_kills() {
         let pod = Pod::start(Pod::all_ns());

@@ -46,9 +46,27 @@ pub struct Monitor {
     pub(super) next_conn: u64,
     pub(super) ctrs: BTreeMap<String, Ctr>,
     pub(super) execs: HashMap<i32, Exec>,
+    /// Signals sent to a container's init that had no handler for them
+    /// then; see [`Monitor::deliver_deferred`].
+    pub(super) deferred: Vec<Deferred>,
     /// Set by Shutdown: the connection to answer before exiting.
     pub(super) shutdown: Option<u64>,
 }
+
+/// A signal the kernel dropped: the container's init is PID 1 of its PID
+/// namespace and had no handler for it (it had not exec'd, or its program
+/// had not installed one yet: a Stop right after a Start). It is sent again
+/// once the init catches it, while the init lives, for at most a minute.
+pub(super) struct Deferred {
+    id: String,
+    pid: i32,
+    signal: i32,
+    until: Instant,
+}
+
+/// How often a deferred signal's target is looked at.
+const DEFERRED_POLL: Duration = Duration::from_millis(20);
+const DEFERRED_FOR: Duration = Duration::from_secs(60);
 
 impl Monitor {
     pub fn new(
@@ -69,6 +87,7 @@ impl Monitor {
             next_conn: 0,
             ctrs: BTreeMap::new(),
             execs: HashMap::new(),
+            deferred: Vec::new(),
             shutdown: None,
         }
     }
@@ -89,6 +108,7 @@ impl Monitor {
                 }
             }
             self.expire_execs();
+            self.deliver_deferred();
             if let Some(conn) = self.shutdown {
                 self.finish_shutdown(conn);
                 return;
@@ -161,7 +181,8 @@ impl Monitor {
 
     pub(super) fn poll_timeout(&self) -> i32 {
         let now = Instant::now();
-        self.execs
+        let execs = self
+            .execs
             .values()
             .filter_map(|e| e.deadline)
             .map(|d| {
@@ -169,8 +190,33 @@ impl Monitor {
                 // Round up, so we do not wake just before the deadline.
                 i32::try_from(ms + 1).unwrap_or(i32::MAX)
             })
-            .min()
-            .unwrap_or(-1)
+            .min();
+        let deferred = (!self.deferred.is_empty()).then_some(DEFERRED_POLL.as_millis() as i32);
+        execs.into_iter().chain(deferred).min().unwrap_or(-1)
+    }
+
+    /// Sends each deferred signal whose target catches it now; forgets those
+    /// whose target is gone (or another process) or whose time is up.
+    pub(super) fn deliver_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let ctrs = &self.ctrs;
+        self.deferred.retain(|d| {
+            let live = ctrs.get(&d.id).is_some_and(|c| c.pid == d.pid && d.pid > 0);
+            if !live || now > d.until {
+                return false;
+            }
+            match catches(d.pid, d.signal) {
+                Some(true) => {
+                    let _ = sys::kill_raw(d.pid, d.signal);
+                    false
+                }
+                Some(false) => true,
+                None => false,
+            }
+        });
     }
 
     fn handle(&mut self, tag: Tag, revents: i16) {
@@ -283,7 +329,25 @@ impl Monitor {
             Request::Signal { id, signal, all } => {
                 let cgroups = &self.cgroups;
                 match self.ctrs.get(&id) {
-                    Some(c) => c.signal(cgroups, signal, all).map(|()| Response::Ok),
+                    Some(c) => {
+                        // Whether the init would drop it, asked before it
+                        // is sent (after, the init may be gone).
+                        let dropped = c.pid > 0
+                            && signal != libc::SIGKILL
+                            && signal != libc::SIGSTOP
+                            && catches(c.pid, signal) == Some(false);
+                        let pid = c.pid;
+                        let sent = c.signal(cgroups, signal, all).map(|()| Response::Ok);
+                        if sent.is_ok() && dropped {
+                            self.deferred.push(Deferred {
+                                id: id.clone(),
+                                pid,
+                                signal,
+                                until: Instant::now() + DEFERRED_FOR,
+                            });
+                        }
+                        sent
+                    }
                     None => Err(not_found()),
                 }
             }
@@ -580,4 +644,16 @@ impl Monitor {
 
 fn not_found() -> Fail {
     Fail::new(ErrorKind::NotFound, "no such container")
+}
+
+/// Whether `pid` has a handler for `signal` (`SigCgt` of its status), or
+/// None when it cannot be read (gone).
+fn catches(pid: i32, signal: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())?;
+    let bit = u32::try_from(signal.checked_sub(1)?).ok()?;
+    Some(mask.checked_shr(bit).is_some_and(|m| m & 1 == 1))
 }
