@@ -598,6 +598,16 @@ fn version_of(bin: &Path, n: usize) -> String {
 }
 
 /// What one runtime gave in one round.
+/// Non-shmem PSS of every per-pod process (monitors or shims, and a VM
+/// pod's helpers), in KiB.
+fn private_pss(m: &Mem) -> u64 {
+    m.per_pod
+        .iter()
+        .chain(&m.helpers)
+        .map(|p| p.pss.saturating_sub(p.pss_shmem))
+        .sum()
+}
+
 struct RunResult {
     /// Server `VmRSS` right after start (KiB).
     idle_rss: u64,
@@ -1483,16 +1493,7 @@ fn report(args: &Args, runtimes: &[Runtime], results: &[(usize, Kind, RunResult)
     mem_line(
         "per pod: all its processes, non-shmem PSS (a VM pod's: beyond guest RAM)",
         false,
-        &|r| {
-            let procs: u64 = r
-                .mem
-                .per_pod
-                .iter()
-                .chain(&r.mem.helpers)
-                .map(|p| p.pss.saturating_sub(p.pss_shmem))
-                .sum();
-            to_mib(procs) / r.mem.pods.max(1) as f64
-        },
+        &|r| to_mib(private_pss(&r.mem)) / r.mem.pods.max(1) as f64,
     );
     mem_line("per pod: pod PID init / pause VmRSS", true, &|r| {
         to_mib(per_pod_sum(&r.mem, &r.mem.helpers, |p| p.rss))
@@ -1516,16 +1517,7 @@ fn report(args: &Args, runtimes: &[Runtime], results: &[(usize, Kind, RunResult)
         "**all runtime memory with the pods running** (server VmRSS + memfd + \
          non-shmem PSS of the per-pod processes)",
         true,
-        &|r| {
-            let procs: u64 = r
-                .mem
-                .per_pod
-                .iter()
-                .chain(&r.mem.helpers)
-                .map(|p| p.pss.saturating_sub(p.pss_shmem))
-                .sum();
-            to_mib(r.mem.server_after + r.mem.memfd + procs)
-        },
+        &|r| to_mib(r.mem.server_after + r.mem.memfd + private_pss(&r.mem)),
     );
     mem_line(
         "**per pod: total** (PSS of monitor + init / shim + pause, + server growth if > 0)",
