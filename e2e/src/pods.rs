@@ -84,6 +84,14 @@ impl Env {
             cgroup_procs(&self.cgroup_parent).is_empty(),
             "the pods' processes are gone"
         );
+        // And their cgroups, which a reboot does not keep.
+        for ctl in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            remove_cgroups_below(&ctl.path().join(self.cgroup_parent.trim_start_matches('/')));
+        }
         let mut mounts = mounts_under(&self.c.state);
         mounts.extend(mounts_under(&self.c.root));
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
@@ -108,6 +116,17 @@ fn kill_pid(pid: u32) {
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+}
+
+/// Removes the (empty) cgroups below `dir`, deepest first.
+fn remove_cgroups_below(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroups_below(&e.path());
+            fs::remove_dir(e.path())
+                .unwrap_or_else(|err| panic!("remove cgroup {}: {err}", e.path().display()));
+        }
     }
 }
 

@@ -316,6 +316,91 @@ async fn containers_survive_a_crius_sigkill() {
     assert!(mounts_under(&e.c.state).is_empty());
 }
 
+/// Under systemd, stopping or restarting crius's service kills every
+/// process of its cgroup (KillMode=control-group, the default). Here crius
+/// runs in a cgroup of its own, as a unit would, and everything in it is
+/// SIGKILLed: the pod's monitor is not there (it moved to the pod's own
+/// cgroup, `<parent>/crius-pod-<id>`, in every hierarchy), so the pod and
+/// its container live on and a new crius manages them; stopping the pod
+/// removes that cgroup.
+#[tokio::test]
+async fn pods_outlive_the_cgroup_crius_runs_in() {
+    use sandbox_container::cgroup_mounts::CgroupMounts;
+    let mut e = env().await;
+    let mounts = CgroupMounts::detect();
+    let hierarchies: Vec<std::path::PathBuf> = mounts
+        .v1()
+        .iter()
+        .map(|(_, m)| m.clone())
+        .chain(mounts.v2().map(|m| m.to_path_buf()))
+        .collect();
+    assert!(!hierarchies.is_empty(), "no cgroup hierarchy");
+    let unit = std::path::PathBuf::from(format!("{}-unit", e.cgroup_parent));
+    let crius_pid = e.c.pid().unwrap();
+    mounts.enter(&unit, crius_pid).unwrap();
+    let pc = pod_config(&e, "outlives");
+    let pod = run_pod(&e.c, &pc).await;
+    let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &id).await;
+    let monitor = e.c.monitor_pid(&pod);
+    let own = format!("{}/crius-pod-{pod}", e.cgroup_parent);
+    let cgroups = fs::read_to_string(format!("/proc/{monitor}/cgroup")).unwrap();
+    for line in cgroups.lines() {
+        assert!(
+            line.ends_with(&format!(":{own}")),
+            "the monitor is in {line}, not in {own} in every hierarchy:\n{cgroups}"
+        );
+    }
+
+    // What systemd does to the unit: everything in it is killed.
+    let unit_procs = || -> Vec<u32> {
+        let mut pids: Vec<u32> = hierarchies
+            .iter()
+            .filter_map(|h| {
+                fs::read_to_string(h.join(unit.strip_prefix("/").unwrap()).join("cgroup.procs"))
+                    .ok()
+            })
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort();
+        pids.dedup();
+        pids
+    };
+    assert!(
+        unit_procs().contains(&crius_pid),
+        "crius is in the unit's cgroup"
+    );
+    for pid in unit_procs() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    e.c.kill().unwrap();
+    mounts.remove(&unit).unwrap();
+    assert!(
+        alive(&monitor.to_string()),
+        "the pod's monitor was killed with crius"
+    );
+
+    e.c.restart().unwrap();
+    assert_eq!(
+        status(&e.c, &id).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let (code, out) = e2e::pods::sh(&e.c, &id, "echo alive").await;
+    assert_eq!((code, out.trim()), (0, "alive"));
+    stop_remove_pod(&e.c, &pod).await;
+    for h in &hierarchies {
+        let dir = h.join(own.trim_start_matches('/'));
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
 /// crius raises its own open-files limit (to its hard limit); a container
 /// does not get the raise: it has the limit crius was started with.
 #[tokio::test]

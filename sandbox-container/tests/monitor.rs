@@ -151,7 +151,20 @@ mod monitor {
         }
 
         /// Writes a bundle running `args`; `edit` may change the spec.
+        /// `cid` names the container's cgroup under the file's one parent,
+        /// whose processes a pod's clean-up kills: no two pods (tests) may
+        /// use the same one.
         fn bundle(&self, cid: &str, args: &[&str], edit: impl FnOnce(&mut Spec)) -> PathBuf {
+            static OWNERS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+            {
+                let mut owners = OWNERS.lock().unwrap();
+                match owners.iter().find(|(c, _)| c == cid) {
+                    Some((_, dir)) => {
+                        assert_eq!(dir, &self.dir, "container id {cid} used by two tests")
+                    }
+                    None => owners.push((cid.to_owned(), self.dir.clone())),
+                }
+            }
             self.cids.lock().unwrap().push(cid.to_owned());
             let bundle = self.tmp.path().join("bundles").join(cid);
             std::fs::create_dir_all(&bundle).unwrap();
@@ -554,17 +567,13 @@ mod monitor {
     /// A SIGTERM sent before the container's init catches it (a Stop right
     /// after a Start) is not lost: the kernel drops it for a PID 1 without
     /// a handler, and the monitor sends it again once the handler is there.
-    // Ignored until it is made to run alone: in CI, beside the other tests
-    // of this file, its container was SIGKILLed (137) by another test's
-    // clean-up of the shared cgroup parent; alone it passes.
-    #[ignore]
     #[tokio::test]
     async fn a_signal_before_the_handler_is_delivered_once_it_is_there() {
         let pod = Pod::start(Pod::all_ns());
         let mut c = pod.client().await;
         pod.run(
             &mut c,
-            "late",
+            "late-trap",
             &[
                 "sh",
                 "-c",
@@ -572,12 +581,12 @@ mod monitor {
             ],
         )
         .await;
-        c.signal("late", libc::SIGTERM, false).await.unwrap();
-        let exit = tokio::time::timeout(PATIENCE, wait_exit(&mut c, "late"))
+        c.signal("late-trap", libc::SIGTERM, false).await.unwrap();
+        let exit = tokio::time::timeout(PATIENCE, wait_exit(&mut c, "late-trap"))
             .await
             .expect("the late handler got the SIGTERM");
         assert_eq!(exit.exit_code, 7, "{exit:?}");
-        c.delete("late").await.unwrap();
+        c.delete("late-trap").await.unwrap();
     }
 
     #[tokio::test]

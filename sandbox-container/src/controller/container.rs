@@ -28,7 +28,7 @@ impl NamespaceSandbox {
         let (host_net, host_ipc, pod_pid) = namespaces(pod);
         let ns = pod_dir.join("ns");
         let pid_init = fs::read_to_string(ns.join("pid-init")).ok();
-        let parent = pod.cgroup_parent().unwrap_or_else(|| "/crius".to_string());
+        let parent = super::pod_cgroup::parent(pod);
         spec::SpecInput {
             sandbox_id: &pod.id,
             pod: &pod.config,

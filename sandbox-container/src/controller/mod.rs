@@ -18,9 +18,11 @@
 //! | `watch.rs` | each pod's exits as events, and what a dead monitor leaves |
 //! | `usage.rs` | stats: cgroups, writable layers, the pod's network |
 //! | `pod_files.rs`, `rootfs.rs` | the files and mounts made on the host |
+//! | `pod_cgroup.rs` | the pod's cgroups: its containers' parent, its monitor's own |
 
 mod container;
 mod pod;
+pub mod pod_cgroup;
 pub mod pod_files;
 pub mod rootfs;
 mod stdio;
@@ -311,8 +313,9 @@ impl SandboxController for NamespaceSandbox {
     }
 
     /// libcontainer moves each new container and exec process into its
-    /// cgroup: the kernel lock that takes is warmed here first (see
-    /// [`crate::cgroup_warm`]), on a blocking thread.
+    /// cgroup, and a new pod's monitor moves into the pod's: the kernel
+    /// lock that takes is warmed here first (see [`crate::cgroup_warm`]),
+    /// on a blocking thread.
     fn warm_up(&self) {
         tokio::task::spawn_blocking(|| {
             if let Err(e) = crate::cgroup_warm::warm() {

@@ -10,7 +10,7 @@ use crius_proto::cri::NamespaceMode;
 use crius_proto::monitor::Request;
 use sandbox_api::{Journal, Pod, Result, SandboxError};
 
-use super::{NamespaceSandbox, PodState, namespaces, pod_files, rootfs, userns};
+use super::{NamespaceSandbox, PodState, namespaces, pod_cgroup, pod_files, rootfs, userns};
 use crate::cni::PodNetwork;
 use crate::monitor::MonitorConfig;
 
@@ -30,6 +30,8 @@ impl NamespaceSandbox {
             // Refused before anything is made.
             return Err(SandboxError::from(why));
         }
+        // The monitor moves into the pod's cgroup (see pod_cgroup.rs).
+        sandbox_api::SandboxController::warm_up(self);
         let dir = self.pod_dir(&pod.id);
         // A pod with its own user namespace: its containers are set up from
         // inside it and must reach their files here by path.
@@ -64,6 +66,7 @@ impl NamespaceSandbox {
             userns,
             runtime_root: self.state.join("runc"),
             forward_output: false,
+            cgroup: Some(pod_cgroup::own(pod)),
         };
         let pid = crate::monitor::spawn_pod_monitor(&dir, &monitor).await?;
         let mut state = PodState {
@@ -120,6 +123,10 @@ impl NamespaceSandbox {
             crate::monitor::kill_stale(&dir, pid);
             pod.sandbox.set(&state);
         }
+        let cgroup = pod_cgroup::own(pod);
+        tokio::task::spawn_blocking(move || pod_cgroup::remove_own(&cgroup))
+            .await
+            .map_err(super::task_error)??;
         rootfs::unmount_all_under(&dir).map_err(SandboxError::at("unmount pod mounts"))?;
         Ok(())
     }

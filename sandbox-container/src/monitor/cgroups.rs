@@ -1,7 +1,8 @@
-//! What the monitor reads and does in a container's cgroup itself: the OOM
-//! kill counter, and signalling every process (real-time signals too,
-//! which libcontainer's kill does not take, and without marking the
-//! container stopped as libcontainer's kill does).
+//! What the monitor reads and does in a cgroup itself: the OOM kill
+//! counter of a container's, signalling every process (real-time signals
+//! too, which libcontainer's kill does not take, and without marking the
+//! container stopped as libcontainer's kill does), and moving itself into
+//! its pod's own cgroup.
 
 use std::io;
 use std::path::Path;
@@ -13,6 +14,37 @@ use crate::cgroup_mounts::CgroupMounts;
 use crate::cgroup_mounts::relative;
 
 impl CgroupMounts {
+    /// Moves process `pid` into `cgroup` in every hierarchy (v1 ones,
+    /// named ones such as `name=systemd` among them, and the cgroup2
+    /// mount), making it where missing; a v1 cpuset directory made here
+    /// (or found without CPUs) gets its parent's CPUs and memory nodes, as
+    /// the kernel requires before anything joins it. Where a hierarchy
+    /// refuses, the others are still joined and the first error returned.
+    pub fn enter(&self, cgroup: &Path, pid: u32) -> io::Result<()> {
+        if !is_container_cgroup(cgroup) {
+            return Err(io::Error::other(format!(
+                "refusing cgroup path {}",
+                cgroup.display()
+            )));
+        }
+        let pid = pid.to_string();
+        let mut first_error = None;
+        let hierarchies = self
+            .v1()
+            .iter()
+            .map(|(controllers, mnt)| (controllers.iter().any(|c| c == "cpuset"), mnt.as_path()))
+            .chain(self.v2().map(|mnt| (false, mnt)));
+        for (cpuset, mnt) in hierarchies {
+            let joined = make_cgroup(mnt, relative(cgroup), cpuset)
+                .and_then(|dir| std::fs::write(dir.join("cgroup.procs"), &pid).map(|_| dir))
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", mnt.display())));
+            if let Err(e) = joined {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Removes `cgroup` from every hierarchy; a missing directory is fine.
     /// Processes still in it (killed ones not yet gone) are SIGKILLed and
     /// the removal retried for up to [`REMOVE_WAIT`].
@@ -91,6 +123,31 @@ impl CgroupMounts {
             r
         }
     }
+}
+
+/// Makes `rel` under the hierarchy mounted at `mnt`, a directory at a
+/// time; with `cpuset`, each one without CPUs or memory nodes gets its
+/// parent's.
+fn make_cgroup(mnt: &Path, rel: &Path, cpuset: bool) -> io::Result<std::path::PathBuf> {
+    let mut dir = mnt.to_path_buf();
+    for part in rel.components() {
+        let parent = dir.clone();
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if cpuset {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let own = std::fs::read_to_string(dir.join(file))?;
+                if own.trim().is_empty() {
+                    std::fs::write(dir.join(file), std::fs::read_to_string(parent.join(file))?)?;
+                }
+            }
+        }
+    }
+    Ok(dir)
 }
 
 /// Never act on a hierarchy's root (an empty path would signal every

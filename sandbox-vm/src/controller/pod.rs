@@ -13,7 +13,7 @@ use crius_proto::cri::NamespaceMode;
 use crius_proto::monitor::Request;
 use sandbox_api::{Journal, Pod, Result, SandboxError};
 use sandbox_container::cni::PodNetwork;
-use sandbox_container::controller::{pod_files, rootfs};
+use sandbox_container::controller::{pod_cgroup, pod_files, rootfs};
 
 use super::{PodState, VmSandbox};
 use crate::vm_monitor::{PodNetConfig, VmPodConfig};
@@ -177,6 +177,7 @@ impl VmSandbox {
                 prefix_len: v4.address.prefix_len,
                 gateway: v4.gateway.map(|g| g.to_string()),
             }),
+            cgroup: Some(pod_cgroup::own(pod)),
         };
         cfg.write(&dir)
             .map_err(SandboxError::at("write the VM pod's config"))?;
@@ -204,6 +205,10 @@ impl VmSandbox {
         if let Some(pid) = state.monitor_pid.take() {
             kill_leftovers(&dir, pid);
         }
+        let cgroup = pod_cgroup::own(pod);
+        tokio::task::spawn_blocking(move || pod_cgroup::remove_own(&cgroup))
+            .await
+            .map_err(task_error)??;
         if state.network_attached {
             let netns = state.netns.clone().unwrap_or_else(|| dir.join("netns"));
             let net = PodNetwork::for_pod(pod, &netns);
