@@ -7,7 +7,7 @@
 //!   extended headers for long or non-ASCII paths and big ids), entries
 //!   sorted component-wise, mtime 0 unless given, no user/group names.
 //! * [`Layer::build`]: the layer blob, gzip (fixed level 6, no timestamp or
-//!   file name in the gzip header) or uncompressed, with its digest and its
+//!   file name in the gzip header), zstd or uncompressed, with its digest and its
 //!   diff_id (sha256 of the uncompressed tar). [`Layer::build_cached`] keeps
 //!   compressed blobs in a directory keyed by diff_id.
 //! * [`Image`]: layers plus an [`ImageConfigJson`] (User, Env, Entrypoint,
@@ -47,6 +47,8 @@ pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+jso
 pub const MEDIA_TYPE_OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// OCI gzip layer.
 pub const MEDIA_TYPE_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// OCI zstd layer.
+pub const MEDIA_TYPE_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// Docker image manifest, schema 2.
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list.
@@ -221,6 +223,8 @@ pub enum Compression {
     None,
     /// gzip, level 6, no name or timestamp in the header.
     Gzip,
+    /// zstd, level 3.
+    Zstd,
 }
 
 /// A layer: a set of entries, written as one deterministic tar.
@@ -298,6 +302,7 @@ impl Layer {
         let data = match compression {
             Compression::None => tar,
             Compression::Gzip => gzip(&tar)?,
+            Compression::Zstd => zstd::encode_all(tar.as_slice(), 3)?,
         };
         Ok(LayerBlob::new(
             data,
@@ -316,7 +321,7 @@ impl Layer {
         compression: Compression,
         cache_dir: &Path,
     ) -> io::Result<LayerBlob> {
-        if compression == Compression::None {
+        if compression != Compression::Gzip {
             return self.build(compression);
         }
         let tar = self.to_tar()?;
@@ -631,6 +636,8 @@ impl LayerBlob {
             (ManifestFormat::Oci, Compression::None) => MEDIA_TYPE_OCI_LAYER_TAR,
             (ManifestFormat::Docker, Compression::Gzip) => MEDIA_TYPE_DOCKER_LAYER_GZIP,
             (ManifestFormat::Docker, Compression::None) => MEDIA_TYPE_DOCKER_LAYER_TAR,
+            // Docker's own manifests take the OCI type too.
+            (_, Compression::Zstd) => MEDIA_TYPE_OCI_LAYER_ZSTD,
         }
     }
 }
@@ -645,6 +652,7 @@ pub fn decompress(data: &[u8], compression: Compression) -> io::Result<Vec<u8>> 
             flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
             Ok(out)
         }
+        Compression::Zstd => zstd::decode_all(data),
     }
 }
 

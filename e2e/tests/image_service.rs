@@ -361,6 +361,136 @@ async fn indexes_schema2_uncompressed_and_whiteouts() {
     }));
 }
 
+/// Layers compressed with zstd, a Docker manifest list, an index of
+/// indexes: each gives its linux/amd64 image. An index without linux/amd64
+/// is refused with the platforms it has.
+#[tokio::test]
+async fn zstd_layers_manifest_lists_nested_indexes_and_missing_platforms() {
+    use e2e::oci_image::{
+        Compression, Descriptor, Entry, Image, ImageConfigJson, Index, Layer, MEDIA_TYPE_OCI_INDEX,
+        ManifestFormat, Platform, put_manifest,
+    };
+    let f = fixture();
+    let c = start(f, "");
+    let image = |arch: &str, variant: Option<&str>, compression: Compression, format| {
+        let layer = Layer::new(vec![Entry::file(
+            "platform",
+            format!("{arch} {compression:?}\n"),
+            0o644,
+        )])
+        .build(compression)
+        .unwrap();
+        Image::new(vec![layer], ImageConfigJson::default())
+            .with_platform(Platform::linux(arch, variant))
+            .with_format(format)
+    };
+    let platform_files = |tag: &str| {
+        walk_snapshots(&c.root, "platform")
+            .iter()
+            .map(|p| fs::read_to_string(p).unwrap().trim().to_string())
+            .filter(|s| s.contains(tag))
+            .collect::<Vec<_>>()
+    };
+
+    // zstd, in an OCI manifest and in a Docker one.
+    for (repo, format) in [
+        ("zstd-oci", ManifestFormat::Oci),
+        ("zstd-docker", ManifestFormat::Docker),
+    ] {
+        image("amd64", None, Compression::Zstd, format)
+            .push(&f.url, &format!("crius-test/{repo}"), "latest")
+            .unwrap();
+        let r = format!("{}/crius-test/{repo}:latest", f.host);
+        pull(&c, &r)
+            .await
+            .unwrap_or_else(|e| panic!("pull {r}: {e}"));
+    }
+    assert_eq!(
+        platform_files("Zstd"),
+        ["amd64 Zstd"],
+        "one snapshot (same layer twice)"
+    );
+
+    // A Docker manifest list, arm64 first.
+    Index {
+        images: vec![
+            image(
+                "arm64",
+                Some("v8"),
+                Compression::None,
+                ManifestFormat::Docker,
+            ),
+            image("amd64", None, Compression::None, ManifestFormat::Docker),
+        ],
+        format: ManifestFormat::Docker,
+    }
+    .push(&f.url, "crius-test/docker-list", "latest")
+    .unwrap();
+    pull(&c, &format!("{}/crius-test/docker-list:latest", f.host))
+        .await
+        .expect("pull a Docker manifest list");
+    assert_eq!(platform_files(" None"), ["amd64 None"]);
+
+    // An index of indexes: the outer one's linux/amd64 entry is an index.
+    let inner = Index::new(vec![
+        image("arm64", Some("v8"), Compression::Gzip, ManifestFormat::Oci),
+        image("amd64", None, Compression::Gzip, ManifestFormat::Oci),
+    ])
+    .build()
+    .unwrap();
+    inner.push(&f.url, "crius-test/nested", &[]).unwrap();
+    let outer = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_OCI_INDEX,
+        "manifests": [Descriptor {
+            media_type: MEDIA_TYPE_OCI_INDEX.into(),
+            digest: inner.digest.clone(),
+            size: inner.index_json.len() as u64,
+            platform: Some(Platform::linux("amd64", None)),
+        }],
+    }))
+    .unwrap();
+    put_manifest(
+        &f.url,
+        "crius-test/nested",
+        "latest",
+        MEDIA_TYPE_OCI_INDEX,
+        &outer,
+    )
+    .unwrap();
+    let nested = format!("{}/crius-test/nested:latest", f.host);
+    pull(&c, &nested).await.expect("pull an index of indexes");
+    assert_eq!(platform_files("Gzip"), ["amd64 Gzip"]);
+    let img = status(&c, &nested).await.unwrap();
+    assert!(
+        img.repo_digests[0].ends_with(&e2e::oci_image::sha256_digest(&outer)),
+        "the repo digest is the outer index's: {:?}",
+        img.repo_digests
+    );
+
+    // No linux/amd64 at all: refused, saying what there is.
+    Index::new(vec![
+        image("arm64", Some("v8"), Compression::Gzip, ManifestFormat::Oci),
+        image("s390x", None, Compression::Gzip, ManifestFormat::Oci),
+    ])
+    .push(&f.url, "crius-test/no-amd64", "latest")
+    .unwrap();
+    let err = pull(&c, &format!("{}/crius-test/no-amd64:latest", f.host))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("no linux/amd64")
+            && err.message().contains("linux/arm64, linux/s390x"),
+        "{err}"
+    );
+    assert!(
+        status(&c, &format!("{}/crius-test/no-amd64:latest", f.host))
+            .await
+            .is_none()
+    );
+}
+
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![p.to_path_buf()];

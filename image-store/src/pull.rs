@@ -1,5 +1,5 @@
 //! Pulling an image: resolve the manifest (picking linux/amd64 from an
-//! index), fetch and verify the config, then download every missing layer
+//! index, through nested ones), fetch and verify the config, then download every missing layer
 //! in parallel, streaming each through the compressed-digest hasher, the
 //! decompressor, the diff-ID hasher and the unpacker into a staging
 //! snapshot that is published only when both digests check out.
@@ -78,6 +78,9 @@ struct Platform {
     architecture: String,
 }
 
+/// How deep indexes may nest (an index of indexes is 2).
+const MAX_INDEX_DEPTH: usize = 4;
+
 /// An OCI manifest, Docker schema 2 manifest, OCI index or Docker list.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -104,13 +107,15 @@ enum Compression {
 fn compression(media_type: &str) -> Option<Compression> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(Compression::None),
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
         "application/vnd.oci.image.layer.v1.tar+gzip"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip"
         | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Some(Compression::Gzip),
         "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
         _ => None,
     }
 }
@@ -146,7 +151,16 @@ impl ImageStore {
             .map_err(|e| bad(format!("manifest is not valid JSON: {e}")))?;
         let mut manifest_bytes = top.bytes.clone();
         let mut manifest_digest = top.digest.clone();
-        if !manifest.manifests.is_empty() || is_index(&top.media_type, &manifest.media_type) {
+        let mut media_type = top.media_type.clone();
+        // An index (or an index of indexes): its linux/amd64 entry.
+        let mut depth = 0;
+        while !manifest.manifests.is_empty() || is_index(&media_type, &manifest.media_type) {
+            depth += 1;
+            if depth > MAX_INDEX_DEPTH {
+                return Err(bad(format!(
+                    "indexes nested more than {MAX_INDEX_DEPTH} deep"
+                )));
+            }
             let pick = manifest
                 .manifests
                 .iter()
@@ -155,14 +169,27 @@ impl ImageStore {
                         .as_ref()
                         .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
                 })
-                .ok_or_else(|| bad("the index has no linux/amd64 manifest".to_string()))?;
+                .ok_or_else(|| {
+                    let platforms: Vec<String> = manifest
+                        .manifests
+                        .iter()
+                        .filter_map(|m| m.platform.as_ref())
+                        .map(|p| format!("{}/{}", p.os, p.architecture))
+                        .collect();
+                    bad(format!(
+                        "the index has no linux/amd64 manifest (it has: {})",
+                        if platforms.is_empty() {
+                            "none with a platform".to_string()
+                        } else {
+                            platforms.join(", ")
+                        }
+                    ))
+                })?;
             let d = Digest::parse(&pick.digest).map_err(|e| bad(e.to_string()))?;
             let inner = session.manifest(d.as_str()).await?;
             manifest = serde_json::from_slice(&inner.bytes)
                 .map_err(|e| bad(format!("manifest is not valid JSON: {e}")))?;
-            if !manifest.manifests.is_empty() {
-                return Err(bad("an index inside an index".to_string()));
-            }
+            media_type = inner.media_type;
             manifest_bytes = inner.bytes;
             manifest_digest = inner.digest;
         }
