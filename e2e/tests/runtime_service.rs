@@ -401,6 +401,82 @@ async fn pods_outlive_the_cgroup_crius_runs_in() {
     }
 }
 
+/// GetContainerEvents: a subscriber sees each container's created,
+/// started, stopped and deleted events, and the pod sandbox's own (its ID
+/// as the container ID, as containerd sends them), each with the pod's
+/// status and the container's state at that point.
+#[tokio::test]
+async fn container_events_follow_the_pod_and_its_container() {
+    let e = env().await;
+    let mut stream =
+        e.c.runtime()
+            .await
+            .get_container_events(GetEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+    let pc = pod_config(&e, "events");
+    let pod = run_pod(&e.c, &pc).await;
+    let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
+    start(&e.c, &id).await;
+    let mut rt = e.c.runtime().await;
+    rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    stop_remove_pod(&e.c, &pod).await;
+
+    use ContainerEventType::*;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&(pod.clone(), ContainerDeletedEvent)) {
+        let ev = tokio::time::timeout(Duration::from_secs(120), stream.message())
+            .await
+            .expect("the events come")
+            .unwrap()
+            .expect("the stream stays open");
+        let kind = ContainerEventType::try_from(ev.container_event_type).unwrap();
+        let status = ev.pod_sandbox_status.as_ref().expect("the pod's status");
+        assert_eq!(status.id, pod);
+        assert!(ev.created_at > 0);
+        if ev.container_id == id {
+            let state = ContainerState::try_from(ev.containers_statuses[0].state).unwrap();
+            let want = match kind {
+                ContainerCreatedEvent => ContainerState::ContainerCreated,
+                ContainerStartedEvent => ContainerState::ContainerRunning,
+                _ => ContainerState::ContainerExited,
+            };
+            assert_eq!(state, want, "{kind:?}");
+        } else {
+            assert_eq!(ev.container_id, pod, "an event of another object: {ev:?}");
+            let ready = status.state == PodSandboxState::SandboxReady as i32;
+            assert_eq!(
+                ready,
+                matches!(kind, ContainerCreatedEvent | ContainerStartedEvent),
+                "{kind:?}"
+            );
+        }
+        seen.push((ev.container_id, kind));
+    }
+    let expected = [
+        (pod.clone(), ContainerCreatedEvent),
+        (pod.clone(), ContainerStartedEvent),
+        (id.clone(), ContainerCreatedEvent),
+        (id.clone(), ContainerStartedEvent),
+        (id.clone(), ContainerStoppedEvent),
+        (id.clone(), ContainerDeletedEvent),
+        (pod.clone(), ContainerStoppedEvent),
+        (pod.clone(), ContainerDeletedEvent),
+    ];
+    assert_eq!(seen, expected);
+}
+
 /// crius raises its own open-files limit (to its hard limit); a container
 /// does not get the raise: it has the limit crius was started with.
 #[tokio::test]

@@ -1,5 +1,8 @@
 //! GetContainerEvents: a stream of created, started, stopped and deleted
-//! events, from the moment the client subscribes.
+//! events of containers and of pod sandboxes (an event whose container ID
+//! is the pod's, as containerd and CRI-O send them, with the statuses of
+//! the pod's containers: kubelet's evented PLEG reads both), from the
+//! moment the client subscribes.
 
 use std::pin::Pin;
 
@@ -11,7 +14,7 @@ use tonic::Status;
 use super::Runtime;
 use super::container_status::container_status;
 use super::pod_status::pod_status;
-use crate::store::{ContainerRecord, now_ns};
+use crate::store::{ContainerRecord, PodRecord, now_ns};
 
 pub type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
@@ -27,6 +30,23 @@ impl Runtime {
             containers_statuses: vec![container_status(c)],
         };
         // No subscriber is not an error.
+        let _ = self.events.send(ev);
+    }
+
+    /// Publishes a pod sandbox's own event.
+    pub(super) fn emit_pod(&self, pod: &PodRecord, kind: ContainerEventType) {
+        let ev = ContainerEventResponse {
+            container_id: pod.id.clone(),
+            container_event_type: kind as i32,
+            created_at: now_ns(),
+            pod_sandbox_status: Some(pod_status(pod)),
+            containers_statuses: self
+                .store
+                .containers_of(&pod.id)
+                .iter()
+                .map(container_status)
+                .collect(),
+        };
         let _ = self.events.send(ev);
     }
 

@@ -167,7 +167,11 @@ impl Runtime {
                         }
                         ready
                     })
-                    .map(|_| ())
+                    .map(|died| {
+                        if let Some(p) = died {
+                            self.emit_pod(&p, ContainerEventType::ContainerStoppedEvent);
+                        }
+                    })
                     .map_err(Error::from),
             };
             if let Err(e) = recorded {

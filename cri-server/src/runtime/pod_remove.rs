@@ -1,7 +1,7 @@
 //! RemovePodSandbox: stop the pod if needed, remove its containers, then
 //! the pod. Removing an unknown pod succeeds.
 
-use crius_proto::cri::{RemovePodSandboxRequest, RemovePodSandboxResponse};
+use crius_proto::cri::{ContainerEventType, RemovePodSandboxRequest, RemovePodSandboxResponse};
 
 use super::Runtime;
 use crate::error::Error;
@@ -27,6 +27,7 @@ impl Runtime {
             .remove_pod(&pod)
             .await?;
         self.store.remove_pod(&pod.pod.id)?;
+        self.emit_pod(&pod, ContainerEventType::ContainerDeletedEvent);
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(RemovePodSandboxResponse {})
     }

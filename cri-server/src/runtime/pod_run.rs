@@ -3,7 +3,9 @@
 //! mark it Ready. A retry with the same metadata gets the same pod back
 //! (CRI-O's resourcestore idea), not a "name is reserved" error.
 
-use crius_proto::cri::{PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
+use crius_proto::cri::{
+    ContainerEventType, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse,
+};
 
 use super::Runtime;
 use crate::error::Error;
@@ -82,7 +84,11 @@ impl Runtime {
                     }
                     true
                 })?;
-                tracing::info!(pod = %pod.id, ips = ?ready.map(|r| r.ips), "pod ready");
+                if let Some(r) = &ready {
+                    tracing::info!(pod = %pod.id, ips = ?r.ips, "pod ready");
+                    self.emit_pod(r, ContainerEventType::ContainerCreatedEvent);
+                    self.emit_pod(r, ContainerEventType::ContainerStartedEvent);
+                }
                 Ok(RunPodSandboxResponse {
                     pod_sandbox_id: pod.pod.id,
                 })

@@ -1,7 +1,7 @@
 //! StopPodSandbox: stop every container of the pod, then the pod itself
 //! (monitor, network). Stopping an unknown or stopped pod succeeds.
 
-use crius_proto::cri::{StopPodSandboxRequest, StopPodSandboxResponse};
+use crius_proto::cri::{ContainerEventType, StopPodSandboxRequest, StopPodSandboxResponse};
 
 use super::Runtime;
 use crate::error::Error;
@@ -32,11 +32,16 @@ impl Runtime {
             self.stop_container_now(&c.id, 0).await?;
         }
         controller.stop_pod(&mut pod, &self.journal()).await?;
-        self.store.update_pod(&pod.id, |r| {
+        let mut was_ready = false;
+        let stopped = self.store.update_pod(&pod.id, |r| {
             r.pod = pod.pod.clone();
+            was_ready = r.state != PodState::NotReady;
             r.state = PodState::NotReady;
             true
         })?;
+        if let Some(r) = stopped.filter(|_| was_ready) {
+            self.emit_pod(&r, ContainerEventType::ContainerStoppedEvent);
+        }
         tracing::info!(pod = %pod.id, "pod stopped");
         Ok(())
     }
