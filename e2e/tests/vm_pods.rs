@@ -330,7 +330,8 @@ async fn vm_pods_outlive_crius_and_report_their_vm_dying() {
     };
     assert!(last > 60);
 
-    // The VM dies: its VMM is killed.
+    // The vm-monitor and the VMM live in the pod's own cgroup, not in
+    // crius's.
     let dir = e.c.state.join("vm").join(&pod);
     let vmm: i32 = std::fs::read_to_string(dir.join("vm.pids"))
         .unwrap()
@@ -339,6 +340,21 @@ async fn vm_pods_outlive_crius_and_report_their_vm_dying() {
         .unwrap()
         .parse()
         .unwrap();
+    let own = format!("{}/crius-pod-{pod}", e.cgroup_parent);
+    let vm_monitor: u32 = std::fs::read_to_string(dir.join("monitor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for pid in [vm_monitor, vmm as u32] {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cgroups.lines().all(|l| l.ends_with(&format!(":{own}"))),
+            "process {pid} is not in {own} in every hierarchy:\n{cgroups}"
+        );
+    }
+
+    // The VM dies: its VMM is killed.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(vmm),
         nix::sys::signal::Signal::SIGKILL,
@@ -369,6 +385,10 @@ async fn vm_pods_outlive_crius_and_report_their_vm_dying() {
     stop_remove_pod(&e.c, &pod).await;
     assert_eq!(processes_of(&dir), Vec::<u32>::new(), "processes left");
     assert!(!dir.exists());
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let cg = h.path().join(own.trim_start_matches('/'));
+        assert!(!cg.exists(), "{} left behind", cg.display());
+    }
     assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
 }
 
