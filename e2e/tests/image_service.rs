@@ -491,6 +491,81 @@ async fn zstd_layers_manifest_lists_nested_indexes_and_missing_platforms() {
     );
 }
 
+/// A registry that wants HTTP Basic credentials (htpasswd, a real
+/// distribution registry): a pull without them, or with a wrong password,
+/// is Unauthenticated and leaves nothing; the CRI AuthConfig's username and
+/// password, or its `auth` field (base64 of user:password), pull the image,
+/// blobs included.
+#[tokio::test]
+async fn registry_credentials_come_from_the_cri_auth_config() {
+    use e2e::oci_image::{Compression, Entry, Image, ImageConfigJson, Layer};
+    use e2e::registry::{Registry, base64_encode};
+    let registry = Registry::start_with_basic_auth("puller", "pa:ss word").unwrap();
+    let layer = Layer::new(vec![Entry::file("secret-image", "yes\n", 0o644)])
+        .build(Compression::Gzip)
+        .unwrap();
+    Image::new(vec![layer], ImageConfigJson::default())
+        .push(&registry.url_with_credentials(), "private/app", "v1")
+        .unwrap();
+    let image = format!("{}/private/app:v1", registry.host());
+    let c = start(fixture(), "");
+    let pull_with = |auth: Option<AuthConfig>| {
+        let c = &c;
+        let image = image.clone();
+        async move {
+            c.images()
+                .await
+                .pull_image(PullImageRequest {
+                    image: spec(&image),
+                    auth,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().image_ref)
+        }
+    };
+    for auth in [
+        None,
+        Some(AuthConfig {
+            username: "puller".into(),
+            password: "wrong".into(),
+            ..Default::default()
+        }),
+    ] {
+        let err = pull_with(auth.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{auth:?}: {err}");
+        assert!(status(&c, &image).await.is_none());
+    }
+    assert!(walk_snapshots(&c.root, "secret-image").is_empty());
+    let id = pull_with(Some(AuthConfig {
+        username: "puller".into(),
+        password: "pa:ss word".into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("pull with username and password");
+    assert_eq!(walk_snapshots(&c.root, "secret-image").len(), 1);
+    let mut images = c.images().await;
+    images
+        .remove_image(RemoveImageRequest {
+            image: spec(&image),
+        })
+        .await
+        .unwrap();
+    assert!(
+        walk_snapshots(&c.root, "secret-image").is_empty(),
+        "the layer went with the image"
+    );
+    let again = pull_with(Some(AuthConfig {
+        auth: base64_encode(b"puller:pa:ss word"),
+        ..Default::default()
+    }))
+    .await
+    .expect("pull with the auth field");
+    assert_eq!(again, id);
+    assert_eq!(walk_snapshots(&c.root, "secret-image").len(), 1);
+}
+
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![p.to_path_buf()];
