@@ -25,6 +25,8 @@ struct Shared {
     min_body: u64,
     pass: u64,
     stalled: AtomicUsize,
+    /// Stalling turned off: every response passes whole.
+    passing: AtomicBool,
     stop: AtomicBool,
     /// Client connections left hanging, closed when the proxy drops.
     held: Mutex<Vec<TcpStream>>,
@@ -43,6 +45,7 @@ impl StallingProxy {
             min_body,
             pass,
             stalled: AtomicUsize::new(0),
+            passing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
@@ -75,6 +78,11 @@ impl StallingProxy {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// From now on, responses pass whole (those stalled stay stalled).
+    pub fn stop_stalling(&self) {
+        self.shared.passing.store(true, Ordering::SeqCst);
     }
 
     /// Responses stalled so far.
@@ -129,7 +137,7 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
     });
     let mut client = client;
     client.write_all(response.as_bytes())?;
-    if length.is_some_and(|n| n > s.min_body) {
+    if length.is_some_and(|n| n > s.min_body) && !s.passing.load(Ordering::SeqCst) {
         io::copy(&mut (&mut from_upstream).take(s.pass), &mut client)?;
         client.flush()?;
         s.stalled.fetch_add(1, Ordering::SeqCst);

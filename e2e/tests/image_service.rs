@@ -812,6 +812,68 @@ async fn a_stalled_download_holds_up_nothing_else_and_fails_clearly() {
     assert!(status(&c, BUSYBOX).await.is_none());
 }
 
+/// A PullImage cut by its client's deadline in the middle of a blob: the
+/// call ends, its staging goes, and a pull of the same image that was
+/// waiting for it downloads the image itself and succeeds.
+#[tokio::test]
+async fn a_pull_cut_mid_blob_leaves_no_staging_and_the_next_pull_proceeds() {
+    let f = fixture();
+    // 2 MiB that gzip cannot shrink: the blob is large.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let name = push_raw_layer(f, "cut-mid-blob", &raw_tar("big", &data));
+    let proxy = e2e::stall_proxy::StallingProxy::start(&f.host, 1 << 20, 64 << 10).unwrap();
+    let image = name.replace(&f.host, &proxy.host());
+    let c = start(f, "");
+
+    let cut = async {
+        let mut req = tonic::Request::new(PullImageRequest {
+            image: spec(&image),
+            ..Default::default()
+        });
+        // Far beyond what reaching the stall takes.
+        req.set_timeout(std::time::Duration::from_secs(10));
+        c.images().await.pull_image(req).await
+    };
+    let next = async {
+        for _ in 0..1200 {
+            if proxy.stalled() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(proxy.stalled(), 1, "the first pull reached the stall");
+        assert_eq!(
+            dir_entries(&c.root.join("images/staging")).len(),
+            1,
+            "its staging"
+        );
+        proxy.stop_stalling();
+        // Waits for the first pull of the same reference, then pulls.
+        pull(&c, &image).await
+    };
+    let (cut, next) = tokio::join!(cut, next);
+    let err = cut.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    let id = next.expect("the next pull");
+    assert_eq!(status(&c, &image).await.unwrap().id, id);
+    assert_eq!(proxy.stalled(), 1, "the next pull was not stalled");
+    assert_eq!(
+        dir_entries(&c.root.join("images/staging")),
+        Vec::<String>::new()
+    );
+}
+
 /// A layer over a lower one: what containerd 2.4.2 (overlayfs snapshotter,
 /// checked by hand with `ctr image import` and `ctr image mount`) makes of
 /// it, crius makes too. `bin/x` over a lower `bin -> usr/bin` gives a real
