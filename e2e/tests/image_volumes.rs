@@ -186,8 +186,36 @@ async fn image_volumes_show_the_image_read_only() {
         .collect();
     assert_eq!(under_bundle.len(), 2, "{under_bundle:?}");
 
+    // An image a container uses as a volume is not removed under it (by
+    // its name or its ID); once the container is gone it is.
+    let remove = |image: String| {
+        let c = &e.c;
+        async move {
+            c.images()
+                .await
+                .remove_image(RemoveImageRequest {
+                    image: Some(ImageSpec {
+                        image,
+                        ..Default::default()
+                    }),
+                })
+                .await
+        }
+    };
+    let volume_id = pull(&e.c, &volume).await;
+    for image in [volume.clone(), volume_id] {
+        let err = remove(image).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains(&id), "{}", err.message());
+    }
+    let (code, out, _) = sh(&e.c, &id, "cat /vol/data/file").await;
+    assert_eq!((code, out.as_str()), (0, "one\n"));
+
     stop_remove_pod(&e.c, &pod).await;
     assert_eq!(crius_mounts(&e.c), Vec::<String>::new());
+    remove(volume.clone())
+        .await
+        .expect("remove once no container uses it");
 }
 
 #[tokio::test]
