@@ -200,6 +200,78 @@ async fn pod_user_namespace_maps_root_and_idmaps_the_image() {
     assert_eq!(pods::mounts_under(&e.c.root), Vec::<String>::new());
 }
 
+/// A pod with its own user namespace and one PID namespace for all its
+/// containers: each container sees the other's processes, its PID
+/// namespace belongs to the pod's user namespace (root inside it, mapped
+/// outside), and signals cross between the containers.
+#[tokio::test]
+async fn pod_user_namespace_with_a_shared_pid_namespace() {
+    let e = Env::start("").await;
+    let mut ns = userns(NamespaceMode::Pod, vec![mapping(0, HOST_ID)]);
+    ns.pid = NamespaceMode::Pod as i32;
+    let pc = pod_config(&e, "userns-pid", ns.clone());
+    let pod = run_pod(&e.c, &pc).await;
+    let a = create(&e.c, &pod, &pc, container("a", &ns, "exec sleep 1001")).await;
+    start(&e.c, &a).await;
+    let b = create(&e.c, &pod, &pc, container("b", &ns, "exec sleep 1002")).await;
+    start(&e.c, &b).await;
+    // b sees a's sleep and the pod's init; they run as mapped root.
+    let ps = exec(&e, &b, &["ps", "-o", "pid,user,args"]).await;
+    assert!(
+        ps.contains("sleep 1001") && ps.contains("sleep 1002"),
+        "{ps}"
+    );
+    let uid_map = exec(&e, &b, &["cat", "/proc/1/uid_map"]).await;
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "200000", "65536"],
+        "the pod's init is in the pod's user namespace"
+    );
+    let a_pid = pods::status(&e.c, &a).await;
+    assert_eq!(a_pid.state, ContainerState::ContainerRunning as i32);
+    let host_uid = |pattern: &str| {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "-x", pattern])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        host_uid("sleep 1001"),
+        HOST_ID.to_string(),
+        "mapped outside"
+    );
+    // b kills a's process across the containers: a exits by the signal.
+    exec(
+        &e,
+        &b,
+        &["sh", "-c", "kill -TERM $(pgrep -x -f 'sleep 1001')"],
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = pods::status(&e.c, &a).await;
+        if s.state == ContainerState::ContainerExited as i32 {
+            assert_eq!(s.exit_code, 143, "{s:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop_remove_pod(&e.c, &pod).await;
+    assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
+    assert_eq!(pods::mounts_under(&e.c.root), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn bad_user_namespace_options_are_refused_and_leave_nothing() {
     let e = Env::start("").await;
