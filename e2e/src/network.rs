@@ -8,7 +8,7 @@
 //! that stays on our bridge), which critest's port mapping spec makes.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -21,6 +21,8 @@ pub struct TestNetwork {
     /// `198.18.N.0/24`
     pub subnet: String,
     pub gateway: String,
+    /// A directory of test CNI plugins crius also searches.
+    bin_dir: Option<PathBuf>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -75,6 +77,13 @@ impl TestNetwork {
     /// A network of its own: a /24 and a bridge no other test network,
     /// of this process or another, has while it lives.
     pub fn create() -> io::Result<TestNetwork> {
+        TestNetwork::create_gated(None)
+    }
+
+    /// [`TestNetwork::create`], with the test plugin
+    /// `crius-test-cni-gate` (its binary given) chained after the bridge,
+    /// holding each ADD until `<gate_dir>/open` exists.
+    pub fn create_gated(gate: Option<(&Path, &Path)>) -> io::Result<TestNetwork> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed) as usize;
         // Start the search where other processes are unlikely to be.
         let (net, claim) = claim(std::process::id() as usize * 7 + n)?;
@@ -86,12 +95,13 @@ impl TestNetwork {
         // A bridge of this name is a killed run's (we hold the claim).
         let _ = ip(&["link", "del", &bridge]);
         ip(&["link", "add", &bridge, "type", "bridge"])?;
-        let net = TestNetwork {
+        let mut net = TestNetwork {
             _claim: claim,
             dir,
             bridge,
             subnet,
             gateway,
+            bin_dir: None,
         };
         ip(&[
             "addr",
@@ -101,25 +111,30 @@ impl TestNetwork {
             &net.bridge,
         ])?;
         ip(&["link", "set", &net.bridge, "up"])?;
+        let mut plugins = vec![serde_json::json!({
+            "type": "bridge",
+            "bridge": net.bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": net.subnet, "gateway": net.gateway}]],
+                "routes": [{"dst": net.subnet}],
+                "dataDir": net.dir.path().join("ipam"),
+            }
+        })];
+        if let Some((binary, gate_dir)) = gate {
+            plugins.push(serde_json::json!({"type": "crius-test-cni-gate", "gateDir": gate_dir}));
+            net.bin_dir = binary.parent().map(Path::to_path_buf);
+        }
+        plugins.push(serde_json::json!(
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+        ));
         let conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": format!("crius-test-{}", net.bridge),
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": net.bridge,
-                    "isGateway": false,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": net.subnet, "gateway": net.gateway}]],
-                        "routes": [{"dst": net.subnet}],
-                        "dataDir": net.dir.path().join("ipam"),
-                    }
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
-            ]
+            "plugins": plugins,
         });
         std::fs::create_dir_all(net.conf_dir())?;
         std::fs::write(
@@ -136,7 +151,14 @@ impl TestNetwork {
 
     /// The crius config section for this network.
     pub fn toml(&self) -> String {
-        format!("[cni]\nconf_dirs = [{:?}]\n", self.conf_dir())
+        match &self.bin_dir {
+            None => format!("[cni]\nconf_dirs = [{:?}]\n", self.conf_dir()),
+            Some(bin) => format!(
+                "[cni]\nconf_dirs = [{:?}]\nbin_dirs = [{:?}, \"/opt/cni/bin\", \"/usr/lib/cni\"]\n",
+                self.conf_dir(),
+                bin
+            ),
+        }
     }
 
     /// The addresses host-local IPAM holds for pods now (a file per

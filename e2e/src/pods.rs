@@ -29,8 +29,12 @@ static NEXT_ENV: AtomicU32 = AtomicU32::new(0);
 impl Env {
     /// Starts crius with `extra` config (top-level keys) and pulls busybox.
     pub async fn start(extra: &str) -> Env {
+        Env::start_on(TestNetwork::create().expect("test network"), extra).await
+    }
+
+    /// [`Env::start`] on the network `net`.
+    pub async fn start_on(net: TestNetwork, extra: &str) -> Env {
         let f = fixture();
-        let net = TestNetwork::create().expect("test network");
         let c = Crius::start(&f.mirrors(), &format!("{extra}{}", net.toml())).expect("start crius");
         c.images()
             .await

@@ -4,7 +4,9 @@
 //! back; a call cut before its request was even whole made none), a cut
 //! CreateContainer gives its container, and removing them all leaves no
 //! pod IP allocated, no mount, no process, no cgroup. Before, the cut
-//! calls left NotReady pods whose IPs host-local kept for good.
+//! calls left NotReady pods whose IPs host-local kept for good. And a
+//! RunPodSandbox cut by crius itself dying (SIGKILL in the middle of its
+//! CNI ADD) is rolled back by the restarted crius.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -187,4 +189,72 @@ async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
         Vec::<String>::new(),
         "cgroups left"
     );
+}
+
+/// crius killed in the middle of a RunPodSandbox (its CNI ADD held open by
+/// a test plugin chained after the bridge): the restarted crius rolls the
+/// half-made pod back (CNI DEL gives its IP back; its monitor, mounts and
+/// cgroups go), and kubelet's retry makes the pod anew.
+#[tokio::test]
+async fn crius_killed_mid_run_pod_sandbox_rolls_it_back_at_restart() {
+    let gate = tempfile::tempdir().unwrap();
+    let plugin = Path::new(env!("CARGO_BIN_EXE_crius-test-cni-gate"));
+    let net = e2e::network::TestNetwork::create_gated(Some((plugin, gate.path()))).unwrap();
+    let mut e = Env::start_on(net, "").await;
+    let pc = pod_config(&e, "killed-mid-run");
+    let run = {
+        let c = e.c.runtime().await;
+        let pc = pc.clone();
+        tokio::spawn(async move {
+            let mut c = c;
+            c.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pc),
+                runtime_handler: String::new(),
+            })
+            .await
+        })
+    };
+    eventually("the CNI ADD held by the gate", || async {
+        if gate.path().join("entered").exists() {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    assert_eq!(
+        e.net.allocated_ips().len(),
+        1,
+        "the bridge's ADD took an IP"
+    );
+    e.c.kill().unwrap();
+    assert!(run.await.unwrap().is_err(), "the call died with crius");
+    // The held ADD finishes now (its crius is gone); later ones pass.
+    std::fs::write(gate.path().join("open"), "").unwrap();
+
+    e.c.restart().unwrap();
+    assert_eq!(pods::list_pods(&e.c).await, Vec::new(), "rolled back");
+    assert_eq!(
+        e.net.allocated_ips(),
+        Vec::<String>::new(),
+        "the IP is back"
+    );
+    assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
+    eventually("the half-made pod's processes gone", || async {
+        match processes_naming(&e.c.state).as_slice() {
+            [] => Ok(()),
+            left => Err(format!("{left:?}")),
+        }
+    })
+    .await;
+    assert_eq!(cgroups_under(&e.cgroup_parent), Vec::<String>::new());
+
+    let pod = pods::run_pod(&e.c, &pc).await;
+    let listed = pods::list_pods(&e.c).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(e.net.allocated_ips().len(), 1);
+    pods::stop_remove_pod(&e.c, &pod).await;
+    assert_eq!(e.net.allocated_ips(), Vec::<String>::new());
+    assert_eq!(cgroups_under(&e.cgroup_parent), Vec::<String>::new());
 }
