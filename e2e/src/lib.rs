@@ -8,6 +8,8 @@ pub mod nested;
 pub mod network;
 pub mod oci_image;
 pub mod pods;
+mod proxy;
 pub mod registry;
 pub mod stall_proxy;
 pub mod test_images;
+pub mod token_proxy;

@@ -10,13 +10,15 @@
 //! request line is recorded ([`StallingProxy::requests`]), so a test can
 //! count what reached the registry.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::proxy::{Server, forward, read_head};
+
 pub struct StallingProxy {
-    port: u16,
+    server: Server,
     shared: Arc<Shared>,
 }
 
@@ -27,7 +29,6 @@ struct Shared {
     stalled: AtomicUsize,
     /// Stalling turned off: every response passes whole.
     passing: AtomicBool,
-    stop: AtomicBool,
     /// Client connections left hanging, closed when the proxy drops.
     held: Mutex<Vec<TcpStream>>,
     /// Request lines (`GET /v2/... HTTP/1.1`), in order.
@@ -38,37 +39,25 @@ impl StallingProxy {
     /// Proxies to `upstream` (`host:port`); a response body of more than
     /// `min_body` bytes stalls after `pass` of its bytes.
     pub fn start(upstream: &str, min_body: u64, pass: u64) -> io::Result<StallingProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
             min_body,
             pass,
             stalled: AtomicUsize::new(0),
             passing: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if s.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(&s, conn);
-                });
-            }
-        });
-        Ok(StallingProxy { port, shared })
+        let server = Server::run(Server::bind()?, move |conn| {
+            let _ = serve(&s, conn);
+        })?;
+        Ok(StallingProxy { server, shared })
     }
 
     /// `127.0.0.1:PORT`: a loopback registry host, reached over plain HTTP.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.server.port())
     }
 
     /// The request lines passed on so far.
@@ -93,9 +82,6 @@ impl StallingProxy {
 
 impl Drop for StallingProxy {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so that it sees `stop`.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
         for c in self
             .shared
             .held
@@ -117,18 +103,7 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
             .unwrap_or_else(|p| p.into_inner())
             .push(line.to_string());
     }
-    let mut request = String::new();
-    for line in head.lines() {
-        if !line.to_ascii_lowercase().starts_with("connection:") && !line.is_empty() {
-            request.push_str(line);
-            request.push_str("\r\n");
-        }
-    }
-    request.push_str("Connection: close\r\n\r\n");
-    let mut upstream = TcpStream::connect(&s.upstream)?;
-    upstream.write_all(request.as_bytes())?;
-    let mut from_upstream = BufReader::new(upstream);
-    let response = read_head(&mut from_upstream)?;
+    let (response, mut from_upstream) = forward(&s.upstream, &head)?;
     let length = response.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.eq_ignore_ascii_case("content-length")
@@ -149,21 +124,4 @@ fn serve(s: &Shared, client: TcpStream) -> io::Result<()> {
     }
     io::copy(&mut from_upstream, &mut client)?;
     Ok(())
-}
-
-/// Reads an HTTP head, through the blank line, whole.
-fn read_head(r: &mut impl BufRead) -> io::Result<String> {
-    let mut head = String::new();
-    loop {
-        let n = r.read_line(&mut head)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        if head.ends_with("\r\n\r\n") || head == "\r\n" {
-            return Ok(head);
-        }
-        if head.len() > 64 << 10 {
-            return Err(io::Error::other("HTTP head too large"));
-        }
-    }
 }

@@ -26,11 +26,21 @@ fn start(f: &Fixture, extra: &str) -> Crius {
 }
 
 async fn pull(c: &Crius, image: &str) -> Result<String, tonic::Status> {
+    pull_with(c, image, None).await
+}
+
+/// Pulls `image` with the CRI AuthConfig `auth`.
+async fn pull_with(
+    c: &Crius,
+    image: &str,
+    auth: Option<AuthConfig>,
+) -> Result<String, tonic::Status> {
     let r = c
         .images()
         .await
         .pull_image(PullImageRequest {
             image: spec(image),
+            auth,
             ..Default::default()
         })
         .await?;
@@ -509,21 +519,6 @@ async fn registry_credentials_come_from_the_cri_auth_config() {
         .unwrap();
     let image = format!("{}/private/app:v1", registry.host());
     let c = start(fixture(), "");
-    let pull_with = |auth: Option<AuthConfig>| {
-        let c = &c;
-        let image = image.clone();
-        async move {
-            c.images()
-                .await
-                .pull_image(PullImageRequest {
-                    image: spec(&image),
-                    auth,
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().image_ref)
-        }
-    };
     for auth in [
         None,
         Some(AuthConfig {
@@ -532,16 +527,20 @@ async fn registry_credentials_come_from_the_cri_auth_config() {
             ..Default::default()
         }),
     ] {
-        let err = pull_with(auth.clone()).await.unwrap_err();
+        let err = pull_with(&c, &image, auth.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{auth:?}: {err}");
         assert!(status(&c, &image).await.is_none());
     }
     assert!(walk_snapshots(&c.root, "secret-image").is_empty());
-    let id = pull_with(Some(AuthConfig {
-        username: "puller".into(),
-        password: "pa:ss word".into(),
-        ..Default::default()
-    }))
+    let id = pull_with(
+        &c,
+        &image,
+        Some(AuthConfig {
+            username: "puller".into(),
+            password: "pa:ss word".into(),
+            ..Default::default()
+        }),
+    )
     .await
     .expect("pull with username and password");
     assert_eq!(walk_snapshots(&c.root, "secret-image").len(), 1);
@@ -556,14 +555,76 @@ async fn registry_credentials_come_from_the_cri_auth_config() {
         walk_snapshots(&c.root, "secret-image").is_empty(),
         "the layer went with the image"
     );
-    let again = pull_with(Some(AuthConfig {
-        auth: base64_encode(b"puller:pa:ss word"),
-        ..Default::default()
-    }))
+    let again = pull_with(
+        &c,
+        &image,
+        Some(AuthConfig {
+            auth: base64_encode(b"puller:pa:ss word"),
+            ..Default::default()
+        }),
+    )
     .await
     .expect("pull with the auth field");
     assert_eq!(again, id);
     assert_eq!(walk_snapshots(&c.root, "secret-image").len(), 1);
+}
+
+/// A registry behind bearer-token authentication (a token realm that
+/// takes the CRI AuthConfig's credentials, as Docker Hub's does), whose
+/// tokens are good for two requests each: the pull asks the realm for the
+/// repository's pull scope, fetches fresh tokens as they run out (blob
+/// fetches included) and gets the image; without credentials it is
+/// Unauthenticated.
+#[tokio::test]
+async fn bearer_tokens_from_the_realm_are_fetched_and_refreshed() {
+    use e2e::oci_image::{Compression, Entry, Image, ImageConfigJson, Layer};
+    let f = fixture();
+    let layers = ["one", "two"]
+        .map(|n| {
+            Layer::new(vec![Entry::file(&format!("bearer-{n}"), n, 0o644)])
+                .build(Compression::Gzip)
+                .unwrap()
+        })
+        .to_vec();
+    Image::new(layers, ImageConfigJson::default())
+        .push(&f.url, "crius-test/bearer", "v1")
+        .unwrap();
+    let proxy = e2e::token_proxy::TokenProxy::start(&f.host, "puller", "t0ken pass", 2).unwrap();
+    let image = format!("{}/crius-test/bearer:v1", proxy.host());
+    let c = start(f, "");
+    let err = pull_with(&c, &image, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert_eq!(proxy.tokens_issued(), 0);
+    pull_with(
+        &c,
+        &image,
+        Some(AuthConfig {
+            username: "puller".into(),
+            password: "t0ken pass".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("pull with a token");
+    // The manifest, the config and two blobs: four requests, two per token.
+    assert!(
+        proxy.tokens_issued() >= 2,
+        "{} tokens",
+        proxy.tokens_issued()
+    );
+    assert!(
+        proxy
+            .scopes()
+            .iter()
+            .all(|s| s == "repository:crius-test/bearer:pull"),
+        "{:?}",
+        proxy.scopes()
+    );
+    for n in ["one", "two"] {
+        let found = walk_snapshots(&c.root, &format!("bearer-{n}"));
+        assert_eq!(found.len(), 1, "bearer-{n}");
+        assert_eq!(fs::read_to_string(&found[0]).unwrap(), n);
+    }
 }
 
 fn walk(p: &Path) -> Vec<std::path::PathBuf> {
