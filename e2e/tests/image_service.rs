@@ -815,19 +815,7 @@ async fn concurrent_pulls_share_one_download() {
 async fn a_stalled_download_holds_up_nothing_else_and_fails_clearly() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let f = fixture();
-    // 2 MiB that gzip cannot shrink: the blob is large.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let name = push_raw_layer(f, "stalls", &raw_tar("big", &data));
-    let proxy = e2e::stall_proxy::StallingProxy::start(&f.host, 1 << 20, 64 << 10).unwrap();
-    let stalled_name = name.replace(&f.host, &proxy.host());
+    let (proxy, stalled_name) = stalling_image(f, "stalls", 0x2545_f491_4f6c_dd1du64);
     // Far above what the other calls take, far below the test's patience.
     let c = start(f, "[registry]\ntimeout = 15\n");
     pull(&c, BUSYBOX).await.unwrap();
@@ -839,12 +827,7 @@ async fn a_stalled_download_holds_up_nothing_else_and_fails_clearly() {
         r
     };
     let others = async {
-        for _ in 0..1200 {
-            if proxy.stalled() > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        wait_stalled(&proxy).await;
         assert_eq!(proxy.stalled(), 1, "the download reached the stall");
         c.images()
             .await
@@ -879,19 +862,7 @@ async fn a_stalled_download_holds_up_nothing_else_and_fails_clearly() {
 #[tokio::test]
 async fn a_pull_cut_mid_blob_leaves_no_staging_and_the_next_pull_proceeds() {
     let f = fixture();
-    // 2 MiB that gzip cannot shrink: the blob is large.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let name = push_raw_layer(f, "cut-mid-blob", &raw_tar("big", &data));
-    let proxy = e2e::stall_proxy::StallingProxy::start(&f.host, 1 << 20, 64 << 10).unwrap();
-    let image = name.replace(&f.host, &proxy.host());
+    let (proxy, image) = stalling_image(f, "cut-mid-blob", 0x9e37_79b9_7f4a_7c15u64);
     let c = start(f, "");
 
     let cut = async {
@@ -904,12 +875,7 @@ async fn a_pull_cut_mid_blob_leaves_no_staging_and_the_next_pull_proceeds() {
         c.images().await.pull_image(req).await
     };
     let next = async {
-        for _ in 0..1200 {
-            if proxy.stalled() > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        wait_stalled(&proxy).await;
         assert_eq!(proxy.stalled(), 1, "the first pull reached the stall");
         assert_eq!(
             dir_entries(&c.root.join("images/staging")).len(),
@@ -933,6 +899,43 @@ async fn a_pull_cut_mid_blob_leaves_no_staging_and_the_next_pull_proceeds() {
         dir_entries(&c.root.join("images/staging")),
         Vec::<String>::new()
     );
+}
+
+/// crius SIGKILLed while a layer is half unpacked: the restarted crius
+/// clears what the pull left in staging, has no such image, and pulls it
+/// whole.
+#[tokio::test]
+async fn crius_killed_mid_pull_leaves_no_staging_after_restart() {
+    let f = fixture();
+    let (proxy, image) = stalling_image(f, "killed-mid-pull", 0x243f_6a88_85a3_08d3u64);
+    let mut c = start(f, "");
+    let pulling = {
+        let mut images = c.images().await;
+        let image = image.clone();
+        tokio::spawn(async move {
+            images
+                .pull_image(PullImageRequest {
+                    image: spec(&image),
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    wait_stalled(&proxy).await;
+    assert_eq!(proxy.stalled(), 1, "the pull reached the stall");
+    assert_eq!(dir_entries(&c.root.join("images/staging")).len(), 1);
+    c.kill().unwrap();
+    assert!(pulling.await.unwrap().is_err());
+    c.restart().unwrap();
+    assert_eq!(
+        dir_entries(&c.root.join("images/staging")),
+        Vec::<String>::new(),
+        "staging cleared at start"
+    );
+    assert!(status(&c, &image).await.is_none());
+    proxy.stop_stalling();
+    let id = pull(&c, &image).await.expect("pull after the restart");
+    assert_eq!(status(&c, &image).await.unwrap().id, id);
 }
 
 /// A layer over a lower one: what containerd 2.4.2 (overlayfs snapshotter,
@@ -1042,6 +1045,38 @@ fn push_hostile(
 }
 
 /// A one-file ustar archive with any name, bypassing every check.
+/// An image of one large layer (2 MiB, `seed` makes it unique), pushed
+/// as `tag`, and its name through a proxy that stalls it mid-blob.
+fn stalling_image(f: &Fixture, tag: &str, seed: u64) -> (e2e::stall_proxy::StallingProxy, String) {
+    let data = incompressible(2 << 20, seed);
+    let name = push_raw_layer(f, tag, &raw_tar("big", &data));
+    let proxy = e2e::stall_proxy::StallingProxy::start(&f.host, 1 << 20, 64 << 10).unwrap();
+    let through = name.replace(&f.host, &proxy.host());
+    (proxy, through)
+}
+
+/// Waits (a minute at most) until `proxy` has stalled a response.
+async fn wait_stalled(proxy: &e2e::stall_proxy::StallingProxy) {
+    for _ in 0..1200 {
+        if proxy.stalled() > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `len` bytes that gzip cannot shrink (xorshift from `seed`): a large blob.
+fn incompressible(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
 fn raw_tar(name: &str, data: &[u8]) -> Vec<u8> {
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
