@@ -6,7 +6,8 @@
 //! pod IP allocated, no mount, no process, no cgroup. Before, the cut
 //! calls left NotReady pods whose IPs host-local kept for good. And a
 //! RunPodSandbox cut by crius itself dying (SIGKILL in the middle of its
-//! CNI ADD) is rolled back by the restarted crius.
+//! CNI ADD) is rolled back by the restarted crius, and a CreateContainer
+//! cut that way at several points leaves its container whole or gone.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -256,5 +257,85 @@ async fn crius_killed_mid_run_pod_sandbox_rolls_it_back_at_restart() {
     assert_eq!(e.net.allocated_ips().len(), 1);
     pods::stop_remove_pod(&e.c, &pod).await;
     assert_eq!(e.net.allocated_ips(), Vec::<String>::new());
+    assert_eq!(cgroups_under(&e.cgroup_parent), Vec::<String>::new());
+}
+
+/// crius SIGKILLed at several points of a CreateContainer (after 0 to 120
+/// ms: here, from before the call arrives, through its rootfs and its
+/// container at the monitor, which the restart rolls back, to after its
+/// answer): after each restart the container either exists, Created, and the
+/// retry gets it back, or does not exist at all and the retry makes it;
+/// removed, it leaves no mount, writable layer, bundle or cgroup.
+#[tokio::test]
+async fn crius_killed_mid_create_container_leaves_it_whole_or_gone() {
+    let mut e = Env::start("").await;
+    let pc = pod_config(&e, "killed-mid-create");
+    let pod = pods::run_pod(&e.c, &pc).await;
+    let own = format!("{}/crius-pod-{pod}", e.cgroup_parent);
+    for (i, delay) in [0u64, 5, 10, 15, 20, 25, 30, 40, 60, 80, 120]
+        .into_iter()
+        .enumerate()
+    {
+        let config = pods::busybox(&format!("c{i}"), &["sleep", "1000"]);
+        let create = {
+            let mut client = e.c.runtime().await;
+            let req = CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config.clone()),
+                sandbox_config: Some(pc.clone()),
+            };
+            tokio::spawn(async move { client.create_container(req).await })
+        };
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        e.c.kill().unwrap();
+        let made = create
+            .await
+            .unwrap()
+            .ok()
+            .map(|r| r.into_inner().container_id);
+        e.c.restart().unwrap();
+        let listed = containers_listed(&e.c).await;
+        match listed.as_slice() {
+            [] => assert!(made.is_none(), "{delay} ms: a container answered is gone"),
+            [c] => assert_eq!(
+                c.state,
+                ContainerState::ContainerCreated as i32,
+                "{delay} ms: {c:?}"
+            ),
+            more => panic!("{delay} ms: {more:?}"),
+        }
+        let id = pods::create(&e.c, &pod, &pc, config).await;
+        if let [c] = listed.as_slice() {
+            assert_eq!(id, c.id, "{delay} ms: the retry got the container back");
+        }
+        pods::start(&e.c, &id).await;
+        let mut client = e.c.runtime().await;
+        client
+            .remove_container(RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(containers_listed(&e.c).await, Vec::new());
+        let layers = std::fs::read_dir(e.c.root.join("containers"))
+            .unwrap()
+            .count();
+        assert_eq!(layers, 0, "{delay} ms: a writable layer left");
+        let bundles = std::fs::read_dir(e.c.state.join("containers"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(bundles, 0, "{delay} ms: a bundle left");
+        let mounts: Vec<String> = pods::mounts_under(&e.c.state)
+            .into_iter()
+            .filter(|m| !m.contains(&pod))
+            .collect();
+        assert_eq!(mounts, Vec::<String>::new(), "{delay} ms");
+        let cgroups: Vec<String> = cgroups_under(&e.cgroup_parent)
+            .into_iter()
+            .filter(|c| !c.ends_with(&own))
+            .collect();
+        assert_eq!(cgroups, Vec::<String>::new(), "{delay} ms");
+    }
+    pods::stop_remove_pod(&e.c, &pod).await;
     assert_eq!(cgroups_under(&e.cgroup_parent), Vec::<String>::new());
 }
