@@ -187,17 +187,7 @@ pub fn processes_mentioning(path: &Path) -> Vec<u32> {
     found
 }
 
-/// Mount points of this mount namespace under `path` (or at it).
-pub fn mounts_under(path: &Path) -> Vec<String> {
-    let prefix = path.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
-        .map(str::to_owned)
-        .collect()
-}
+pub use crate::leftovers::mounts_under;
 
 /// The PIDs of zombies named `comm` whose parent is PID 1: orphans nobody
 /// has reaped yet (some machines' PID 1 reaps late, or never), the mark of

@@ -77,7 +77,7 @@ impl Env {
             kill_pid(pid);
         }
         for _ in 0..100 {
-            let procs = cgroup_procs(&self.cgroup_parent);
+            let procs = crate::leftovers::cgroup_procs(&self.cgroup_parent);
             if procs.is_empty() {
                 break;
             }
@@ -85,7 +85,7 @@ impl Env {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(
-            cgroup_procs(&self.cgroup_parent).is_empty(),
+            crate::leftovers::cgroup_procs(&self.cgroup_parent).is_empty(),
             "the pods' processes are gone"
         );
         // And their cgroups, which a reboot does not keep.
@@ -132,31 +132,6 @@ fn remove_cgroups_below(dir: &Path) {
                 .unwrap_or_else(|err| panic!("remove cgroup {}: {err}", e.path().display()));
         }
     }
-}
-
-/// The PIDs in any cgroup at or below `parent`, in any v1 hierarchy.
-fn cgroup_procs(parent: &str) -> Vec<u32> {
-    fn walk(dir: &Path, out: &mut Vec<u32>) {
-        if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                walk(&e.path(), out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for ctl in fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        walk(&ctl.path().join(parent.trim_start_matches('/')), &mut out);
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 impl Drop for Env {
@@ -342,16 +317,7 @@ pub async fn wait_exited(c: &Crius, id: &str) -> ContainerStatus {
     }
 }
 
-/// Mount points at or below `dir`.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(String::from)
-        .collect()
-}
+pub use crate::leftovers::mounts_under;
 
 /// A busybox container running `cmd`, logging to `<name>.log`.
 pub fn busybox(name: &str, cmd: &[&str]) -> ContainerConfig {

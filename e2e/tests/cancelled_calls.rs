@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crius_proto::cri::*;
 use e2e::crius::Crius;
+use e2e::leftovers::{cgroups_under, processes_naming};
 use e2e::pods::{self, Env, pod_config};
 
 /// How long the client waits before it drops a call.
@@ -68,38 +69,6 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-/// The processes whose command line names `dir` (the pods' monitors).
-fn processes_naming(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|b| String::from_utf8_lossy(&b).contains(&needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// The cgroup directories under `parent` in any v1 hierarchy.
-fn cgroups_under(parent: &str) -> Vec<String> {
-    std::fs::read_dir("/sys/fs/cgroup")
-        .unwrap()
-        .flatten()
-        .flat_map(|ctl| {
-            std::fs::read_dir(ctl.path().join(parent.trim_start_matches('/')))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.path().display().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test]

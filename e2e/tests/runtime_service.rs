@@ -666,11 +666,8 @@ async fn twenty_pods_leave_nothing_behind() {
         "veths left: {}",
         String::from_utf8_lossy(&on_bridge)
     );
-    let cg = format!("/sys/fs/cgroup/pids{}", e.cgroup_parent);
-    let children: Vec<_> = fs::read_dir(&cg)
-        .map(|d| d.flatten().filter(|e| e.path().is_dir()).collect())
-        .unwrap_or_default();
-    assert!(children.is_empty(), "container cgroups left: {children:?}");
+    let children = e2e::leftovers::cgroups_under(&e.cgroup_parent);
+    assert!(children.is_empty(), "cgroups left: {children:?}");
 }
 
 /// RuntimeDefault seccomp without no_new_privs (kubelet's usual request)
@@ -922,15 +919,14 @@ async fn a_pod_whose_monitor_died_stops_and_removes_cleanly() {
         !alive(&sleeper),
         "the container's process {sleeper} is left"
     );
-    let cgroups: Vec<_> = fs::read_dir("/sys/fs/cgroup/memory")
+    let cgroups: Vec<String> = e2e::leftovers::cgroups_under(&e.cgroup_parent)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|d| d.file_name().to_string_lossy() == e.cgroup_parent.trim_start_matches('/'))
-        .flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .filter(|d| d.file_name().to_string_lossy().contains(&id))
+        .filter(|c| c.contains(&id))
         .collect();
-    assert!(cgroups.is_empty(), "the container's cgroup is left");
+    assert!(
+        cgroups.is_empty(),
+        "the container's cgroup is left: {cgroups:?}"
+    );
 }
 
 /// `tty: true`: the container's stdio is a terminal of its own (a pty of

@@ -56,20 +56,6 @@ async fn create(e: &Env, pod: &str, pc: &PodSandboxConfig, config: ContainerConf
     }
 }
 
-/// Processes whose command line names `dir` (a VM pod's processes).
-fn processes_of(dir: &Path) -> Vec<u32> {
-    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_vm_pod_runs_containers_with_logs_exec_and_network() {
     let e = Env::start(&vm_toml()).await;
@@ -266,9 +252,16 @@ async fn a_vm_pod_runs_containers_with_logs_exec_and_network() {
     assert_eq!(st.exit_code, 128 + 15, "{st:?}");
 
     let dir = e.c.state.join("vm").join(&pod);
-    assert!(!processes_of(&dir).is_empty(), "the pod's processes");
+    assert!(
+        !e2e::leftovers::processes_naming(&dir).is_empty(),
+        "the pod's processes"
+    );
     stop_remove_pod(&e.c, &pod).await;
-    assert_eq!(processes_of(&dir), Vec::<u32>::new(), "processes left");
+    assert_eq!(
+        e2e::leftovers::processes_naming(&dir),
+        Vec::<u32>::new(),
+        "processes left"
+    );
     assert!(!dir.exists(), "the pod's directory is left");
     assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
 }
@@ -383,7 +376,11 @@ async fn vm_pods_outlive_crius_and_report_their_vm_dying() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop_remove_pod(&e.c, &pod).await;
-    assert_eq!(processes_of(&dir), Vec::<u32>::new(), "processes left");
+    assert_eq!(
+        e2e::leftovers::processes_naming(&dir),
+        Vec::<u32>::new(),
+        "processes left"
+    );
     assert!(!dir.exists());
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let cg = h.path().join(own.trim_start_matches('/'));
@@ -447,5 +444,5 @@ async fn vm_pods_refuse_what_they_cannot_do_and_leave_nothing() {
         0,
         "pod directories left"
     );
-    assert_eq!(processes_of(&vm_dir), Vec::<u32>::new());
+    assert_eq!(e2e::leftovers::processes_naming(&vm_dir), Vec::<u32>::new());
 }

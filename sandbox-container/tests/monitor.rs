@@ -44,7 +44,7 @@ mod monitor {
     /// Every cgroup hierarchy directory (v1 controllers and cgroup2).
     fn cgroup_roots() -> Vec<PathBuf> {
         let mut roots = Vec::new();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
         for line in mountinfo.lines() {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
@@ -80,7 +80,7 @@ mod monitor {
     }
 
     fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
         mountinfo
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
