@@ -7,7 +7,9 @@
 //! runs critest with a JSON report; then fails when an unlisted spec fails
 //! or is skipped, when a listed spec passes (take it off the list) or is
 //! missing from the report (renamed upstream, a typo, a crashed worker),
-//! when a suite-level node (BeforeSuite...) fails, when critest fails with
+//! when a listed spec fails or skips for another reason than the one it is
+//! listed for (its message lacks the listed text), when a suite-level node
+//! (BeforeSuite...) fails, when critest fails with
 //! no failing spec to say why, and, for a focused run, when fewer specs
 //! ran than `--min-specs` (a focus that matches nothing passes vacuously
 //! otherwise) or a spec skipped itself at run time. The verdict is
@@ -84,17 +86,49 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// The ratchet file: `spec name<TAB>reason` per line, `#` comments.
-fn read_expected(path: &PathBuf) -> Result<BTreeMap<String, String>, String> {
+/// A ratchet entry: why the spec does not pass, and a text its failure or
+/// skip message must contain (so that a spec failing for a new reason is
+/// reported, not counted as expected).
+#[derive(Debug, Clone, Default)]
+struct Listed {
+    reason: String,
+    message: String,
+}
+
+/// The ratchet file: `spec name<TAB>reason<TAB>message text` per line,
+/// `#` comments. A transport or handler whose results differ gets a file of
+/// its own (`--expected`).
+fn read_expected(path: &PathBuf) -> Result<BTreeMap<String, Listed>, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
     let mut out = BTreeMap::new();
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, reason) = line.split_once('\t').unwrap_or((line, ""));
-        out.insert(name.trim().to_string(), reason.trim().to_string());
+        let mut fields = line.split('\t').map(str::trim);
+        let name = fields.next().unwrap_or_default();
+        let (Some(reason), Some(message)) = (fields.next(), fields.next()) else {
+            return Err(format!(
+                "{}:{}: want `spec name<TAB>reason<TAB>message text`",
+                path.display(),
+                n + 1
+            ));
+        };
+        if reason.is_empty() || message.is_empty() {
+            return Err(format!(
+                "{}:{}: a listed spec needs its reason and the text of its failure",
+                path.display(),
+                n + 1
+            ));
+        }
+        out.insert(
+            name.to_string(),
+            Listed {
+                reason: reason.to_string(),
+                message: message.to_string(),
+            },
+        );
     }
     Ok(out)
 }
@@ -237,13 +271,13 @@ fn run(args: Args) -> Result<bool, String> {
     let specs = specs?;
     let focused = args.focus.is_some();
     let v = verdict(&specs, &expected, focused, args.min_specs, status.success());
-    for (name, reason) in &expected {
+    for (name, listed) in &expected {
         // (Not the specs a focus left out.)
         if specs
             .iter()
             .any(|s| &s.name == name && s.state != "passed" && !(focused && s.msg.is_empty()))
         {
-            println!("expected: {name} -- {reason}");
+            println!("expected: {name} -- {}", listed.reason);
         }
     }
     for p in &v.problems {
@@ -268,7 +302,7 @@ struct Verdict {
 /// file's path.
 fn verdict(
     specs: &[SpecResult],
-    expected: &BTreeMap<String, String>,
+    expected: &BTreeMap<String, Listed>,
     focused: bool,
     min_specs: usize,
     critest_ok: bool,
@@ -294,6 +328,18 @@ fn verdict(
         // A spec skipped by the focus has no message; one that called
         // Skip() at run time says why.
         let runtime_skip = !msg.is_empty();
+        if let Some(l) = listed
+            && state != "passed"
+            && runtime_skip
+            && !msg.contains(&l.message)
+        {
+            let first = msg.lines().next().unwrap_or("");
+            problems.push(format!(
+                "{} FOR ANOTHER REASON than it is listed for ({}): {name}\n    {first}",
+                state.to_uppercase(),
+                l.reason
+            ));
+        }
         match (state.as_str(), listed) {
             ("passed", None) => passed += 1,
             ("passed", Some(_)) => {
@@ -382,10 +428,16 @@ mod tests {
         }
     }
 
-    fn listed(names: &[&str]) -> BTreeMap<String, String> {
+    fn listed(names: &[&str]) -> BTreeMap<String, Listed> {
         names
             .iter()
-            .map(|n| (n.to_string(), "why".to_string()))
+            .map(|n| {
+                let l = Listed {
+                    reason: "why".into(),
+                    message: String::new(),
+                };
+                (n.to_string(), l)
+            })
             .collect()
     }
 
@@ -408,6 +460,50 @@ mod tests {
         assert!(problems(&v).contains("FAILED (failed), not listed: b"));
         let v = verdict(&specs, &listed(&["a", "b", "c"]), false, 1, false);
         assert!(problems(&v).contains("NOW PASSES"));
+    }
+
+    #[test]
+    fn a_listed_spec_failing_for_another_reason_fails_the_run() {
+        let mut expected = listed(&["b", "c"]);
+        expected.get_mut("b").unwrap().message = "no NRI socket".into();
+        expected.get_mut("c").unwrap().message = "AppArmor is disabled".into();
+        let specs = [
+            spec("b", "failed", "rpc error: NRI hook: no NRI socket here"),
+            spec("c", "skipped", "AppArmor is disabled on this host"),
+        ];
+        let v = verdict(&specs, &expected, false, 1, false);
+        assert!(v.problems.is_empty(), "{}", problems(&v));
+        let specs = [
+            spec("b", "failed", "rpc error: code = Internal desc = boom"),
+            spec("c", "skipped", "no runtime handler found"),
+        ];
+        let v = verdict(&specs, &expected, false, 1, false);
+        assert!(
+            problems(&v).contains("FAILED FOR ANOTHER REASON than it is listed for (why): b"),
+            "{}",
+            problems(&v)
+        );
+        assert!(
+            problems(&v).contains("SKIPPED FOR ANOTHER REASON"),
+            "{}",
+            problems(&v)
+        );
+        // A spec a focus left out (no message) is not judged.
+        let v = verdict(&[spec("b", "skipped", "")], &expected, true, 0, true);
+        assert!(v.problems.is_empty(), "{}", problems(&v));
+    }
+
+    #[test]
+    fn ratchet_lines_need_a_reason_and_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("expected.txt");
+        std::fs::write(&file, "# comment\nspec a\twhy\tboom\n").unwrap();
+        let got = read_expected(&file).unwrap();
+        assert_eq!(got["spec a"].message, "boom");
+        for bad in ["spec a\twhy\n", "spec a\n", "spec a\twhy\t\n"] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(read_expected(&file).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
