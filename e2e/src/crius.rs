@@ -79,7 +79,12 @@ impl Crius {
     pub fn start_with(bin: &Path, mirrors: &[(&str, &str)], extra: &str) -> io::Result<Crius> {
         // Short: Unix socket paths under it (pod monitors, libcontainer's
         // notify sockets with 64-digit IDs) must fit in 107 bytes.
+        crate::leftovers::sweep_killed_runs();
         let dir = tempfile::Builder::new().prefix("cr").tempdir()?;
+        fs::write(
+            dir.path().join(crate::leftovers::OWNER_FILE),
+            std::process::id().to_string(),
+        )?;
         // Searchable, as /run is: containers of pods with their own user
         // namespace reach their files under the state directory by path.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;

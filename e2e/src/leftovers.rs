@@ -2,9 +2,17 @@
 //! directory, processes naming it, cgroups and their processes under a
 //! cgroup parent. Each reader fails the test when it cannot read what it
 //! checks (an unreadable mount table or cgroup tree is not "nothing left").
+//!
+//! And what a killed test process left (its crius died with it, its pods'
+//! monitors did not): [`sweep_killed_runs`], run once per test process,
+//! removes the crius directories and pod cgroups of test processes that
+//! are gone, and nothing else: only directories marked with
+//! [`OWNER_FILE`] and cgroups named `crius-e2e-<pid>-...`.
 
 use std::fs;
 use std::io;
+#[cfg(test)]
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 
 /// Mount points of this mount namespace at `dir` or below it.
@@ -34,23 +42,29 @@ pub fn processes_naming(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Each cgroup hierarchy's directory for `cgroup`: every v1 mount and the
-/// cgroup2 one under /sys/fs/cgroup, or the cgroup2 tree that is
-/// /sys/fs/cgroup.
-fn hierarchy_dirs(cgroup: &str) -> Vec<PathBuf> {
+/// Each cgroup hierarchy's root: every v1 mount and the cgroup2 one under
+/// /sys/fs/cgroup, or the cgroup2 tree that is /sys/fs/cgroup.
+fn hierarchies() -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.procs").exists() {
-        // One cgroup2 tree at the root.
-        return vec![root.join(cgroup.trim_start_matches('/'))];
+        return vec![root.to_path_buf()];
     }
     let dirs: Vec<PathBuf> = fs::read_dir(root)
         .expect("read /sys/fs/cgroup")
         .flatten()
-        .filter(|e| e.path().join("cgroup.procs").exists())
-        .map(|e| e.path().join(cgroup.trim_start_matches('/')))
+        .map(|e| e.path())
+        .filter(|p| p.join("cgroup.procs").exists())
         .collect();
     assert!(!dirs.is_empty(), "no cgroup hierarchy under /sys/fs/cgroup");
     dirs
+}
+
+/// Each hierarchy's directory for `cgroup`.
+fn hierarchy_dirs(cgroup: &str) -> Vec<PathBuf> {
+    hierarchies()
+        .into_iter()
+        .map(|h| h.join(cgroup.trim_start_matches('/')))
+        .collect()
 }
 
 /// The entries of `dir`; none when it does not exist.
@@ -93,4 +107,171 @@ pub fn cgroup_procs(parent: &str) -> Vec<u32> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The file in each test crius's directory naming the test process.
+pub const OWNER_FILE: &str = "crius-e2e.owner";
+
+/// The prefix of the cgroup parents of the tests' pods
+/// (`crius-e2e-<pid>-<n>`).
+pub const CGROUP_PREFIX: &str = "crius-e2e-";
+
+/// Whether the test process `pid` (from an owner mark) is gone.
+fn gone(pid: &str) -> bool {
+    pid.trim()
+        .parse::<u32>()
+        .is_ok_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+}
+
+fn kill(pid: u32) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Sweeps what test processes that are gone left: their crius directories
+/// under the temp dir (processes naming them killed, mounts under them
+/// detached, then removed) and their pods' cgroups (processes killed,
+/// removed deepest first). Once per process; best effort, logged.
+pub fn sweep_killed_runs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sweep);
+}
+
+fn sweep() {
+    for e in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = e.path();
+        let Ok(owner) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        if !gone(&owner) {
+            continue;
+        }
+        eprintln!(
+            "sweeping {} (its test process {} is gone)",
+            dir.display(),
+            owner.trim()
+        );
+        processes_naming(&dir.join("")).into_iter().for_each(kill);
+        let mut mounts = mounts_under(&dir);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            eprintln!("sweeping {}: {e}", dir.display());
+        }
+    }
+    for h in hierarchies() {
+        for e in fs::read_dir(&h).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(CGROUP_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+            else {
+                continue;
+            };
+            if gone(pid) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+}
+
+/// Kills what is in the cgroup `dir` and below, and removes them deepest
+/// first.
+fn remove_cgroup_tree(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    for _ in 0..100 {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<u32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        pids.into_iter().for_each(kill);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        eprintln!("sweeping cgroup {}: {e}", dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a killed test process leaves: its crius directory with a mount
+    /// and a process naming it, its pods' cgroup with a process in it; and
+    /// beside them what a live one has, which stays.
+    #[test]
+    fn the_sweep_removes_what_gone_test_processes_left_and_nothing_else() {
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        let left = tempfile::Builder::new()
+            .prefix("cr")
+            .tempdir()
+            .unwrap()
+            .keep();
+        fs::write(left.join(OWNER_FILE), dead.to_string()).unwrap();
+        let live = tempfile::Builder::new().prefix("cr").tempdir().unwrap();
+        fs::write(live.path().join(OWNER_FILE), std::process::id().to_string()).unwrap();
+        let mnt = left.join("state/shm");
+        fs::create_dir_all(&mnt).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let mut monitor = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "sleep 600",
+                &format!("{}/state/pods/x", left.display()),
+            ])
+            .spawn()
+            .unwrap();
+        let cgroup = format!("{CGROUP_PREFIX}{dead}-0/crius-pod-x");
+        let mem = Path::new("/sys/fs/cgroup/memory").join(&cgroup);
+        fs::create_dir_all(&mem).unwrap();
+        let mut in_cgroup = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        fs::write(mem.join("cgroup.procs"), in_cgroup.id().to_string()).unwrap();
+
+        sweep();
+
+        assert!(!left.exists(), "the gone process's directory stays");
+        assert!(live.path().exists(), "a live process's directory went");
+        assert!(mounts_under(&left).is_empty());
+        assert!(
+            monitor.wait().unwrap().signal().is_some(),
+            "the monitor lives"
+        );
+        assert!(
+            in_cgroup.wait().unwrap().signal().is_some(),
+            "the cgroup's process lives"
+        );
+        assert!(!mem.parent().unwrap().exists(), "the cgroup stays");
+    }
 }

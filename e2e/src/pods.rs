@@ -52,7 +52,11 @@ impl Env {
             c,
             net,
             logs: tempfile::tempdir().expect("log dir"),
-            cgroup_parent: format!("/crius-e2e-{}-{n}", std::process::id()),
+            cgroup_parent: format!(
+                "/{}{}-{n}",
+                crate::leftovers::CGROUP_PREFIX,
+                std::process::id()
+            ),
         }
     }
 }
