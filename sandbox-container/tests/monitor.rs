@@ -589,6 +589,41 @@ mod monitor {
         c.delete("late-trap").await.unwrap();
     }
 
+    /// A signal sent before the container's init has exec'd its program
+    /// (created, not started: the init still has the monitor's handlers,
+    /// which swallow it) reaches the program once it can take it.
+    #[tokio::test]
+    async fn a_signal_before_the_exec_reaches_the_program() {
+        let pod = Pod::start(Pod::all_ns());
+        let mut c = pod.client().await;
+        let bundle = pod.bundle(
+            "pre-exec",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 9' TERM; while :; do sleep 0.1; done",
+            ],
+            |_| {},
+        );
+        c.create(
+            "pre-exec",
+            &bundle,
+            Some(&pod.log_path("pre-exec")),
+            false,
+            false,
+            false,
+        )
+        .await
+        .expect("create");
+        c.signal("pre-exec", libc::SIGTERM, false).await.unwrap();
+        c.start("pre-exec").await.expect("start");
+        let exit = tokio::time::timeout(PATIENCE, wait_exit(&mut c, "pre-exec"))
+            .await
+            .expect("the program got the SIGTERM");
+        assert_eq!(exit.exit_code, 9, "{exit:?}");
+        c.delete("pre-exec").await.unwrap();
+    }
+
     #[tokio::test]
     async fn monitor_sigkill_is_137_and_delete_kills() {
         let pod = Pod::start(Pod::all_ns());

@@ -46,17 +46,20 @@ pub struct Monitor {
     pub(super) next_conn: u64,
     pub(super) ctrs: BTreeMap<String, Ctr>,
     pub(super) execs: HashMap<i32, Exec>,
-    /// Signals sent to a container's init that had no handler for them
-    /// then; see [`Monitor::deliver_deferred`].
+    /// Signals the container's program did not get (see [`Deferred`]),
+    /// sent again by [`Monitor::deliver_deferred`].
     pub(super) deferred: Vec<Deferred>,
     /// Set by Shutdown: the connection to answer before exiting.
     pub(super) shutdown: Option<u64>,
 }
 
-/// A signal the kernel dropped: the container's init is PID 1 of its PID
-/// namespace and had no handler for it (it had not exec'd, or its program
-/// had not installed one yet: a Stop right after a Start). It is sent again
-/// once the init catches it, while the init lives, for at most a minute.
+/// A signal the container's program did not get: its init had not exec'd
+/// it yet (the init, forked from the monitor, has the monitor's handlers
+/// until then, and swallows SIGTERM), or is PID 1 of its PID namespace and
+/// had no handler for it (its program had not installed one yet: a Stop
+/// right after a Start). It is sent again once the program can take it
+/// (it catches it, or is not a namespace's PID 1 and gets the default
+/// action), while the init lives, for at most a minute.
 pub(super) struct Deferred {
     id: String,
     pid: i32,
@@ -208,13 +211,16 @@ impl Monitor {
             if !live || now > d.until {
                 return false;
             }
-            match catches(d.pid, d.signal) {
-                Some(true) => {
+            if runs_our_exe(d.pid) {
+                return true;
+            }
+            match (catches(d.pid, d.signal), namespace_init(d.pid)) {
+                (Some(true), _) | (Some(false), Some(false)) => {
                     let _ = sys::kill_raw(d.pid, d.signal);
                     false
                 }
-                Some(false) => true,
-                None => false,
+                (Some(false), _) => true,
+                (None, _) => false,
             }
         });
     }
@@ -330,12 +336,12 @@ impl Monitor {
                 let cgroups = &self.cgroups;
                 match self.ctrs.get(&id) {
                     Some(c) => {
-                        // Whether the init would drop it, asked before it
-                        // is sent (after, the init may be gone).
+                        // Whether the program would not get it, asked
+                        // before it is sent (after, the init may be gone).
                         let dropped = c.pid > 0
                             && signal != libc::SIGKILL
                             && signal != libc::SIGSTOP
-                            && catches(c.pid, signal) == Some(false);
+                            && (runs_our_exe(c.pid) || catches(c.pid, signal) == Some(false));
                         let pid = c.pid;
                         let sent = c.signal(cgroups, signal, all).map(|()| Response::Ok);
                         if sent.is_ok() && dropped {
@@ -644,6 +650,27 @@ impl Monitor {
 
 fn not_found() -> Fail {
     Fail::new(ErrorKind::NotFound, "no such container")
+}
+
+/// Whether `pid` still runs this executable: a container's init before it
+/// execs the container's program.
+fn runs_our_exe(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (
+        std::fs::metadata(format!("/proc/{pid}/exe")),
+        std::fs::metadata("/proc/self/exe"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `pid` is PID 1 of its PID namespace (the last `NSpid`), or None
+/// when it cannot be read (gone).
+fn namespace_init(pid: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    Some(nspid.split_whitespace().last() == Some("1"))
 }
 
 /// Whether `pid` has a handler for `signal` (`SigCgt` of its status), or
