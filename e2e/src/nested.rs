@@ -52,6 +52,10 @@ pub fn static_binaries() -> io::Result<(PathBuf, PathBuf)> {
                 package,
             ])
             .env("RUSTFLAGS", rustflags)
+            // Without the release profile's LTO, as scripts/guest-agent
+            // builds the agent (CI's build time; one cache for both).
+            .env("CARGO_PROFILE_RELEASE_LTO", "false")
+            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
             // libseccomp (libcontainer's, through the VM sandbox) linked
             // in, as scripts/guest-agent links the agent: a static binary
             // with a shared libseccomp crashes at start.
