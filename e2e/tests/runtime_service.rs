@@ -319,10 +319,10 @@ async fn containers_survive_a_crius_sigkill() {
 /// Under systemd, stopping or restarting crius's service kills every
 /// process of its cgroup (KillMode=control-group, the default). Here crius
 /// runs in a cgroup of its own, as a unit would, and everything in it is
-/// SIGKILLed: the pod's monitor is not there (it moved to the pod's own
-/// cgroup, `<parent>/crius-pod-<id>`, in every hierarchy), so the pod and
-/// its container live on and a new crius manages them; stopping the pod
-/// removes that cgroup.
+/// SIGKILLed: the pod's monitor and PID-namespace init are not there (they
+/// moved to the pod's own cgroup, `<parent>/crius-pod-<id>`, in every
+/// hierarchy), so the pod and its container live on and a new crius
+/// manages them; stopping the pod removes that cgroup.
 #[tokio::test]
 async fn pods_outlive_the_cgroup_crius_runs_in() {
     use sandbox_container::cgroup_mounts::CgroupMounts;
@@ -343,13 +343,20 @@ async fn pods_outlive_the_cgroup_crius_runs_in() {
     let id = create(&e.c, &pod, &pc, container_config("c", &["sleep", "1000"])).await;
     start(&e.c, &id).await;
     let monitor = e.c.monitor_pid(&pod);
+    let pod_init: u32 = fs::read_to_string(e.c.state.join("pods").join(&pod).join("ns/pid-init"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let own = format!("{}/crius-pod-{pod}", e.cgroup_parent);
-    let cgroups = fs::read_to_string(format!("/proc/{monitor}/cgroup")).unwrap();
-    for line in cgroups.lines() {
-        assert!(
-            line.ends_with(&format!(":{own}")),
-            "the monitor is in {line}, not in {own} in every hierarchy:\n{cgroups}"
-        );
+    for pid in [monitor, pod_init] {
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        for line in cgroups.lines() {
+            assert!(
+                line.ends_with(&format!(":{own}")),
+                "{pid} is in {line}, not in {own} in every hierarchy:\n{cgroups}"
+            );
+        }
     }
 
     // What systemd does to the unit: everything in it is killed.

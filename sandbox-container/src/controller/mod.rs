@@ -313,9 +313,8 @@ impl SandboxController for NamespaceSandbox {
     }
 
     /// libcontainer moves each new container and exec process into its
-    /// cgroup, and a new pod's monitor moves into the pod's: the kernel
-    /// lock that takes is warmed here first (see [`crate::cgroup_warm`]),
-    /// on a blocking thread.
+    /// cgroup: the kernel lock that takes is warmed here first (see
+    /// [`crate::cgroup_warm`]), on a blocking thread.
     fn warm_up(&self) {
         tokio::task::spawn_blocking(|| {
             if let Err(e) = crate::cgroup_warm::warm() {

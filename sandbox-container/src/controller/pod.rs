@@ -30,8 +30,6 @@ impl NamespaceSandbox {
             // Refused before anything is made.
             return Err(SandboxError::from(why));
         }
-        // The monitor moves into the pod's cgroup (see pod_cgroup.rs).
-        sandbox_api::SandboxController::warm_up(self);
         let dir = self.pod_dir(&pod.id);
         // A pod with its own user namespace: its containers are set up from
         // inside it and must reach their files here by path.
@@ -66,7 +64,6 @@ impl NamespaceSandbox {
             userns,
             runtime_root: self.state.join("runc"),
             forward_output: false,
-            cgroup: Some(pod_cgroup::own(pod)),
         };
         let pid = crate::monitor::spawn_pod_monitor(&dir, &monitor).await?;
         let mut state = PodState {
@@ -75,23 +72,48 @@ impl NamespaceSandbox {
         };
         pod.sandbox.set(&state);
         self.watches.watch(&pod.id, &dir, std::iter::empty());
-        let mut ips = Vec::new();
-        if !host_net {
-            let netns = dir.join("ns").join("net");
-            state.netns = Some(netns.clone());
-            // Recorded before the ADD: a crash in between still owes the DEL.
-            state.network_attached = true;
-            pod.sandbox.set(&state);
-            journal.save_pod(pod).await?;
-            let net = PodNetwork::for_pod(pod, &netns);
-            let cni = self.cni.clone();
-            let result = tokio::task::spawn_blocking(move || cni.add(&net))
-                .await
-                .map_err(super::task_error)??;
-            ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
-            fs::write(dir.join("hosts"), pod_files::hosts(&hostname, &ips))
-                .map_err(SandboxError::at("write hosts"))?;
+        // Out of crius's cgroup, beside the network's set-up (see
+        // pod_cgroup.rs); awaited on every path, so that a roll-back's
+        // removal of the cgroup comes after.
+        let cgroup = pod_cgroup::own(pod);
+        let moving = tokio::task::spawn_blocking(move || pod_cgroup::enter_own(&cgroup, pid));
+        let ips = if host_net {
+            Ok(Vec::new())
+        } else {
+            self.attach(pod, journal, &mut state, &hostname).await
+        };
+        match moving.await.map_err(super::task_error).and_then(|r| r) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e), "the pod's processes stay in crius's cgroup")
+            }
         }
+        ips
+    }
+
+    /// The pod's network: CNI ADD in its namespace, recorded first.
+    async fn attach(
+        &self,
+        pod: &mut Pod,
+        journal: &dyn Journal,
+        state: &mut PodState,
+        hostname: &str,
+    ) -> Result<Vec<String>> {
+        let dir = self.pod_dir(&pod.id);
+        let netns = dir.join("ns").join("net");
+        state.netns = Some(netns.clone());
+        // Recorded before the ADD: a crash in between still owes the DEL.
+        state.network_attached = true;
+        pod.sandbox.set(&*state);
+        journal.save_pod(pod).await?;
+        let net = PodNetwork::for_pod(pod, &netns);
+        let cni = self.cni.clone();
+        let result = tokio::task::spawn_blocking(move || cni.add(&net))
+            .await
+            .map_err(super::task_error)??;
+        let ips: Vec<String> = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+        fs::write(dir.join("hosts"), pod_files::hosts(hostname, &ips))
+            .map_err(SandboxError::at("write hosts"))?;
         Ok(ips)
     }
 

@@ -5,6 +5,10 @@
 //! of crius's cgroup, so a restart of crius's service that kills its
 //! cgroup (systemd's default KillMode) ends no pod, and it charges them to
 //! the pod, as CRI-O's conmon cgroup does.
+//!
+//! crius moves them there once the monitor is up ([`enter_own`]): the
+//! first move into a cgroup waits for an RCU grace period (5 to 12 ms
+//! here), which the namespace sandbox lets run beside the pod's CNI ADD.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +24,36 @@ pub fn parent(pod: &Pod) -> String {
 /// The cgroup of the pod's own processes: `<parent>/crius-pod-<id>`.
 pub fn own(pod: &Pod) -> PathBuf {
     PathBuf::from(format!("{}/crius-pod-{}", parent(pod), pod.id))
+}
+
+/// Moves process `pid` and its descendants into the pod's own cgroup
+/// `cgroup` (made where missing). Blocking.
+pub fn enter_own(cgroup: &Path, pid: u32) -> Result<()> {
+    let mounts = CgroupMounts::detect();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        mounts
+            .enter(cgroup, p)
+            .map_err(SandboxError::at("move the pod's processes into its cgroup"))?;
+        todo.extend(children(p));
+    }
+    Ok(())
+}
+
+/// The children of `pid`, from each of its threads.
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Removes a pod's own cgroup (`own`) from every hierarchy, SIGKILLing

@@ -192,13 +192,6 @@ fn start(pod_dir: &Path, ns: &mut PodNs) -> io::Result<Monitor> {
     let cfg = MonitorConfig::load(pod_dir).map_err(|e| io::Error::other(e.to_string()))?;
     init_tracing(pod_dir);
     tracing::info!(pod_dir = %pod_dir.display(), "monitor starting");
-    // Before anything is forked, so that it all follows.
-    if let Some(cgroup) = &cfg.cgroup
-        && let Err(e) =
-            crate::cgroup_mounts::CgroupMounts::detect().enter(cgroup, std::process::id())
-    {
-        tracing::warn!(cgroup = %cgroup.display(), error = %e, "cannot move into the pod's cgroup");
-    }
 
     match std::fs::DirBuilder::new()
         .recursive(true)

@@ -167,10 +167,6 @@ pub struct MonitorConfig {
     /// writes. A container whose output no watch takes waits.
     #[serde(default)]
     pub forward_output: bool,
-    /// The cgroup the monitor moves into before it starts anything (the
-    /// pod's own, `controller::pod_cgroup`); None: it stays in crius's.
-    #[serde(default)]
-    pub cgroup: Option<PathBuf>,
 }
 
 impl MonitorConfig {

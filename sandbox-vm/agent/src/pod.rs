@@ -127,7 +127,6 @@ pub fn start_pod(
         userns: None,
         runtime_root: PathBuf::from(RUNTIME_ROOT),
         forward_output: true,
-        cgroup: None,
     };
     cfg.write(pod)?;
     // The monitor's own log goes to the share, where the host can read it

@@ -177,7 +177,6 @@ impl VmSandbox {
                 prefix_len: v4.address.prefix_len,
                 gateway: v4.gateway.map(|g| g.to_string()),
             }),
-            cgroup: Some(pod_cgroup::own(pod)),
         };
         cfg.write(&dir)
             .map_err(SandboxError::at("write the VM pod's config"))?;
@@ -189,6 +188,15 @@ impl VmSandbox {
         .map_err(task_error)??;
         state.monitor_pid = Some(pid);
         pod.sandbox.set(&state);
+        // The vm-monitor, the VMM and its helpers leave crius's cgroup.
+        let cgroup = pod_cgroup::own(pod);
+        let moved = tokio::task::spawn_blocking(move || pod_cgroup::enter_own(&cgroup, pid))
+            .await
+            .map_err(task_error)
+            .and_then(|r| r);
+        if let Err(e) = moved {
+            tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e), "the pod's processes stay in crius's cgroup");
+        }
         self.watches.watch(&pod.id, &dir, std::iter::empty());
         Ok(ips)
     }

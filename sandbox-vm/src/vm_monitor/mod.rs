@@ -38,7 +38,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent_conn::{AgentConn, ConnError};
 use crate::hypervisor::{Net, Share, Vm, VmConfig, VmError};
-use sandbox_container::cgroup_mounts::CgroupMounts;
 
 /// What crius tells a VM pod's monitor, in the pod directory.
 pub const CONFIG_FILE: &str = "vm.json";
@@ -72,11 +71,6 @@ pub struct VmPodConfig {
     #[serde(default)]
     pub driver: crate::driver::DriverChoice,
     pub net: Option<PodNetConfig>,
-    /// The cgroup the vm-monitor moves into before it starts anything (the
-    /// pod's own, `sandbox_container::controller::pod_cgroup`), so the VMM
-    /// and its helpers are there too.
-    #[serde(default)]
-    pub cgroup: Option<PathBuf>,
 }
 
 /// The pod's network, as CNI set it up on the host.
@@ -156,11 +150,6 @@ pub fn main(pod_dir: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if let Some(cgroup) = &cfg.cgroup
-            && let Err(e) = CgroupMounts::detect().enter(cgroup, std::process::id())
-        {
-            tracing::warn!(cgroup = %cgroup.display(), error = %e, "cannot move into the pod's cgroup");
-        }
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
