@@ -328,13 +328,6 @@ async fn pods_outlive_the_cgroup_crius_runs_in() {
     use sandbox_container::cgroup_mounts::CgroupMounts;
     let mut e = env().await;
     let mounts = CgroupMounts::detect();
-    let hierarchies: Vec<std::path::PathBuf> = mounts
-        .v1()
-        .iter()
-        .map(|(_, m)| m.clone())
-        .chain(mounts.v2().map(|m| m.to_path_buf()))
-        .collect();
-    assert!(!hierarchies.is_empty(), "no cgroup hierarchy");
     let unit = std::path::PathBuf::from(format!("{}-unit", e.cgroup_parent));
     let crius_pid = e.c.pid().unwrap();
     mounts.enter(&unit, crius_pid).unwrap();
@@ -360,23 +353,7 @@ async fn pods_outlive_the_cgroup_crius_runs_in() {
     }
 
     // What systemd does to the unit: everything in it is killed.
-    let unit_procs = || -> Vec<u32> {
-        let mut pids: Vec<u32> = hierarchies
-            .iter()
-            .filter_map(|h| {
-                fs::read_to_string(h.join(unit.strip_prefix("/").unwrap()).join("cgroup.procs"))
-                    .ok()
-            })
-            .flat_map(|s| {
-                s.lines()
-                    .filter_map(|l| l.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
-            .collect();
-        pids.sort();
-        pids.dedup();
-        pids
-    };
+    let unit_procs = || e2e::leftovers::cgroup_procs(&unit.to_string_lossy());
     assert!(
         unit_procs().contains(&crius_pid),
         "crius is in the unit's cgroup"
@@ -402,10 +379,11 @@ async fn pods_outlive_the_cgroup_crius_runs_in() {
     let (code, out) = e2e::pods::sh(&e.c, &id, "echo alive").await;
     assert_eq!((code, out.trim()), (0, "alive"));
     stop_remove_pod(&e.c, &pod).await;
-    for h in &hierarchies {
-        let dir = h.join(own.trim_start_matches('/'));
-        assert!(!dir.exists(), "{} left behind", dir.display());
-    }
+    let left: Vec<String> = e2e::leftovers::cgroups_under(&e.cgroup_parent)
+        .into_iter()
+        .filter(|c| c.ends_with(&own))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "the pod's own cgroup is left");
 }
 
 /// GetContainerEvents: a subscriber sees each container's created,

@@ -382,10 +382,11 @@ async fn vm_pods_outlive_crius_and_report_their_vm_dying() {
         "processes left"
     );
     assert!(!dir.exists());
-    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let cg = h.path().join(own.trim_start_matches('/'));
-        assert!(!cg.exists(), "{} left behind", cg.display());
-    }
+    let left: Vec<String> = e2e::leftovers::cgroups_under(&e.cgroup_parent)
+        .into_iter()
+        .filter(|c| c.ends_with(&own))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "the pod's own cgroup is left");
     assert_eq!(pods::mounts_under(&e.c.state), Vec::<String>::new());
 }
 

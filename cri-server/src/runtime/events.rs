@@ -22,6 +22,11 @@ pub type EventStream =
 impl Runtime {
     /// Publishes an event to the current subscribers.
     pub(super) fn emit(&self, c: &ContainerRecord, kind: ContainerEventType) {
+        // Nobody listens (kubelet's evented PLEG is off by default): no
+        // statuses to build.
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let ev = ContainerEventResponse {
             container_id: c.id.clone(),
             container_event_type: kind as i32,
@@ -29,12 +34,15 @@ impl Runtime {
             pod_sandbox_status: self.store.pod(&c.pod_id).map(|p| pod_status(&p)),
             containers_statuses: vec![container_status(c)],
         };
-        // No subscriber is not an error.
+        // A subscriber gone meanwhile is not an error.
         let _ = self.events.send(ev);
     }
 
     /// Publishes a pod sandbox's own event.
     pub(super) fn emit_pod(&self, pod: &PodRecord, kind: ContainerEventType) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let ev = ContainerEventResponse {
             container_id: pod.id.clone(),
             container_event_type: kind as i32,

@@ -1,8 +1,9 @@
-//! What the monitor reads and does in a cgroup itself: the OOM kill
-//! counter of a container's, signalling every process (real-time signals
-//! too, which libcontainer's kill does not take, and without marking the
-//! container stopped as libcontainer's kill does), and moving itself into
-//! its pod's own cgroup.
+//! What is read and done in cgroups directly, not through libcontainer:
+//! the OOM kill counter of a container's, signalling every process
+//! (real-time signals too, which libcontainer's kill does not take, and
+//! without marking the container stopped as libcontainer's kill does),
+//! moving a process in (crius, a pod's processes into the pod's own
+//! cgroup) and removing a cgroup.
 
 use std::io;
 use std::path::Path;
@@ -36,7 +37,7 @@ impl CgroupMounts {
             .chain(self.v2().map(|mnt| (false, mnt)));
         for (cpuset, mnt) in hierarchies {
             let joined = make_cgroup(mnt, relative(cgroup), cpuset)
-                .and_then(|dir| std::fs::write(dir.join("cgroup.procs"), &pid).map(|_| dir))
+                .and_then(|dir| std::fs::write(dir.join("cgroup.procs"), &pid))
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", mnt.display())));
             if let Err(e) = joined {
                 first_error.get_or_insert(e);
