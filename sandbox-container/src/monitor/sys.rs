@@ -400,16 +400,25 @@ pub fn sealed_memfd_copy(name: &str, src: &mut std::fs::File) -> io::Result<Owne
         return Err(io::Error::other("the executable is empty"));
     }
     let fd = OwnedFd::from(file);
-    fcntl(
-        fd.as_fd(),
-        FcntlArg::F_ADD_SEALS(
-            SealFlag::F_SEAL_SEAL
-                | SealFlag::F_SEAL_SHRINK
-                | SealFlag::F_SEAL_GROW
-                | SealFlag::F_SEAL_WRITE,
-        ),
-    )?;
-    Ok(fd)
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    // F_SEAL_WRITE fails with EBUSY while a page of the copy still has an
+    // extra reference: freshly written pages wait in per-CPU LRU batches,
+    // and the kernel drains only the sealing CPU's (CI saw it once, on the
+    // first pod of a crius). Other CPUs drain theirs soon: try again.
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)) {
+            Ok(_) => return Ok(fd),
+            Err(nix::errno::Errno::EBUSY) if pause < std::time::Duration::from_secs(1) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The current seals of a memfd.
