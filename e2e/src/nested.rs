@@ -2,8 +2,8 @@
 //! emulates svm and npt) running Debian's cloud kernel with kvm-amd loaded
 //! (`scripts/nested-kvm-host`), booted through the qemu driver, with a disk
 //! made per run that carries what changes with every build: the VMM and
-//! the check program (static builds), our guest kernel, the agent's
-//! initramfs, and the guest's disks. Inside it, KVM runs standard guests,
+//! the check program (static builds), a static virtiofsd, our guest
+//! kernel, the agent's initramfs, and the guest's disks. Inside it, KVM runs standard guests,
 //! so the builtin driver boots our guest there.
 
 use std::io;
@@ -85,6 +85,12 @@ pub fn static_binaries() -> io::Result<(PathBuf, PathBuf)> {
         target.join(MUSL).join("release/crius-vmm"),
         target.join(GNU).join("release/crius-vmm-check"),
     ))
+}
+
+/// A static virtiofsd for the nested host, which has no shared libraries
+/// (`scripts/static-virtiofsd`, cached outside the clone).
+pub fn static_virtiofsd() -> io::Result<PathBuf> {
+    guest::script_output("static-virtiofsd")
 }
 
 /// The host's TSC frequency in kHz, from /proc/cpuinfo: the nested host's

@@ -3,8 +3,8 @@
 //! guests: inside the nested-KVM test host (a QEMU TCG VM with kvm-amd,
 //! see `e2e::nested`) on every machine, and on the host itself where its
 //! KVM runs standard guests. The checks are `crius-vmm-check`'s (the qemu
-//! driver's agent checks: commands, disks, network, shutdown, failed
-//! starts, no leaks), run where the KVM is; this test asserts on every
+//! driver's agent checks: commands, disks, network, virtio-fs shares,
+//! shutdown, failed starts, no leaks), run where the KVM is; this test asserts on every
 //! line it prints, and on what the guest wrote to its disk.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -16,9 +16,10 @@ use e2e::guest::{self, NetNs};
 use e2e::nested;
 use sandbox_vm::hypervisor::HostKvm;
 
-const CHECKS: [&str; 4] = [
+const CHECKS: [&str; 5] = [
     "commands_and_disks",
     "network",
+    "shares",
     "failed_starts",
     "boots_leave_nothing",
 ];
@@ -57,6 +58,7 @@ fn builtin_vmm_boots_our_guest_inside_the_nested_kvm_host() {
         files: vec![
             ("crius-vmm".into(), vmm),
             ("crius-vmm-check".into(), check),
+            ("virtiofsd".into(), nested::static_virtiofsd().unwrap()),
             ("vmlinux".into(), guest::kernel().unwrap()),
             ("initramfs.img".into(), guest::initramfs().unwrap()),
         ],
@@ -91,6 +93,8 @@ fn builtin_vmm_boots_our_guest_inside_the_nested_kvm_host() {
                 &format!("{m}/ro.img"),
                 "--rw-disk",
                 &format!("{m}/rw.img"),
+                "--virtiofsd",
+                &format!("{m}/virtiofsd"),
                 "--work",
                 "/tmp/vmm-check",
             ],
@@ -175,6 +179,7 @@ fn builtin_vmm_boots_our_guest_on_this_host() {
         .args(["--vmm", &p(&vmm), "--kernel", &p(&guest::kernel().unwrap())])
         .args(["--initramfs", &p(&guest::initramfs().unwrap())])
         .args(["--ro-disk", &p(&ro), "--rw-disk", &p(&rw)])
+        .args(["--virtiofsd", "virtiofsd"])
         .args(["--work", &p(&tmp.path().join("work"))])
         .output()
         .unwrap();

@@ -4,8 +4,10 @@
 //! the agent client and [`Vm::stop`] are shared).
 //!
 //! A VM's work directory holds `vsock.sock` (see [`crate::vsock`]),
-//! `console.log` and `vmm.log`. The TAP, when asked for, is made by the
-//! VMM in the network namespace it is started in, and goes with it.
+//! `console.log` and `vmm.log`; with virtio-fs shares, their virtiofsd's
+//! sockets and logs (see [`crate::virtiofs`]), to which the VMM connects.
+//! The TAP, when asked for, is made by the VMM in the network namespace it
+//! is started in, and goes with it.
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
@@ -21,12 +23,22 @@ pub const GUEST_CID: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct BuiltinDriver {
     vmm: PathBuf,
+    virtiofsd: PathBuf,
 }
 
 impl BuiltinDriver {
     /// A driver running the VMM binary at `vmm`.
     pub fn new(vmm: impl Into<PathBuf>) -> Self {
-        Self { vmm: vmm.into() }
+        Self {
+            vmm: vmm.into(),
+            virtiofsd: "virtiofsd".into(),
+        }
+    }
+
+    /// The virtiofsd binary for shares (default: `virtiofsd` from PATH).
+    pub fn with_virtiofsd(mut self, virtiofsd: impl Into<PathBuf>) -> Self {
+        self.virtiofsd = virtiofsd.into();
+        self
     }
 
     /// `crius-vmm` beside the running binary, else from PATH.
@@ -75,6 +87,11 @@ impl BuiltinDriver {
             a.push("--mac".into());
             a.push(net.mac.clone());
         }
+        for (i, share) in config.shares.iter().enumerate() {
+            a.push("--fs".into());
+            let socket = crate::virtiofs::socket(&config.dir, i);
+            a.push(format!("{}:{}", share.tag, socket.display()));
+        }
         a
     }
 }
@@ -90,6 +107,7 @@ impl Hypervisor for BuiltinDriver {
 
     fn start(&self, config: &VmConfig) -> Result<Vm, VmError> {
         check(config)?;
+        let share_dirs = crate::virtiofs::check(&config.shares)?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&config.dir)
@@ -108,6 +126,7 @@ impl Hypervisor for BuiltinDriver {
         );
         // From here on, dropping `vm` kills what was started and removes
         // the directory.
+        crate::virtiofs::start(&self.virtiofsd, config, &share_dirs, &mut vm)?;
         let netns = match config.net.as_ref().and_then(|n| n.netns.as_ref()) {
             Some(path) => Some(fs::File::open(path).map_err(|source| VmError::Missing {
                 what: "network namespace",
@@ -160,11 +179,6 @@ fn check(config: &VmConfig) -> Result<(), VmError> {
                 .into(),
         ));
     }
-    if !config.shares.is_empty() {
-        return Err(VmError::Config(
-            "the builtin VMM has no virtio-fs (shares) yet: use the qemu driver".into(),
-        ));
-    }
     if config.vcpus == 0 || config.vcpus > 32 || config.memory_mib < 64 {
         return Err(VmError::Config(
             "a VM needs 1 to 32 vCPUs and at least 64 MiB".into(),
@@ -210,6 +224,11 @@ mod tests {
             mac: "02:00:00:00:00:01".into(),
             netns: None,
         });
+        c.shares.push(crate::hypervisor::Share {
+            tag: "layers".into(),
+            dir: "/s".into(),
+            read_only: true,
+        });
         let a = BuiltinDriver::args(&c, Path::new("/v.sock"), Path::new("/c.log")).join(" ");
         assert!(
             a.contains("--kernel /k --initramfs /i --vcpus 1 --memory-mib 256"),
@@ -219,6 +238,7 @@ mod tests {
         assert!(a.contains("--disk ro:/d/a,b.img"));
         assert!(a.contains("--tap tap0 --mac 02:00:00:00:00:01"));
         assert!(a.contains("--vsock /v.sock"));
+        assert!(a.contains("--fs layers:/run/x/vm/virtiofs0.sock"), "{a}");
     }
 
     #[test]
@@ -235,11 +255,11 @@ mod tests {
         assert!(matches!(d.start(&c), Err(VmError::Config(_))));
         c.acpi = false;
         c.shares.push(crate::hypervisor::Share {
-            tag: "t".into(),
+            tag: "a,b".into(),
             dir: dir.path().to_owned(),
             read_only: true,
         });
-        assert!(matches!(d.start(&c), Err(VmError::Config(_))));
+        assert!(matches!(d.start(&c), Err(VmError::Share(_))));
         c.shares.clear();
         c.net = Some(Net {
             tap: "a/b".into(),

@@ -120,7 +120,7 @@ pub struct VmConfig {
     pub cmdline: String,
     pub disks: Vec<Disk>,
     pub net: Option<Net>,
-    /// virtio-fs shares (the qemu driver).
+    /// virtio-fs shares.
     pub shares: Vec<Share>,
     /// Describe the devices in ACPI tables, for kernels that cannot take
     /// virtio-mmio devices from their command line (stock distribution

@@ -59,31 +59,6 @@ impl QemuDriver {
         self
     }
 
-    /// Starts one virtiofsd per share, each on its share's directory made
-    /// a shared mount point first.
-    fn spawn_shares(
-        &self,
-        config: &VmConfig,
-        dirs: &[PathBuf],
-        vm: &mut Vm,
-    ) -> Result<(), VmError> {
-        for (i, (share, dir)) in config.shares.iter().zip(dirs).enumerate() {
-            vm.add_mount(crate::virtiofs::SharedMount::new(dir)?);
-            let socket = share_socket(&config.dir, i);
-            let log = config.dir.join(format!("virtiofsd{i}.log"));
-            let cmd = crate::virtiofs::command(&self.virtiofsd, share, dir, &socket);
-            let mut child = spawn(cmd, &log, None)?;
-            let up = crate::virtiofs::wait_for_socket(&share.tag, &mut child, &socket, &log);
-            vm.add_parent_process(VmProcess {
-                name: "virtiofsd",
-                child,
-                log,
-            });
-            up?;
-        }
-        Ok(())
-    }
-
     /// qemu-system-x86_64 and vhost-device-vsock from PATH, with the
     /// accelerator that this host's KVM allows.
     pub fn from_host() -> Self {
@@ -217,7 +192,7 @@ impl QemuDriver {
             push(format!("virtio-net-device,netdev=net0,mac={}", net.mac));
         }
         for (i, share) in config.shares.iter().enumerate() {
-            let socket = share_socket(&config.dir, i);
+            let socket = crate::virtiofs::socket(&config.dir, i);
             crate::virtiofs::qemu_args(i, share, &socket)
                 .into_iter()
                 .for_each(&mut push);
@@ -256,7 +231,7 @@ impl Hypervisor for QemuDriver {
         // From here on, dropping `vm` kills what was started and removes
         // the directory.
         let control = self.spawn_backend(&config.dir, &mut vm)?;
-        self.spawn_shares(config, &share_dirs, &mut vm)?;
+        crate::virtiofs::start(&self.virtiofsd, config, &share_dirs, &mut vm)?;
         let netns = match config.net.as_ref().and_then(|n| n.netns.as_ref()) {
             Some(path) => Some(fs::File::open(path).map_err(|source| VmError::Missing {
                 what: "network namespace",
@@ -286,11 +261,6 @@ impl Hypervisor for QemuDriver {
         );
         Ok(vm)
     }
-}
-
-/// The socket of share number `index`'s virtiofsd.
-fn share_socket(dir: &Path, index: usize) -> PathBuf {
-    dir.join(format!("virtiofs{index}.sock"))
 }
 
 /// Checks what can be checked before anything starts.

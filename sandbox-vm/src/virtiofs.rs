@@ -1,6 +1,8 @@
-//! virtio-fs shares of the qemu driver: one virtiofsd (crates.io, installed
+//! virtio-fs shares, for both drivers: one virtiofsd (crates.io, installed
 //! by `scripts/setup`) per shared host directory, a process of the VM
-//! started in its work directory, behind qemu's `vhost-user-fs-device`.
+//! started in its work directory, behind qemu's `vhost-user-fs-device` or
+//! crius-vmm's virtio-fs device (its `--fs TAG:SOCKET`). Share number N
+//! has `virtiofsN.sock` and `virtiofsdN.log` there.
 //!
 //! Image layers and pod volumes reach the guest this way, and the VM pod
 //! bind-mounts them into a share's directory after the VM has started. So
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use crate::hypervisor::Share;
+use crate::hypervisor::{Share, Vm, VmConfig, VmError, VmProcess};
 
 /// The longest tag: the virtio-fs config space has 36 bytes for it.
 pub const MAX_TAG: usize = 36;
@@ -228,9 +230,41 @@ pub(crate) fn qemu_args(index: usize, share: &Share, socket: &Path) -> Vec<Strin
     ]
 }
 
-/// Waits until virtiofsd listens on `socket` (qemu connects at once),
+/// The socket of share number `index`'s virtiofsd, in the VM's work
+/// directory `dir`.
+pub(crate) fn socket(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("virtiofs{index}.sock"))
+}
+
+/// Starts one virtiofsd (`program`) per share of `config`, each on its
+/// directory (`dirs`, from [`check`]) made a shared mount point first;
+/// they are processes of `vm`, and each listens when this returns (the
+/// VMM connects at once).
+pub(crate) fn start(
+    program: &Path,
+    config: &VmConfig,
+    dirs: &[PathBuf],
+    vm: &mut Vm,
+) -> Result<(), VmError> {
+    for (i, (share, dir)) in config.shares.iter().zip(dirs).enumerate() {
+        vm.add_mount(SharedMount::new(dir)?);
+        let socket = socket(&config.dir, i);
+        let log = config.dir.join(format!("virtiofsd{i}.log"));
+        let mut child = crate::qemu::spawn(command(program, share, dir, &socket), &log, None)?;
+        let up = wait_for_socket(&share.tag, &mut child, &socket, &log);
+        vm.add_parent_process(VmProcess {
+            name: "virtiofsd",
+            child,
+            log,
+        });
+        up?;
+    }
+    Ok(())
+}
+
+/// Waits until virtiofsd listens on `socket` (the VMM connects at once),
 /// failing early if it exits; its log then says why.
-pub(crate) fn wait_for_socket(
+fn wait_for_socket(
     tag: &str,
     child: &mut std::process::Child,
     socket: &Path,
@@ -262,7 +296,7 @@ pub(crate) fn wait_for_socket(
 }
 
 /// The command that starts virtiofsd for a share.
-pub(crate) fn command(program: &Path, share: &Share, dir: &Path, socket: &Path) -> Command {
+fn command(program: &Path, share: &Share, dir: &Path, socket: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args(share, dir, socket));
     cmd

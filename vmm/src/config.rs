@@ -42,6 +42,10 @@ pub struct VmmConfig {
     /// The interface's MAC address.
     #[arg(long, requires = "tap")]
     pub mac: Option<String>,
+    /// A virtio-fs device: `TAG:SOCKET`, the tag the guest mounts and the
+    /// vhost-user socket of the virtiofsd that serves it (listening).
+    #[arg(long = "fs", value_parser = parse_fs)]
+    pub fs: Vec<FsArg>,
     /// Do not install the seccomp filter (for debugging).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -51,6 +55,29 @@ pub struct VmmConfig {
 pub struct DiskArg {
     pub path: PathBuf,
     pub read_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FsArg {
+    pub tag: String,
+    pub socket: PathBuf,
+}
+
+fn parse_fs(s: &str) -> Result<FsArg, String> {
+    let (tag, socket) = s
+        .split_once(':')
+        .filter(|(t, p)| !t.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("fs {s:?}: want TAG:SOCKET"))?;
+    if tag.len() > crate::devices::virtio::fs::MAX_TAG {
+        return Err(format!(
+            "fs tag {tag:?}: at most {} bytes",
+            crate::devices::virtio::fs::MAX_TAG
+        ));
+    }
+    Ok(FsArg {
+        tag: tag.into(),
+        socket: socket.into(),
+    })
 }
 
 fn parse_disk(s: &str) -> Result<DiskArg, String> {
@@ -96,9 +123,13 @@ mod tests {
             "ro:/a,b",
             "--disk",
             "rw:/c",
+            "--fs",
+            "layers:/vm/fs0.sock",
         ])
         .unwrap();
         assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.fs[0].tag, "layers");
+        assert_eq!(c.fs[0].socket, PathBuf::from("/vm/fs0.sock"));
         assert!(c.disks[0].read_only);
         assert_eq!(c.disks[0].path, PathBuf::from("/a,b"));
         assert!(!c.disks[1].read_only);
@@ -107,6 +138,10 @@ mod tests {
             &["--disk", "/a"],
             &["--vcpus", "0"],
             &["--tap", "t0"],
+            &["--fs", "/a.sock"],
+            &["--fs", ":/a.sock"],
+            &["--fs", "t:"],
+            &["--fs", &format!("{}:/a", "x".repeat(37))],
         ] {
             let mut args = vec![
                 "crius-vmm",

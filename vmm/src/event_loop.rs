@@ -96,10 +96,13 @@ impl EventLoop {
         }
     }
 
-    /// Adds a device with its queue notifications; returns its index.
+    /// Adds a device with its queue notifications (unless another process
+    /// serves its queues); returns its index.
     pub fn add_device(&mut self, dev: Arc<Mutex<MmioTransport>>) -> std::io::Result<usize> {
         let index = self.devices.len();
-        if let Ok(d) = dev.lock() {
+        if let Ok(d) = dev.lock()
+            && d.notifications_watched()
+        {
             for (q, fd) in d.notify_fds().iter().enumerate() {
                 self.epoll.ctl(
                     ControlOperation::Add,

@@ -2,12 +2,13 @@
 //! KVM through `kvm-ioctls`, guest memory through `vm-memory` (a memfd),
 //! the kernel loaded for PVH boot through `linux-loader`, one thread per
 //! vCPU and one event loop thread for the devices: a serial console and
-//! virtio-mmio devices (vsock, block, net) listed on the kernel command
-//! line.
+//! virtio-mmio devices (vsock, block, net, and fs with a virtiofsd behind
+//! it over vhost-user) listed on the kernel command line.
 //!
 //! Everything the guest writes is hostile: descriptor chains are checked by
-//! [`devices::virtio::queue`] before any device looks at them, and no guest
-//! input reaches a panic or an unbounded buffer.
+//! [`devices::virtio::queue`] before any device looks at them (virtio-fs
+//! chains are virtiofsd's to check), and no guest input reaches a panic or
+//! an unbounded buffer.
 
 pub mod boot;
 pub mod bus;

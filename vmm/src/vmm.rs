@@ -18,6 +18,8 @@ use crate::cpu;
 use crate::devices::serial::{CappedLog, LOG_CAP, SerialConsole};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::block::backend::DiskFile;
+use crate::devices::virtio::fs::backend::{BackendError, VhostUserFs};
+use crate::devices::virtio::fs::{self, Fs, FsError};
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, parse_mac, tap::Tap};
 use crate::devices::virtio::vsock::Vsock;
@@ -54,6 +56,10 @@ pub enum VmmError {
         name: String,
         source: std::io::Error,
     },
+    #[error("virtio-fs {tag}: {source}")]
+    FsBackend { tag: String, source: BackendError },
+    #[error("virtio-fs: {0}")]
+    Fs(#[from] FsError),
     #[error("bad MAC address {0:?}")]
     Mac(String),
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices")]
@@ -107,7 +113,8 @@ pub fn run(config: &VmmConfig) -> Result<i32, VmmError> {
         CappedLog::new(console, LOG_CAP),
     )));
 
-    // Virtio devices, in the order of their MMIO slots: vsock, disks, net.
+    // Virtio devices, in the order of their MMIO slots: vsock, disks, net,
+    // shares.
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let backend =
         VsockBackend::new(config.vsock_cid, &config.vsock).map_err(|source| VmmError::Open {
@@ -131,6 +138,15 @@ pub fn run(config: &VmmConfig) -> Result<i32, VmmError> {
             source,
         })?;
         devices.push(Box::new(Net::new(Box::new(tap), mac_bytes)));
+    }
+    for share in &config.fs {
+        let backend = VhostUserFs::connect(&share.socket, fs::QUEUES).map_err(|source| {
+            VmmError::FsBackend {
+                tag: share.tag.clone(),
+                source,
+            }
+        })?;
+        devices.push(Box::new(Fs::new(&share.tag, Box::new(backend))?));
     }
     if devices.len() > MAX_VIRTIO_DEVICES {
         return Err(VmmError::TooManyDevices);

@@ -1,6 +1,7 @@
 //! `crius-vmm-check`: boots our guest through the builtin driver and runs
-//! the agent checks of the qemu driver's end-to-end test (commands, disks,
-//! network, shutdown, failed starts, no leaks), printing one line per
+//! the agent checks of the qemu driver's end-to-end tests (commands, disks,
+//! network, virtio-fs shares, shutdown, failed starts, no leaks), printing
+//! one line per
 //! check, `check NAME: ok` or `check NAME: FAILED: why`, then
 //! `N passed, M failed`. Static (glibc, crt-static), so it runs inside the nested-KVM
 //! test host (`e2e/tests/vmm_nested.rs`) as well as on a host whose KVM
@@ -10,7 +11,7 @@
 //!
 //! ```text
 //! crius-vmm-check --vmm PATH --kernel PATH --initramfs PATH \
-//!     --ro-disk PATH --rw-disk PATH --work DIR [--only NAME]
+//!     --ro-disk PATH --rw-disk PATH --virtiofsd PATH --work DIR [--only NAME]
 //! ```
 //! The read-only disk is an ext4 image holding `crius-testbin` and
 //! `hello.txt`; the read-write one an empty ext4 image, into which the
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use sandbox_vm::agent_client::{AgentClient, Command};
 use sandbox_vm::builtin::BuiltinDriver;
-use sandbox_vm::hypervisor::{Disk, Hypervisor, Net, VmConfig, VmError};
+use sandbox_vm::hypervisor::{Disk, Hypervisor, Net, Share, VmConfig, VmError};
 
 const CAP: usize = 1 << 20;
 const TESTBIN: &str = "/mnt/ro/crius-testbin";
@@ -41,6 +42,7 @@ struct Args {
     initramfs: PathBuf,
     ro_disk: PathBuf,
     rw_disk: PathBuf,
+    virtiofsd: PathBuf,
     work: PathBuf,
     only: Option<String>,
 }
@@ -49,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut vmm, mut kernel, mut initramfs, mut ro, mut rw, mut work, mut only) =
         (None, None, None, None, None, None, None);
+    let mut virtiofsd = None;
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
         match a.as_str() {
@@ -58,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
             "--ro-disk" => ro = Some(v.into()),
             "--rw-disk" => rw = Some(v.into()),
             "--work" => work = Some(v.into()),
+            "--virtiofsd" => virtiofsd = Some(v.into()),
             "--only" => only = Some(v),
             _ => return Err(format!("unknown argument {a}")),
         }
@@ -69,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         initramfs: need(initramfs, "initramfs")?,
         ro_disk: need(ro, "ro-disk")?,
         rw_disk: need(rw, "rw-disk")?,
+        virtiofsd: need(virtiofsd, "virtiofsd")?,
         work: need(work, "work")?,
         only,
     })
@@ -93,9 +98,10 @@ fn main() -> ExitCode {
         }
     };
     let _ = std::fs::create_dir_all(&args.work);
-    let checks: [(&str, Check); 4] = [
+    let checks: [(&str, Check); 5] = [
         ("commands_and_disks", commands_and_disks),
         ("network", network),
+        ("shares", shares),
         ("failed_starts", failed_starts),
         ("boots_leave_nothing", boots_leave_nothing),
     ];
@@ -128,7 +134,7 @@ fn main() -> ExitCode {
 }
 
 fn driver(a: &Args) -> BuiltinDriver {
-    BuiltinDriver::new(&a.vmm)
+    BuiltinDriver::new(&a.vmm).with_virtiofsd(&a.virtiofsd)
 }
 
 fn config(a: &Args, name: &str) -> VmConfig {
@@ -340,6 +346,124 @@ fn confined(pid: u32, c: &VmConfig) -> Res {
         n += 1;
     }
     ensure!(n < 64, "{n} descriptors open");
+    Ok(())
+}
+
+/// virtio-fs shares, as a VM pod's layers and volumes reach its guest: a
+/// read-write one and a read-only one, each a virtiofsd of the VM; the
+/// guest mounts them by tag, reads what the host put there, sees a host
+/// change at its next read, writes through the read-write one only; the
+/// stop leaves no virtiofsd and no mount.
+fn shares(a: &Args) -> Res {
+    let mut c = config(a, "shares");
+    c.disks = vec![Disk {
+        path: a.ro_disk.clone(),
+        read_only: true,
+    }];
+    let base = a.work.join("share-dirs");
+    let (rw, ro) = (base.join("rw"), base.join("ro"));
+    for d in [&rw, &ro] {
+        std::fs::create_dir_all(d).map_err(e("share directory"))?;
+    }
+    std::fs::write(rw.join("hello.txt"), "from the host\n").map_err(e("host file"))?;
+    std::fs::write(ro.join("layer.txt"), "a layer's file\n").map_err(e("host file"))?;
+    c.shares = vec![
+        Share {
+            tag: "pod-rw".into(),
+            dir: rw.clone(),
+            read_only: false,
+        },
+        Share {
+            tag: "pod-ro".into(),
+            dir: ro.clone(),
+            read_only: true,
+        },
+    ];
+    let mut vm = driver(a).start(&c).map_err(e("start"))?;
+    let pids = vm.pids();
+    ensure!(pids.len() == 3, "processes (VMM, two virtiofsd): {pids:?}");
+    confined(pids[0], &c)?;
+    let mut agent = vm.agent(Duration::from_secs(5)).map_err(e("agent"))?;
+    agent
+        .mount("/dev/vda", "/mnt/ro", "ext4", true)
+        .map_err(e("mount vda"))?;
+    agent
+        .mount("pod-rw", "/mnt/fsrw", "virtiofs", false)
+        .map_err(e("mount pod-rw"))?;
+    agent
+        .mount("pod-ro", "/mnt/fsro", "virtiofs", false)
+        .map_err(e("mount pod-ro"))?;
+    ensure!(
+        agent
+            .mount("no-such-tag", "/mnt/none", "virtiofs", false)
+            .is_err(),
+        "mounting a tag no device has worked"
+    );
+    let cat = |agent: &mut AgentClient, path: &str| {
+        agent
+            .run(&Command::new([TESTBIN, "cat", path]), CAP)
+            .map_err(e("cat"))
+    };
+    let out = cat(&mut agent, "/mnt/fsrw/hello.txt")?;
+    ensure!(out.stdout == b"from the host\n", "{out:?}");
+    let out = cat(&mut agent, "/mnt/fsro/layer.txt")?;
+    ensure!(out.stdout == b"a layer's file\n", "{out:?}");
+    // Changed in place on the host: seen at the guest's next read.
+    std::fs::write(rw.join("hello.txt"), "changed on the host\n").map_err(e("host file"))?;
+    let out = cat(&mut agent, "/mnt/fsrw/hello.txt")?;
+    ensure!(out.stdout == b"changed on the host\n", "{out:?}");
+    let mut write = Command::new([TESTBIN, "write", "/mnt/fsrw/from-guest.txt"]);
+    write.stdin = b"written in the guest\n".to_vec();
+    let out = agent.run(&write, CAP).map_err(e("write rw"))?;
+    ensure!(out.code == Some(0), "{out:?}");
+    let back = std::fs::read(rw.join("from-guest.txt")).map_err(e("guest's file"))?;
+    ensure!(back == b"written in the guest\n", "{back:?}");
+    let mut write = Command::new([TESTBIN, "write", "/mnt/fsro/nope"]);
+    write.stdin = b"x".to_vec();
+    let out = agent.run(&write, CAP).map_err(e("write ro"))?;
+    ensure!(
+        out.code == Some(1),
+        "a read-only share took a write: {out:?}"
+    );
+    ensure!(!ro.join("nope").exists(), "the write reached the host");
+    // Megabytes through the share: 3 MiB read, 256 KiB written.
+    std::fs::write(ro.join("big.bin"), pattern(3 << 20)).map_err(e("big file"))?;
+    let out = agent
+        .run(
+            &Command::new([TESTBIN, "cat", "/mnt/fsro/big.bin"]),
+            4 << 20,
+        )
+        .map_err(e("big read"))?;
+    ensure!(
+        out.code == Some(0) && out.stdout == pattern(3 << 20),
+        "big read: {} bytes, exit {:?}",
+        out.stdout.len(),
+        out.code
+    );
+    let mut write = Command::new([TESTBIN, "write", "/mnt/fsrw/in.bin"]);
+    write.stdin = pattern(256 << 10);
+    let out = agent.run(&write, CAP).map_err(e("big write"))?;
+    ensure!(out.code == Some(0), "{out:?}");
+    let back = std::fs::read(rw.join("in.bin")).map_err(e("big written file"))?;
+    ensure!(
+        back == pattern(256 << 10),
+        "big write: {} bytes",
+        back.len()
+    );
+    drop(agent);
+    vm.stop(Duration::from_secs(10)).map_err(e("stop"))?;
+    gone(&c.dir)?;
+    for pid in pids {
+        ensure!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} is still there"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(e("mountinfo"))?;
+    ensure!(
+        !mounts.contains(&*base.to_string_lossy()),
+        "a share is still mounted"
+    );
     Ok(())
 }
 

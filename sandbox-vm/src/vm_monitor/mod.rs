@@ -258,13 +258,7 @@ async fn boot(dir: &Path, cfg: &VmPodConfig) -> Result<PodVm, BootError> {
             netns: Some(n.netns.clone()),
         });
     }
-    // Pods share directories over virtio-fs, which the builtin VMM does
-    // not have yet: their VMs are qemu's until it does.
-    let driver: Box<dyn crate::hypervisor::Hypervisor> =
-        match crate::driver::select(cfg.driver).driver {
-            d if d.name() == "builtin" => Box::new(crate::qemu::QemuDriver::from_host()),
-            d => d,
-        };
+    let driver = crate::driver::select(cfg.driver).driver;
     let vm = tokio::task::spawn_blocking(move || driver.start(&vc))
         .await
         .map_err(|e| BootError::Task(e.to_string()))??;

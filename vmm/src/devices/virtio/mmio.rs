@@ -2,7 +2,8 @@
 //! register window of one device, driven by the guest from its vCPUs.
 //!
 //! Queue notifications do not come through here: each queue's `QueueNotify`
-//! write is an ioeventfd that the event loop watches. The transport checks
+//! write is an ioeventfd that the event loop watches (or, for a vhost-user
+//! device, the process that serves the queues). The transport checks
 //! the driver's steps: features accepted must be offered and include
 //! `VIRTIO_F_VERSION_1`, queues must pass [`Queue::validate`] before the
 //! device is activated; a driver that fails sets `DEVICE_NEEDS_RESET` and
@@ -29,8 +30,10 @@ pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     mem: GuestMemory,
     interrupt: Interrupt,
-    /// One per queue: the event loop watches them.
+    /// One per queue: the event loop watches them, unless another
+    /// process serves the queues.
     notify: Vec<EventFd>,
+    served_elsewhere: bool,
     queues: Vec<Queue>,
     queue_sel: u32,
     device_features_sel: u32,
@@ -44,7 +47,7 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     pub fn new(
-        device: Box<dyn VirtioDevice>,
+        mut device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
         interrupt: Interrupt,
     ) -> std::io::Result<Self> {
@@ -57,11 +60,13 @@ impl MmioTransport {
             .iter()
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<std::io::Result<Vec<_>>>()?;
+        let served_elsewhere = device.take_notifiers(&notify)?;
         Ok(Self {
             device,
             mem,
             interrupt,
             notify,
+            served_elsewhere,
             queues,
             queue_sel: 0,
             device_features_sel: 0,
@@ -76,6 +81,12 @@ impl MmioTransport {
 
     pub fn notify_fds(&self) -> &[EventFd] {
         &self.notify
+    }
+
+    /// Whether the event loop reads the queues' notifications (not when
+    /// another process serves the queues).
+    pub fn notifications_watched(&self) -> bool {
+        !self.served_elsewhere
     }
 
     pub fn device_type(&self) -> u32 {

@@ -2,9 +2,12 @@
 //! the transport ([`mmio`]), and the devices.
 //!
 //! What every device offers: `VIRTIO_F_VERSION_1` and nothing that widens
-//! what the guest may hand us (no indirect descriptors, no event index).
+//! what the guest may hand us (no indirect descriptors, no event index);
+//! virtio-fs passes on virtiofsd's ring features, as its queues are
+//! virtiofsd's to parse.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod queue;
@@ -75,12 +78,21 @@ pub const BACKEND_TOKEN_BASE: u32 = 64;
 
 /// What a virtio device is to the transport and the event loop.
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (2 block, 1 net, 19 vsock).
+    /// The virtio device ID (2 block, 1 net, 19 vsock, 26 fs).
     fn device_type(&self) -> u32;
     /// The largest size of each of its queues.
     fn queue_max_sizes(&self) -> &[u16];
     /// The features it offers.
     fn features(&self) -> u64;
+    /// For a device whose queues another process serves (vhost-user):
+    /// keeps what it needs of each queue's notification eventfd (KVM
+    /// signals them on the guest's `QueueNotify`) and returns true; the
+    /// event loop then never reads them. Called once, when the transport
+    /// is made (before the process is confined). Devices the VMM serves
+    /// keep the default: false.
+    fn take_notifiers(&mut self, _notify: &[EventFd]) -> std::io::Result<bool> {
+        Ok(false)
+    }
     /// Reads its configuration space; bytes past its end read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes to its configuration space (ignored by our devices).
