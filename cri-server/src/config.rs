@@ -48,6 +48,9 @@ pub struct Config {
     pub log_level: String,
     /// The cgroup driver reported to kubelet.
     pub cgroup_driver: CgroupDriver,
+    /// The runtime handler of pods that name none (no RuntimeClass, as
+    /// kubelet's static pods without an API server): `runc` or `vm`.
+    pub default_runtime_handler: String,
     /// Mount image volumes (CRI mounts naming an image); on by default,
     /// `false` refuses them.
     pub image_volumes: bool,
@@ -154,6 +157,7 @@ impl Default for Config {
             socket: PathBuf::from("/run/crius/crius.sock"),
             log_level: "info".to_string(),
             cgroup_driver: CgroupDriver::Cgroupfs,
+            default_runtime_handler: "runc".to_string(),
             image_volumes: true,
             stream_address: "127.0.0.1:0".to_string(),
             stream_idle_timeout: 4 * 3600,

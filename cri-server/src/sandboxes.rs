@@ -11,13 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use image_store::ImageStore;
-use sandbox_api::{EventSink, SandboxController, SandboxError};
+use sandbox_api::{EventSink, Handler, SandboxController, SandboxError};
 
 use crate::config::Config;
 
 /// The registered sandboxes, by runtime handler.
 pub struct Sandboxes {
     by_handler: BTreeMap<String, Arc<dyn SandboxController>>,
+    /// In registration order, the empty handler (the default) first.
+    handlers: Vec<Handler>,
+    /// The handler that the empty one stands for.
+    default: String,
     all: Vec<Arc<dyn SandboxController>>,
 }
 
@@ -63,19 +67,74 @@ impl Sandboxes {
             images,
             events,
         )?;
-        Ok(Sandboxes::of(vec![Arc::new(namespaces), Arc::new(vm)]))
+        let mut all = Sandboxes::of(vec![Arc::new(namespaces), Arc::new(vm)]);
+        all.set_default(&config.default_runtime_handler)
+            .map_err(SandboxError::InvalidArgument)?;
+        Ok(all)
     }
 
     /// Registers `all` under the handlers each reports (the first to claim
     /// a name keeps it).
     pub fn of(all: Vec<Arc<dyn SandboxController>>) -> Sandboxes {
         let mut by_handler = BTreeMap::new();
+        let mut handlers: Vec<Handler> = Vec::new();
         for s in &all {
             for h in s.handlers() {
-                by_handler.entry(h.name).or_insert_with(|| s.clone());
+                if !by_handler.contains_key(&h.name) {
+                    by_handler.insert(h.name.clone(), s.clone());
+                    handlers.push(h);
+                }
             }
         }
-        Sandboxes { by_handler, all }
+        Sandboxes {
+            by_handler,
+            handlers,
+            default: String::new(),
+            all,
+        }
+    }
+
+    /// Makes `name`'s sandbox the one of pods that name no handler (the
+    /// empty handler), with its features.
+    pub fn set_default(&mut self, name: &str) -> Result<(), String> {
+        let unknown = || {
+            format!(
+                "default_runtime_handler {name:?}: crius has {:?}",
+                self.names()
+            )
+        };
+        if name.is_empty() {
+            return Err(unknown());
+        }
+        let sandbox = self.by_handler.get(name).ok_or_else(unknown)?.clone();
+        let mut features = self
+            .handlers
+            .iter()
+            .find(|h| h.name == name)
+            .cloned()
+            .ok_or_else(unknown)?;
+        features.name = String::new();
+        self.by_handler.insert(String::new(), sandbox);
+        self.handlers.retain(|h| !h.name.is_empty());
+        self.handlers.insert(0, features);
+        self.default = name.to_owned();
+        Ok(())
+    }
+
+    /// The handler a pod's record keeps: the one named, or for none the
+    /// default's name, so that its calls reach the same sandbox after a
+    /// restart with another default.
+    pub fn resolve<'a>(&'a self, handler: &'a str) -> &'a str {
+        if handler.is_empty() && !self.default.is_empty() {
+            &self.default
+        } else {
+            handler
+        }
+    }
+
+    /// Every handler with its features, the empty one first.
+    pub fn handlers(&self) -> &[Handler] {
+        &self.handlers
     }
 
     /// The sandbox of a runtime handler.

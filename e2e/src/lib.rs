@@ -4,6 +4,7 @@ pub mod bench;
 pub mod crius;
 pub mod fixture;
 pub mod guest;
+pub mod kubelet;
 pub mod leftovers;
 pub mod nested;
 pub mod network;

@@ -34,7 +34,8 @@ impl Runtime {
                 "pod metadata needs a name, a namespace and a uid".into(),
             ));
         }
-        let controller = self.controller(&req.runtime_handler)?.clone();
+        let handler = self.sandboxes.resolve(&req.runtime_handler).to_owned();
+        let controller = self.controller(&handler)?.clone();
 
         // One reservation per pod name at a time: a retried request waits
         // for the first and gets its pod.
@@ -60,7 +61,7 @@ impl Runtime {
             pod: Pod {
                 id: new_id(),
                 config,
-                runtime_handler: req.runtime_handler,
+                runtime_handler: handler,
                 sandbox: Default::default(),
             },
             state: PodState::Creating,

@@ -57,11 +57,10 @@ pub fn status(req: StatusRequest, sandboxes: &Sandboxes, pod_cidr: &str) -> Stat
         status: Some(RuntimeStatus { conditions }),
         info,
         runtime_handlers: sandboxes
-            .all()
+            .handlers()
             .iter()
-            .flat_map(|s| s.handlers())
             .map(|h| RuntimeHandler {
-                name: h.name,
+                name: h.name.clone(),
                 features: Some(RuntimeHandlerFeatures {
                     recursive_read_only_mounts: h.recursive_read_only_mounts,
                     user_namespaces: h.user_namespaces,
@@ -90,7 +89,7 @@ mod tests {
                 .map(|n| Handler {
                     name: n.to_string(),
                     recursive_read_only_mounts: true,
-                    user_namespaces: false,
+                    user_namespaces: *n == "vm",
                 })
                 .collect(),
             info: Some(serde_json::json!({"driver": "fake"})),
@@ -120,6 +119,18 @@ mod tests {
         );
         let net = &quiet.status.unwrap().conditions[1];
         assert!(!net.status && net.message == "no CNI config");
+        // The default handler ("") takes the features of the one it names.
+        let mut s = s;
+        assert!(!quiet.runtime_handlers[0].features.unwrap().user_namespaces);
+        assert!(s.set_default("nope").unwrap_err().contains("nope"));
+        assert!(s.set_default("").is_err());
+        assert_eq!(s.resolve(""), "");
+        s.set_default("vm").unwrap();
+        assert_eq!((s.resolve(""), s.resolve("runc")), ("vm", "runc"));
+        let hs = status(StatusRequest { verbose: false }, &s, "").runtime_handlers;
+        let names: Vec<_> = hs.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["", "runc", "vm"]);
+        assert!(hs[0].features.unwrap().user_namespaces, "vm's features");
         let verbose = status(StatusRequest { verbose: true }, &s, "198.18.4.0/24");
         assert_eq!(verbose.info["podCIDR"], "198.18.4.0/24");
         let vm: serde_json::Value = serde_json::from_str(&verbose.info["vm"]).unwrap();

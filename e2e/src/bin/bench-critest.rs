@@ -79,7 +79,16 @@
 //!      which the monitors run from: shmem that is not in the server's
 //!      `VmRSS`); times 20 ExecSync calls and 20 `crictl exec` runs of
 //!      `true` in the first pod's container (after one warm-up each); then
-//!      stops and removes every pod.
+//!      stops and removes every pod;
+//!    * unless `--kubelet-samples 0`: starts a standalone kubelet v1.37
+//!      (`scripts/kube`, `e2e::kubelet`) on the runtime and times
+//!      `--kubelet-samples` (10) static pods, one after the other, after one
+//!      not counted: from the manifest written to kubelet reporting its
+//!      container running (`/pods`, polled every 20 ms), and from the
+//!      manifest removed to the pod gone from the runtime's ListPodSandbox.
+//!      `crius-vm` runs with `default_runtime_handler = "vm"`, as static
+//!      pods name no handler. A runtime kubelet will not run on gets no
+//!      figures, with a note.
 //! 3. Prints per-round lines and a Markdown table of the medians over all
 //!    samples of all rounds (memory: the median over rounds), one column per
 //!    runtime, with the ratio best containerd / crius: for each figure the
@@ -151,6 +160,7 @@ type Res<T> = Result<T, Box<dyn Error>>;
 
 const USAGE: &str = "usage: bench-critest [--rounds N (default 3)] [--samples N (default 20)] \
                      [--image-samples N (default 20)] [--memory-pods N (default 10)] \
+                     [--kubelet-samples N (default 10)] \
                      [--crius PATH] [--crius-before PATH] [--containerd2 PATH] [--runc2 PATH] \
                      [--containerd PATH] \
                      [--skip NAME]... [--critest PATH] [--crius-log-level FILTER] \
@@ -160,6 +170,8 @@ const USAGE: &str = "usage: bench-critest [--rounds N (default 3)] [--samples N 
                      benchmarks)\n\
                      --memory-pods N    running pods (one sleep container each) for the \
                      memory measurement\n\
+                     --kubelet-samples N  static pods started and removed through kubelet \
+                     v1.37 (scripts/kube; 0 skips them)\n\
                      --crius PATH       default $CARGO_TARGET_DIR/release/crius, else beside \
                      this binary\n\
                      --crius-before PATH  an earlier crius, measured too (runtime crius-before)\n\
@@ -215,6 +227,8 @@ struct Args {
     samples: usize,
     image_samples: usize,
     memory_pods: usize,
+    /// Static pods started and removed through a kubelet per run (0: none).
+    kubelet_samples: usize,
     crius: PathBuf,
     /// Another crius (an earlier build) measured in the same run.
     crius_before: Option<PathBuf>,
@@ -241,6 +255,7 @@ fn parse_args() -> Result<Args, String> {
     let mut samples = 20usize;
     let mut image_samples = 20usize;
     let mut memory_pods = 10usize;
+    let mut kubelet_samples = 10usize;
     let mut crius = None;
     let mut crius_before = None;
     let mut containerd2 = peers_bin_dir().join("containerd");
@@ -277,6 +292,7 @@ fn parse_args() -> Result<Args, String> {
             "--samples" => samples = number("--samples", 1)?,
             "--image-samples" => image_samples = number("--image-samples", 0)?,
             "--memory-pods" => memory_pods = number("--memory-pods", 1)?,
+            "--kubelet-samples" => kubelet_samples = number("--kubelet-samples", 0)?,
             "--crius" => crius = Some(PathBuf::from(value()?)),
             "--crius-before" => crius_before = Some(PathBuf::from(value()?)),
             "--containerd2" => containerd2 = PathBuf::from(value()?),
@@ -331,6 +347,7 @@ fn parse_args() -> Result<Args, String> {
         rounds,
         samples,
         image_samples,
+        kubelet_samples,
         memory_pods,
         crius,
         crius_before,
@@ -618,6 +635,10 @@ struct RunResult {
     /// critest's image benchmarks (pull, status, remove; list), unless
     /// `--image-samples 0`.
     images: Option<(Series, Series)>,
+    /// Through kubelet: manifest written to its container running, and
+    /// manifest removed to the pod gone from the runtime (ms each), unless
+    /// `--kubelet-samples 0` or kubelet would not run on this runtime.
+    kubelet: Option<(Vec<f64>, Vec<f64>)>,
     /// Wall clock of the critest run.
     critest_secs: f64,
     /// Busy host CPU over the critest run, in cores (everything, ours too).
@@ -827,7 +848,14 @@ fn mirrors(registry: &Registry) -> Vec<(String, String)> {
 }
 
 fn bench_crius(ctx: &RunCtx, kind: Kind, registry: &Registry, net: &TestNetwork) -> Res<RunResult> {
-    let run = CriusRun::start(&ctx.crius, registry, net, &ctx.args.crius_log_level)?;
+    // kubelet's static pods name no handler: the vm run makes vm crius's
+    // default.
+    let extra = if kind == Kind::CriusVm {
+        "default_runtime_handler = \"vm\"\n"
+    } else {
+        ""
+    };
+    let run = CriusRun::start(&ctx.crius, registry, net, &ctx.args.crius_log_level, extra)?;
     let pid = run.crius.pid().ok_or("crius is not running")?;
     let socket = run.crius.socket.clone();
     let state = run.crius.state.clone();
@@ -956,8 +984,20 @@ fn bench_runtime(
         }
         sleep_checked(Duration::from_millis(100))?;
     }
+    let kubelet = if ctx.args.kubelet_samples > 0 {
+        match kubelet_pods(ctx.args.kubelet_samples, socket) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                println!("  note: no kubelet figures: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(RunResult {
         idle_rss,
+        kubelet,
         pods,
         containers,
         images: image_series,
@@ -966,6 +1006,85 @@ fn bench_runtime(
         server_cpu,
         mem,
     })
+}
+
+/// A kubelet (standalone, `e2e::kubelet`) on the runtime at `socket`
+/// starts and removes `samples` static pods one after the other (one
+/// more first, not counted): from the manifest written to its container
+/// running as kubelet reports it, and from the manifest removed to the
+/// pod gone from the runtime's ListPodSandbox, in ms. The container's
+/// shell exits at once on SIGTERM, PID 1 or not, so no runtime waits out
+/// the grace period.
+fn kubelet_pods(samples: usize, socket: &Path) -> Res<(Vec<f64>, Vec<f64>)> {
+    block_on(async {
+        let mut k = e2e::kubelet::Kubelet::start(socket).await?;
+        let (mut rt, _) = clients(socket).await?;
+        let (mut start, mut gone) = (Vec::new(), Vec::new());
+        for i in 0..=samples {
+            check_stop()?;
+            let name = format!("bench-{i}");
+            let pod = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "sleep",
+                        "image": BUSYBOX,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
+                    }],
+                }
+            });
+            let t0 = Instant::now();
+            k.add_manifest(&name, &pod)?;
+            loop {
+                let p = k.pod(&name).await?;
+                let running = p.as_ref().is_some_and(|p| {
+                    p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+                });
+                if running {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(120) {
+                    return Err(format!("pod {name} not running after 120 s").into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let started = t0.elapsed();
+            let full = format!("{name}-{}", k.node);
+            let t1 = Instant::now();
+            k.remove_manifest(&name)?;
+            loop {
+                let pods = rpc(
+                    "ListPodSandbox",
+                    rt.list_pod_sandbox(ListPodSandboxRequest::default()),
+                )
+                .await?
+                .items;
+                if !pods
+                    .iter()
+                    .any(|p| p.metadata.as_ref().is_some_and(|m| m.name == full))
+                {
+                    break;
+                }
+                if t1.elapsed() > Duration::from_secs(180) {
+                    return Err(format!("pod {name} still in the runtime after 180 s").into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if i > 0 {
+                start.push(started.as_secs_f64() * 1000.0);
+                gone.push(t1.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        let left = k.finish();
+        if !left.is_empty() {
+            println!("  note: kubelet left {left:?}");
+        }
+        Res::Ok((start, gone))
+    })?
 }
 
 /// Which critest benchmarks one critest run does.
@@ -1453,6 +1572,23 @@ fn report(args: &Args, runtimes: &[Runtime], results: &[(usize, Kind, RunResult)
         "`crictl exec` round trip (`true`; streaming Exec over SPDY)",
         &|r| r.mem.crictl_exec.clone(),
     );
+    if args.kubelet_samples > 0 {
+        let k = |which: usize| {
+            move |r: &RunResult| {
+                r.kubelet.as_ref().map_or_else(Vec::new, |k| {
+                    if which == 0 { k.0.clone() } else { k.1.clone() }
+                })
+            }
+        };
+        time_line(
+            "**kubelet: static pod manifest to its container running**",
+            &k(0),
+        );
+        time_line(
+            "kubelet: manifest removed to the pod gone from the runtime",
+            &k(1),
+        );
+    }
     if args.image_samples > 0 {
         let ops = |name: &'static str| {
             move |r: &RunResult| r.images.as_ref().map_or_else(Vec::new, |(o, _)| o.op(name))
@@ -2064,10 +2200,16 @@ struct CriusRun {
 }
 
 impl CriusRun {
-    fn start(bin: &Path, registry: &Registry, net: &TestNetwork, log_level: &str) -> Res<CriusRun> {
+    fn start(
+        bin: &Path,
+        registry: &Registry,
+        net: &TestNetwork,
+        log_level: &str,
+        extra: &str,
+    ) -> Res<CriusRun> {
         let m = mirrors(registry);
         let mirrors: Vec<(&str, &str)> = m.iter().map(|(h, u)| (h.as_str(), u.as_str())).collect();
-        let mut crius = Crius::start_with(bin, &mirrors, &net.toml())
+        let mut crius = Crius::start_with(bin, &mirrors, &format!("{extra}{}", net.toml()))
             .map_err(|e| format!("start crius: {e}"))?;
         // Crius::start writes its own verbose log_level; restart on a config
         // with ours (same, still empty, dirs).
