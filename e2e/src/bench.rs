@@ -1,4 +1,5 @@
-//! Helpers shared by the benchmark binaries (`src/bin/bench-*.rs`).
+//! Helpers shared by the benchmark binaries (`src/bin/bench-*.rs`) and
+//! the other long-running commands of the crate (`kube-control-plane`).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -6,6 +7,33 @@ use std::path::{Path, PathBuf};
 
 /// The benchmarks' error type.
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// SIGINT, SIGTERM and SIGHUP no longer end the process: they ask for an
+/// orderly stop ([`stop_requested`]), so that the guards clean up.
+pub fn install_stop_signals() -> Res<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
+/// Whether a stop signal came.
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// The median of the finite values, None when there are none.
 pub fn median(mut v: Vec<f64>) -> Option<f64> {

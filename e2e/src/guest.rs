@@ -54,10 +54,16 @@ pub fn debian_cloud() -> io::Result<PathBuf> {
 /// Runs a script of the project (`scripts/NAME`, its progress on our
 /// stderr) and returns the path it prints last.
 pub fn script_output(script: &str) -> io::Result<PathBuf> {
+    script_output_with(script, &[])
+}
+
+/// [`script_output`] with arguments.
+pub fn script_output_with(script: &str, args: &[&str]) -> io::Result<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
         .join(script);
     let out = Command::new(&path)
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;

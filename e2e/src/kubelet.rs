@@ -1,8 +1,10 @@
-//! kubelet (v1.37, built once per machine by `scripts/kube`) run
-//! standalone against a crius: no API server, static pods from a manifest
-//! directory, its HTTPS server on loopback (anonymous, AlwaysAllow) for
-//! what it reports of them (`/pods`: statuses with readiness, restart
-//! counts and waiting reasons).
+//! kubelet (v1.37, built once per machine by `scripts/kube`) run against a
+//! CRI runtime: standalone (no API server, static pods from a manifest
+//! directory), or registered with an API server ([`Kubelet::start_with`]
+//! a kubeconfig and the node's address); its HTTPS server on loopback, or
+//! on the node's address (anonymous, AlwaysAllow), for what it reports of
+//! its pods (`/pods`: statuses with readiness, restart counts and waiting
+//! reasons).
 //!
 //! kubelet changes the host it runs on; [`Kubelet`] puts it back: the
 //! sysctls it sets at start (saved before, restored after), its cgroups
@@ -102,6 +104,8 @@ pub struct Kubelet {
     pub manifests: PathBuf,
     pub pod_logs: PathBuf,
     pub node: String,
+    /// Where its server listens: 127.0.0.1, or the node's address.
+    pub address: String,
     pub port: u16,
     /// Its cgroup root, `/crius-e2e-<pid>-kubelet`.
     pub cgroup_root: String,
@@ -119,9 +123,16 @@ fn lock() -> io::Result<nix::fcntl::Flock<fs::File>> {
 }
 
 impl Kubelet {
-    /// Starts kubelet on the CRI runtime at `socket` and waits until its
-    /// server answers.
+    /// Starts kubelet standalone on the CRI runtime at `socket` and waits
+    /// until its server answers.
     pub async fn start(socket: &Path) -> io::Result<Kubelet> {
+        Kubelet::start_with(socket, None).await
+    }
+
+    /// [`Kubelet::start`], registered with the API server of `kubeconfig`
+    /// when given, as a node with the address `node_ip` (kubelet refuses a
+    /// loopback one), where its server then listens.
+    pub async fn start_with(socket: &Path, api: Option<(&Path, &str)>) -> io::Result<Kubelet> {
         let bin = kubelet_bin()?;
         let lock = lock()?;
         let host = HostState::save()?;
@@ -153,6 +164,7 @@ impl Kubelet {
             manifests,
             pod_logs,
             node,
+            address: api.map_or("127.0.0.1", |(_, ip)| ip).to_owned(),
             port: 0,
             cgroup_root,
             host,
@@ -164,7 +176,7 @@ impl Kubelet {
         let first = 20000 + (std::process::id() % 20000) as u16;
         for i in 0..20u16 {
             k.port = first.wrapping_add(i * 101) % 40000 + 20000;
-            k.write_config(socket)?;
+            k.write_config(socket, api.map(|(k, _)| k))?;
             k.spawn()?;
             match k.wait_ready().await {
                 Ok(()) => return Ok(k),
@@ -178,7 +190,7 @@ impl Kubelet {
         Err(io::Error::other("no free port for kubelet in 20 tries"))
     }
 
-    fn write_config(&mut self, socket: &Path) -> io::Result<()> {
+    fn write_config(&mut self, socket: &Path, kubeconfig: Option<&Path>) -> io::Result<()> {
         let d = self.dir.path();
         let endpoint = format!("unix://{}", socket.display());
         let config = json!({
@@ -189,7 +201,7 @@ impl Kubelet {
             "syncFrequency": "5s",
             "podLogsDir": self.pod_logs,
             "volumePluginDir": d.join("volume-plugins"),
-            "address": "127.0.0.1",
+            "address": self.address,
             "port": self.port,
             "readOnlyPort": 0,
             "healthzPort": 0,
@@ -226,6 +238,14 @@ impl Kubelet {
             self.node.clone(),
             "--v=2".into(),
         ];
+        if let Some(k) = kubeconfig {
+            self.args.extend([
+                "--kubeconfig".into(),
+                k.display().to_string(),
+                "--node-ip".into(),
+                self.address.clone(),
+            ]);
+        }
         Ok(())
     }
 
@@ -267,13 +287,21 @@ impl Kubelet {
 
     async fn get(&self, path: &str) -> io::Result<String> {
         self.client
-            .get(format!("https://127.0.0.1:{}{path}", self.port))
+            .get(format!("https://{}:{}{path}", self.address, self.port))
             .send()
             .await
             .map_err(io::Error::other)?
             .text()
             .await
             .map_err(io::Error::other)
+    }
+
+    /// kubelet's stats summary (`/stats/summary`), as the metrics server
+    /// and `kubectl top` read it; an error (kubelet's message) when it
+    /// cannot make one.
+    pub async fn stats_summary(&self) -> io::Result<Value> {
+        let body = self.get("/stats/summary").await?;
+        serde_json::from_str(&body).map_err(|_| io::Error::other(body))
     }
 
     /// kubelet's own log (klog, `--v=2`).

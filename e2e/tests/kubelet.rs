@@ -224,6 +224,38 @@ async fn kubelet_runs_static_pods(handler: &str, extra: &str) {
         cgroups.iter().any(|c| c.contains("kubepods")),
         "kubelet's cgroups: {cgroups:?}"
     );
+    // kubelet's stats summary has the pod's containers, from crius's
+    // stats (the writable layer's mountpoint a host directory kubelet can
+    // look up).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let summary = k.stats_summary().await;
+        let found = summary.as_ref().ok().and_then(|s| {
+            s["pods"]
+                .as_array()?
+                .iter()
+                .find(|p| p["podRef"]["name"] == full.as_str())
+                .cloned()
+        });
+        let complete = found.as_ref().is_some_and(|p| {
+            p["containers"].as_array().is_some_and(|cs| {
+                cs.len() == 2
+                    && cs.iter().all(|c| {
+                        c["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap_or(0) > 0
+                            && c["memory"]["workingSetBytes"].as_u64().unwrap_or(0) > 0
+                            && c["rootfs"]["usedBytes"].is_u64()
+                    })
+            })
+        });
+        if complete {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no complete stats summary for the web pod in 120 s: {summary:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // The hostPort, from the host.
     let addr = format!("{}:{host_port}", e.net.gateway);
     let page = http_get(&addr, "/index.html").unwrap_or_else(|err| panic!("GET {addr}: {err}"));

@@ -1,7 +1,8 @@
 //! CRI Exec, Attach and PortForward through the streaming server, driven
 //! by the real crictl over SPDY (its default transport): output and exit
 //! codes, stdin, a terminal, attaching to a container's stdio, and TCP
-//! connections forwarded into the pod.
+//! connections forwarded into the pod (on both handlers: a VM pod's go
+//! through its guest agent).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crius_proto::cri::{ContainerConfig, ContainerState};
 use e2e::crius::open_fds;
-use e2e::pods::{Env, create, pod_config, run_pod, start, stop_remove_pod};
+use e2e::pods::{Env, create, pod_config, run_pod, run_pod_on, start, stop_remove_pod};
 
 use e2e::pods::busybox as container_config;
 
@@ -162,9 +163,23 @@ async fn crictl_exec_streams_output_stdin_exit_codes_and_a_tty() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crictl_port_forward_reaches_a_server_in_the_pod() {
-    let e = Env::start("").await;
+    port_forward_reaches_a_server_in_the_pod("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_port_forward_reaches_a_server_in_a_vm_pod() {
+    port_forward_reaches_a_server_in_the_pod("vm").await;
+}
+
+/// Each answer is read to its end: the pod's close reaches the client.
+async fn port_forward_reaches_a_server_in_the_pod(handler: &str) {
+    let e = if handler == "vm" {
+        Env::start(&e2e::guest::vm_toml()).await
+    } else {
+        Env::start("").await
+    };
     let pc = pod_config(&e, "pf");
-    let pod = run_pod(&e.c, &pc).await;
+    let pod = run_pod_on(&e.c, &pc, handler).await;
     // A one-line web server on the pod's loopback only: reachable through
     // the pod's network namespace, not from the host.
     let ctr = create(
@@ -204,11 +219,9 @@ async fn crictl_port_forward_reaches_a_server_in_the_pod() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = local.local_addr().unwrap().port();
-    drop(local);
+    // A local port crictl picks: "Forwarding from 127.0.0.1:PORT -> 8080".
     let mut pf =
-        e.c.crictl_command(&["port-forward", &pod, &format!("{port}:8080")])
+        e.c.crictl_command(&["port-forward", &pod, ":8080"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -217,6 +230,14 @@ async fn crictl_port_forward_reaches_a_server_in_the_pod() {
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
     assert!(first.contains("Forwarding from"), "{first}");
+    let port: u16 = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("127.0.0.1:"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no local port in {first:?}"));
+    // crictl goes on writing to its stdout (one line per connection): it
+    // is read to the end, or crictl dies of the closed pipe.
+    std::thread::spawn(move || out.lines().for_each(drop));
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
@@ -242,6 +263,7 @@ async fn crictl_port_forward_reaches_a_server_in_the_pod() {
     assert!(body.starts_with("HTTP/1."), "{body}");
     // A second connection over the same session.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
     let mut r = String::new();
     s.read_to_string(&mut r).unwrap();

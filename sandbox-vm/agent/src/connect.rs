@@ -22,7 +22,7 @@ pub fn connect(port: u16) -> io::Result<TcpStream> {
 }
 
 /// Copies both ways between the host's connection and `tcp` until the pod
-/// closes (the host's side ends with the host).
+/// closes, or the host does.
 pub fn relay(host: &File, tcp: TcpStream) -> io::Result<()> {
     let mut host_in = host.try_clone()?;
     let mut tcp_out = tcp.try_clone()?;
@@ -43,10 +43,14 @@ pub fn relay(host: &File, tcp: TcpStream) -> io::Result<()> {
             }
         }
     }
-    // The pod closed: so does the connection (the host sees EOF).
+    // The pod closed: so does the connection, both ways (the host sees
+    // EOF). Not a half-close: a vsock SHUTDOWN of the send side alone is
+    // not passed on by every backend (vhost-device-vsock keeps the host's
+    // socket open), and the pod reads no more anyway. The copy thread then
+    // reads EOF and ends.
     let _ = nix::sys::socket::shutdown(
         std::os::fd::AsRawFd::as_raw_fd(&host_out),
-        nix::sys::socket::Shutdown::Write,
+        nix::sys::socket::Shutdown::Both,
     );
     let _ = tcp_in.shutdown(Shutdown::Both);
     Ok(())

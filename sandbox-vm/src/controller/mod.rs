@@ -356,7 +356,16 @@ impl SandboxController for VmSandbox {
         processes: bool,
     ) -> Result<ContainerUsage> {
         match self.stats(pod, Some(c.id.clone()), processes).await? {
-            crius_proto::agent::Usage::Container(u) => Ok(u),
+            crius_proto::agent::Usage::Container(mut u) => {
+                // The writable layer is in guest memory; the guest's path
+                // means nothing on the host, where kubelet looks the
+                // mountpoint up (its file system's capacity): the pod's
+                // own directory stands for it.
+                if let Some(l) = u.layer.as_mut() {
+                    l.mountpoint = self.pod_dir(&pod.id);
+                }
+                Ok(u)
+            }
             crius_proto::agent::Usage::Pod(_) => Err(SandboxError::bare(
                 "the guest agent answered a pod's usage for a container",
             )),
