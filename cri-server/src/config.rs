@@ -67,6 +67,34 @@ pub struct Config {
     pub image: ImageConfig,
     pub cni: CniConfig,
     pub vm: VmConfig,
+    pub nri: NriConfig,
+}
+
+/// `[nri]`: NRI, the Node Resource Interface: plugins that connect to a
+/// socket and hook into pod and container lifecycle events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NriConfig {
+    /// Listen for plugins (on by default, as in containerd 2).
+    pub enable: bool,
+    /// The socket plugins connect to (root-only).
+    pub socket_path: PathBuf,
+    /// How long a connected plugin has to register, in milliseconds.
+    pub registration_timeout_ms: u64,
+    /// How long a plugin has to answer one event, in milliseconds; a
+    /// plugin that misses it is disconnected.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: true,
+            socket_path: PathBuf::from("/var/run/nri/nri.sock"),
+            registration_timeout_ms: 5000,
+            request_timeout_ms: 2000,
+        }
+    }
 }
 
 /// `[vm]`: the VM sandbox (runtime handler `vm`).
@@ -166,6 +194,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             cni: CniConfig::default(),
             vm: VmConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -214,6 +243,7 @@ impl Config {
             ("root", &c.root),
             ("state", &c.state),
             ("socket", &c.socket),
+            ("nri.socket_path", &c.nri.socket_path),
         ] {
             if !p.is_absolute() {
                 return Err(ConfigError::Invalid {

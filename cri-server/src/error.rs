@@ -26,6 +26,10 @@ pub enum Error {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Sandbox(#[from] sandbox_api::SandboxError),
+    /// An NRI plugin refused an event, or asked for a change crius cannot
+    /// make.
+    #[error(transparent)]
+    Nri(#[from] nri::NriError),
 }
 
 pub use sandbox_api::error::chain;
@@ -39,6 +43,10 @@ fn code(e: &Error) -> Code {
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
         Error::Unimplemented(_) => Code::Unimplemented,
         Error::Internal(_) | Error::Store(_) => Code::Internal,
+        Error::Nri(n) => match n {
+            nri::NriError::Listen { .. } => Code::Internal,
+            _ => Code::FailedPrecondition,
+        },
         Error::Sandbox(s) => match s {
             SandboxError::InvalidArgument(_) => Code::InvalidArgument,
             SandboxError::NotFound(_) => Code::NotFound,

@@ -50,6 +50,8 @@ pub enum ServeError {
     Store(#[source] crate::store::StoreError),
     #[error("set up the sandboxes")]
     Sandbox(#[source] sandbox_api::SandboxError),
+    #[error(transparent)]
+    Nri(nri::NriError),
     #[error("listen for streaming on {0}")]
     Streaming(String, #[source] std::io::Error),
     #[error("serve")]
@@ -165,6 +167,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // ends crius gracefully once it is done, not by the default action.
     use tokio::signal::unix::{SignalKind, signal};
     let signals = [SignalKind::terminate(), SignalKind::interrupt()].map(|k| signal(k).ok());
+    let nri = nri::Nri::new(nri::Settings {
+        runtime_name: "crius".into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        registration_timeout: Duration::from_millis(config.nri.registration_timeout_ms),
+        request_timeout: Duration::from_millis(config.nri.request_timeout_ms),
+    });
+    if config.nri.enable {
+        nri.listen(
+            &config.nri.socket_path,
+            Arc::new(crate::runtime::NriHost(store.clone())),
+        )
+        .map_err(ServeError::Nri)?;
+    }
     // Bound once everything that can refuse the config has: a crius that
     // does not start leaves no socket.
     let listener = bind(&config.socket)?;
@@ -175,6 +190,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         images.clone(),
         sandboxes,
         streams,
+        nri,
     ));
     // Exits are recorded from the start: recovery hands pods back to
     // their sandboxes, which replay the exits that happened meanwhile.

@@ -57,6 +57,10 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+fn nri_socket(state: &Path) -> PathBuf {
+    state.join("nri.sock")
+}
+
 pub struct Crius {
     /// The binary run.
     bin: PathBuf,
@@ -101,6 +105,12 @@ impl Crius {
                 "[registry.mirrors.{host:?}]\nendpoints = [{endpoint:?}]\n"
             ));
         }
+        // NRI's socket is this crius's own, not the host's; plugins in
+        // tests (critest's) may hold an event a few seconds on purpose.
+        text.push_str(&format!(
+            "[nri]\nsocket_path = {:?}\nrequest_timeout_ms = 10000\n",
+            nri_socket(&state)
+        ));
         fs::write(&config, text)?;
         let mut c = Crius {
             bin: bin.to_path_buf(),
@@ -148,6 +158,11 @@ impl Crius {
             "crius did not listen within 20 s; log:\n{}",
             self.log()
         )))
+    }
+
+    /// The socket NRI plugins connect to.
+    pub fn nri_socket(&self) -> PathBuf {
+        nri_socket(&self.state)
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -1,10 +1,11 @@
-//! CreateContainer: validate, record the container (phase Creating) before
-//! any work, let the pod's sandbox prepare and create it, then mark it
-//! Created. A retry with the same pod and metadata gets the same container.
+//! CreateContainer: validate, record the container (phase Creating, not
+//! listed) before any work, let NRI plugins adjust it and the pod's sandbox
+//! prepare and create it, then mark it Created. A retry with the same pod and metadata gets the same container.
 
 use crius_proto::cri::{ContainerEventType, CreateContainerRequest, CreateContainerResponse};
 
 use super::Runtime;
+use super::nri::{apply, nri_container, nri_pod};
 use crate::error::Error;
 use sandbox_api::Container;
 
@@ -35,6 +36,14 @@ impl Runtime {
         let pod = self.store.pod(&req.pod_sandbox_id).ok_or_else(|| {
             Error::NotFound(format!("pod sandbox {:?} not found", req.pod_sandbox_id))
         })?;
+        // Refused at once, not after the set-up (whose lock it would wait
+        // for): the pod is not there yet as far as anyone should know.
+        if pod.state == PodState::Creating {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is still being set up",
+                pod.id
+            )));
+        }
         let pod_lock = self.store.lock(&pod.id);
         let _pod_held = pod_lock.lock().await;
         let pod = self.store.pod(&pod.id).ok_or_else(|| {
@@ -100,6 +109,20 @@ impl Runtime {
         let _c_held = c_lock.lock().await;
         self.store.put_container(&c)?;
         drop(pin);
+        // NRI plugins see it first, and may change its config; the scope
+        // lasts until it is Created (nri.rs).
+        let scope = self.nri.scope().await;
+        match scope
+            .create_container(&nri_pod(&pod), &nri_container(&c))
+            .await
+        {
+            Ok(adjustment) => apply(&adjustment, &mut c.container.config),
+            Err(e) => {
+                drop(scope);
+                self.store.remove_container(&c.id)?;
+                return Err(e.into());
+            }
+        }
         let journal = self.journal();
         let image = sandbox_api::ContainerImage {
             id: image.id.to_string(),
@@ -129,6 +152,9 @@ impl Runtime {
             true
         })?;
         if let Some(created) = created {
+            scope
+                .post_create_container(&nri_pod(&pod), &nri_container(&created))
+                .await;
             self.emit(&created, ContainerEventType::ContainerCreatedEvent);
         }
         Ok(CreateContainerResponse {

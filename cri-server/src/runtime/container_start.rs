@@ -1,8 +1,10 @@
-//! StartContainer: only a created container can start.
+//! StartContainer: only a created container can start, once NRI plugins
+//! have seen it about to.
 
 use crius_proto::cri::{ContainerEventType, StartContainerRequest, StartContainerResponse};
 
 use super::Runtime;
+use super::nri::{nri_container, nri_pod};
 use crate::error::Error;
 use crate::store::{ContainerPhase, now_ns};
 
@@ -25,9 +27,12 @@ impl Runtime {
         // Taken before the start: a quick container can exit (and have its
         // finish time recorded) before the start call returns.
         let started_at = now_ns();
-        self.controller(&pod.runtime_handler)?
-            .start_container(&pod, &c)
+        let controller = self.controller(&pod.runtime_handler)?;
+        let scope = self.nri.scope().await;
+        scope
+            .start_container(&nri_pod(&pod), &nri_container(&c))
             .await?;
+        controller.start_container(&pod, &c).await?;
         // An exit recorded meanwhile (a quick container) stays.
         let started = self.store.update_container(&c.id, |r| {
             if r.phase == ContainerPhase::Created {
@@ -37,6 +42,9 @@ impl Runtime {
             true
         })?;
         if let Some(started) = started {
+            scope
+                .post_start_container(&nri_pod(&pod), &nri_container(&started))
+                .await;
             self.emit(&started, ContainerEventType::ContainerStartedEvent);
         }
         Ok(StartContainerResponse {})

@@ -99,6 +99,11 @@ impl Runtime {
         let filter = req.filter.unwrap_or_default();
         let mut containers = Vec::new();
         for c in self.store.containers() {
+            // A container being created is not there yet (NRI's contract
+            // too).
+            if c.phase == ContainerPhase::Creating {
+                continue;
+            }
             if !filter.id.is_empty() && !c.id.starts_with(&filter.id) {
                 continue;
             }

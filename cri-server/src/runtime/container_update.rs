@@ -7,6 +7,7 @@ use crius_proto::cri::{
 };
 
 use super::Runtime;
+use super::nri::{nri_container, nri_pod, nri_resources};
 use crate::error::Error;
 use crate::store::ContainerPhase;
 
@@ -40,9 +41,12 @@ impl Runtime {
             }
         }
         let pod = self.pod_of(&c)?;
-        self.controller(&pod.runtime_handler)?
-            .update_resources(&pod, &c, &linux)
+        let controller = self.controller(&pod.runtime_handler)?;
+        let scope = self.nri.scope().await;
+        scope
+            .update_container(&nri_pod(&pod), &nri_container(&c), &nri_resources(&linux))
             .await?;
+        controller.update_resources(&pod, &c, &linux).await?;
         self.store.update_container(&c.id, |r| {
             r.config
                 .linux
@@ -50,6 +54,11 @@ impl Runtime {
                 .resources = Some(linux);
             true
         })?;
+        if let Some(updated) = self.store.container(&c.id) {
+            scope
+                .post_update_container(&nri_pod(&pod), &nri_container(&updated))
+                .await;
+        }
         Ok(UpdateContainerResourcesResponse {})
     }
 }

@@ -11,6 +11,7 @@ mod events;
 mod exec_stream;
 mod exec_sync;
 mod metrics;
+mod nri;
 mod pod_remove;
 mod pod_run;
 mod pod_status;
@@ -23,7 +24,7 @@ mod status;
 mod update_runtime_config;
 mod version;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crius_proto::cri::runtime_service_server::RuntimeService;
@@ -33,6 +34,7 @@ use sandbox_api::{Container, Event, EventStream, Journal, Pod, SandboxController
 use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
+pub use self::nri::NriHost;
 use crate::config::{CgroupDriver, Config};
 use crate::error::{Error, unimplemented};
 use crate::sandboxes::Sandboxes;
@@ -56,6 +58,10 @@ pub struct Runtime {
     pod_cidr: std::sync::Mutex<String>,
     /// The bound of an ExecSync without a timeout (`exec_sync_max_seconds`).
     exec_sync_max: Option<std::time::Duration>,
+    /// NRI plugins and their events.
+    nri: Arc<::nri::Nri>,
+    /// NRI stop events delivered ("stop/<id>"), so each goes out once.
+    nri_sent: std::sync::Mutex<HashSet<String>>,
 }
 
 /// The store as the sandboxes' journal: what a sandbox saves of a pod or
@@ -92,6 +98,7 @@ impl Runtime {
         images: Arc<ImageStore>,
         sandboxes: Arc<Sandboxes>,
         streams: Arc<StreamServer>,
+        nri: Arc<::nri::Nri>,
     ) -> Runtime {
         Runtime {
             cgroup_driver: config.cgroup_driver,
@@ -105,6 +112,8 @@ impl Runtime {
             pod_cidr: Default::default(),
             exec_sync_max: (config.exec_sync_max_seconds > 0)
                 .then(|| std::time::Duration::from_secs(config.exec_sync_max_seconds)),
+            nri,
+            nri_sent: Default::default(),
         }
     }
 
@@ -156,7 +165,16 @@ impl Runtime {
             let recorded = match e {
                 Event::ContainerExited {
                     container_id, exit, ..
-                } => self.record_exit(&container_id, exit),
+                } => self.record_exit(&container_id, exit).map(|exited| {
+                    if exited {
+                        // Delivered aside: a plugin's answer does not
+                        // hold up the next exit.
+                        let rt = self.clone();
+                        tokio::spawn(async move {
+                            rt.nri_container_stopped_unlocked(&container_id).await
+                        });
+                    }
+                }),
                 Event::PodDied { pod_id, reason } => self
                     .store
                     .update_pod(&pod_id, |p| {
@@ -180,7 +198,8 @@ impl Runtime {
         }
     }
 
-    fn record_exit(&self, id: &str, exit: crius_proto::monitor::ExitRecord) -> Result<(), Error> {
+    /// Whether the container exited now (not a replay).
+    fn record_exit(&self, id: &str, exit: crius_proto::monitor::ExitRecord) -> Result<bool, Error> {
         let mut changed = false;
         let c = self.store.update_container(id, |c| {
             changed = matches!(
@@ -197,8 +216,9 @@ impl Runtime {
             tracing::info!(container = %c.id, exit_code = c.exit.as_ref().map(|e| e.exit_code), "container exited");
             self.exits.send_modify(|n| *n += 1);
             self.emit(&c, ContainerEventType::ContainerStoppedEvent);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 }
 

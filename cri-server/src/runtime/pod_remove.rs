@@ -4,6 +4,7 @@
 use crius_proto::cri::{ContainerEventType, RemovePodSandboxRequest, RemovePodSandboxResponse};
 
 use super::Runtime;
+use super::nri::nri_pod;
 use crate::error::Error;
 
 impl Runtime {
@@ -27,6 +28,12 @@ impl Runtime {
             .remove_pod(&pod)
             .await?;
         self.store.remove_pod(&pod.pod.id)?;
+        self.nri
+            .scope()
+            .await
+            .remove_pod_sandbox(&nri_pod(&pod))
+            .await;
+        self.nri_forget(&pod.id);
         self.emit_pod(&pod, ContainerEventType::ContainerDeletedEvent);
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(RemovePodSandboxResponse {})

@@ -1,14 +1,16 @@
 //! RunPodSandbox: validate, reserve the pod by recording it (state
-//! Creating) before any work, let the handler's sandbox set it up, then
-//! mark it Ready. A retry with the same metadata gets the same pod back
-//! (CRI-O's resourcestore idea), not a "name is reserved" error.
+//! Creating, not listed) before any work, let the handler's sandbox set it
+//! up and NRI plugins see it, then mark it Ready. A retry with the same
+//! metadata gets the same pod back (CRI-O's resourcestore idea), not a
+//! "name is reserved" error.
 
 use crius_proto::cri::{
     ContainerEventType, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse,
 };
 
 use super::Runtime;
-use crate::error::Error;
+use super::nri::nri_pod;
+use crate::error::{Error, chain};
 use sandbox_api::Pod;
 
 use crate::store::{PodRecord, PodState, new_id, now_ns};
@@ -69,16 +71,29 @@ impl Runtime {
             ips: Vec::new(),
         };
         // Held until the pod is Ready (or gone): a Stop or Remove of the
-        // pod, which ListPodSandbox shows already, waits for its set-up.
+        // pod (whose ID an NRI plugin knows already) waits for its set-up.
         let pod_lock = self.store.lock(&pod.id);
         let _held = pod_lock.lock().await;
         self.store.put_pod(&pod)?;
         let journal = self.journal();
-        match controller.run_pod(&mut pod, &journal).await {
+        // Set up, then shown to NRI plugins (which may refuse the pod);
+        // the scope lasts until the pod is Ready (nri.rs).
+        let set_up = match controller.run_pod(&mut pod, &journal).await {
             Ok(ips) => {
+                pod.ips = ips;
+                let scope = self.nri.scope().await;
+                match scope.run_pod_sandbox(&nri_pod(&pod)).await {
+                    Ok(()) => Ok(scope),
+                    Err(e) => Err(Error::from(e)),
+                }
+            }
+            Err(e) => Err(Error::from(e)),
+        };
+        match set_up {
+            Ok(_scope) => {
                 let ready = self.store.update_pod(&pod.id, |r| {
                     r.pod = pod.pod.clone();
-                    r.ips = ips;
+                    r.ips = pod.ips.clone();
                     // A sandbox that died meanwhile left it NotReady.
                     if r.state == PodState::Creating {
                         r.state = PodState::Ready;
@@ -95,18 +110,18 @@ impl Runtime {
                 })
             }
             Err(e) => {
-                tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e), "pod set-up failed, rolling back");
+                tracing::warn!(pod = %pod.id, error = %chain(&e), "pod set-up failed, rolling back");
                 // Only a pod stopped in full is forgotten: otherwise its
                 // record stays (NotReady) for kubelet to stop and remove.
                 match controller.stop_pod(&mut pod, &journal).await {
                     Ok(()) => match controller.remove_pod(&pod).await {
                         Ok(()) => self.store.remove_pod(&pod.id)?,
                         Err(e2) => {
-                            tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e2), "rollback: remove failed")
+                            tracing::warn!(pod = %pod.id, error = %chain(&e2), "rollback: remove failed")
                         }
                     },
                     Err(e2) => {
-                        tracing::warn!(pod = %pod.id, error = %sandbox_api::error::chain(&e2), "rollback: stop failed");
+                        tracing::warn!(pod = %pod.id, error = %chain(&e2), "rollback: stop failed");
                         self.store.update_pod(&pod.id, |r| {
                             r.pod = pod.pod.clone();
                             r.state = PodState::NotReady;
@@ -114,7 +129,7 @@ impl Runtime {
                         })?;
                     }
                 }
-                Err(e.into())
+                Err(e)
             }
         }
     }

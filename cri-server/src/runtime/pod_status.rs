@@ -86,6 +86,8 @@ impl Runtime {
             .store
             .pods()
             .into_iter()
+            // A pod being set up is not there yet (NRI's contract too).
+            .filter(|p| p.state != PodState::Creating)
             .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
             .filter(|p| {
                 filter

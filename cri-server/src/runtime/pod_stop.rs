@@ -4,6 +4,7 @@
 use crius_proto::cri::{ContainerEventType, StopPodSandboxRequest, StopPodSandboxResponse};
 
 use super::Runtime;
+use super::nri::nri_pod;
 use crate::error::Error;
 use crate::store::PodState;
 
@@ -27,9 +28,22 @@ impl Runtime {
             return Ok(());
         };
         let controller = self.controller(&pod.runtime_handler)?.clone();
-        for c in self.store.containers_of(&pod.id) {
+        let containers = self.store.containers_of(&pod.id);
+        for c in &containers {
             // A grace period of 0: the pod is going away.
             self.stop_container_now(&c.id, 0).await?;
+        }
+        // NRI plugins hear of the containers stopping, then of the pod,
+        // once, while it is still there to look at.
+        for c in &containers {
+            self.nri_container_stopped_unlocked(&c.id).await;
+        }
+        if pod.state != PodState::Creating && self.nri_pod_stop_first(&pod.id) {
+            self.nri
+                .scope()
+                .await
+                .stop_pod_sandbox(&nri_pod(&pod))
+                .await;
         }
         controller.stop_pod(&mut pod, &self.journal()).await?;
         let mut was_ready = false;

@@ -238,6 +238,7 @@ fn run(args: Args) -> Result<bool, String> {
     cmd.arg(format!("--runtime-endpoint={endpoint}"))
         .arg(format!("--image-endpoint={endpoint}"))
         .arg(format!("--ginkgo.json-report={}", report.display()))
+        .arg(format!("--nri-socket={}", crius.nri_socket().display()))
         .arg("--ginkgo.no-color");
     if args.parallel > 1 {
         // critest then runs itself under the ginkgo CLI, which must be on PATH.
