@@ -85,9 +85,11 @@
 //!      `--kubelet-samples` (10) static pods, one after the other, after one
 //!      not counted: from the manifest written to kubelet reporting its
 //!      container running (`/pods`, polled every 20 ms), and from the
-//!      manifest removed to the pod's sandbox stopped (not Ready in the
-//!      runtime's ListPodSandbox; kubelet removes it at its next garbage
-//!      collection, once a minute whatever the runtime).
+//!      manifest removed (2 s after it was written, so at the same point
+//!      of kubelet's once-a-second relist for every runtime) to the pod's
+//!      sandbox stopped (not Ready in the runtime's ListPodSandbox; kubelet
+//!      removes it at its next garbage collection, once a minute whatever
+//!      the runtime).
 //!      `crius-vm` runs with `default_runtime_handler = "vm"`, as static
 //!      pods name no handler. A runtime kubelet will not run on gets no
 //!      figures, with a note.
@@ -989,6 +991,10 @@ fn bench_runtime(
     })
 }
 
+/// When a kubelet sample's manifest is removed, after it was written
+/// (see [`kubelet_pods`]).
+const KUBELET_REMOVE_AFTER: Duration = Duration::from_secs(2);
+
 /// A kubelet (standalone, `e2e::kubelet`) on the runtime at `socket`
 /// starts and removes `samples` static pods one after the other (one
 /// more first, not counted): from the manifest written to its container
@@ -998,6 +1004,16 @@ fn bench_runtime(
 /// (every minute, whatever the runtime), so that is not timed. The
 /// container's shell exits at once on SIGTERM, PID 1 or not, so no
 /// runtime waits out the grace period.
+///
+/// kubelet acts on a removed manifest at its next pod lifecycle relist
+/// (every second), and each manifest is written just after the relist
+/// that stopped the previous pod: removing it as soon as the pod runs
+/// would make a runtime that starts pods faster wait longer for that
+/// relist (start + removal came to about 1 s for every runtime). So
+/// every manifest is removed [`KUBELET_REMOVE_AFTER`] after it was
+/// written (or once its pod runs, if later): at the same point of
+/// kubelet's cycle for every runtime, whose removal figures then differ
+/// by their own work.
 fn kubelet_pods(samples: usize, socket: &Path) -> Res<(Vec<f64>, Vec<f64>)> {
     block_on(async {
         let mut k = e2e::kubelet::Kubelet::start(socket).await?;
@@ -1037,6 +1053,7 @@ fn kubelet_pods(samples: usize, socket: &Path) -> Res<(Vec<f64>, Vec<f64>)> {
             }
             let started = t0.elapsed();
             let full = format!("{name}-{}", k.node);
+            tokio::time::sleep_until((t0 + KUBELET_REMOVE_AFTER).into()).await;
             let t1 = Instant::now();
             k.remove_manifest(&name)?;
             loop {
