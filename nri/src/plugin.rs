@@ -214,31 +214,39 @@ impl Plugin {
         if self.is_closed() {
             return Err(CallError::Closed);
         }
-        let stream = self.next_stream.fetch_add(2, Ordering::SeqCst);
         let envelope = Request {
             service: api::PLUGIN_SERVICE.into(),
             method: method.into(),
             payload: req.encode_to_vec(),
             timeout_nano: self.request_timeout.as_nanos() as i64,
-        };
-        let frame = wire::frame(
-            wire::PLUGIN_CONN,
-            stream,
-            wire::TYPE_REQUEST,
-            wire::FLAG_REMOTE_CLOSED,
-            &envelope.encode_to_vec(),
-        )?;
-        let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(stream, tx);
+        }
+        .encode_to_vec();
+        // The stream taken under the writer's lock: ttrpc servers refuse a
+        // stream ID lower than one they have seen.
+        let sent = AtomicU32::new(0);
         let exchange = async {
-            self.writer.lock().await.write_all(&frame).await?;
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut writer = self.writer.lock().await;
+                let stream = self.next_stream.fetch_add(2, Ordering::SeqCst);
+                let frame = wire::frame(
+                    wire::PLUGIN_CONN,
+                    stream,
+                    wire::TYPE_REQUEST,
+                    wire::FLAG_REMOTE_CLOSED,
+                    &envelope,
+                )?;
+                lock(&self.pending).insert(stream, tx);
+                sent.store(stream, Ordering::SeqCst);
+                writer.write_all(&frame).await?;
+            }
             rx.await.unwrap_or(Err(CallError::Closed))
         };
         let answer = match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(a) => a,
             Err(_) => Err(CallError::Timeout(self.request_timeout)),
         };
-        lock(&self.pending).remove(&stream);
+        lock(&self.pending).remove(&sent.load(Ordering::SeqCst));
         Ok(Resp::decode(answer?.as_slice())?)
     }
 }

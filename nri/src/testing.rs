@@ -50,6 +50,8 @@ pub async fn plugin(
     tokio::spawn(async move {
         let mut reader = wire::Reader::default();
         let mut buf = vec![0; 65536];
+        // As ttrpc's server: a stream ID must be above every one before.
+        let mut last_stream = 0;
         loop {
             let n = s.read(&mut buf).await.unwrap_or(0);
             let Ok(messages) = reader.feed(&buf[..n]) else {
@@ -68,7 +70,13 @@ pub async fn plugin(
                 if let Ok(mut seen) = seen.lock() {
                     seen.push(r.method.clone());
                 }
+                let in_order = m.stream > last_stream;
+                last_stream = last_stream.max(m.stream);
                 let answer = match r.method.as_str() {
+                    _ if !in_order => Some(Err((
+                        wire::CODE_INVALID_ARGUMENT,
+                        "StreamID cannot be re-used and must increment".to_string(),
+                    ))),
                     "Configure" => Some(Ok(api::ConfigureResponse { events }.encode_to_vec())),
                     "Synchronize" => Some(Ok(Vec::new())),
                     method => behaviour(method, &r.payload),

@@ -187,3 +187,38 @@ async fn a_plugin_that_never_registers_is_dropped() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_events_reach_a_plugin_in_stream_order() {
+    // ttrpc servers refuse a stream ID below one already seen: calls made
+    // at once must be written in the order their IDs were taken.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nri.sock");
+    let nri = Nri::new(settings());
+    nri.listen(&socket, Arc::new(State(Mutex::default())))
+        .unwrap();
+    let calls = plugin(
+        &socket,
+        "busy",
+        "00",
+        api::VALID_EVENTS,
+        Box::new(|_, _| Some(Ok(Vec::new()))),
+    )
+    .await
+    .unwrap();
+    until(|| calls.lock().unwrap().len() == 2).await;
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let nri = nri.clone();
+        tasks.push(tokio::spawn(async move {
+            nri.scope()
+                .await
+                .run_pod_sandbox(&pod(&format!("p{i}")))
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(calls.lock().unwrap().len(), 402);
+}
