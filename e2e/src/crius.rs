@@ -57,6 +57,14 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Whether the crius at `bin` has NRI (`crius config` prints its section).
+fn has_nri(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("config")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("[nri]"))
+}
+
 fn nri_socket(state: &Path) -> PathBuf {
     state.join("nri.sock")
 }
@@ -106,11 +114,15 @@ impl Crius {
             ));
         }
         // NRI's socket is this crius's own, not the host's; plugins in
-        // tests (critest's) may hold an event a few seconds on purpose.
-        text.push_str(&format!(
-            "[nri]\nsocket_path = {:?}\nrequest_timeout_ms = 10000\n",
-            nri_socket(&state)
-        ));
+        // tests (critest's) may hold an event a few seconds on purpose. A
+        // build from before NRI (bench-critest's --crius-before) refuses
+        // the section: it goes only to a crius whose config has it.
+        if has_nri(bin) {
+            text.push_str(&format!(
+                "[nri]\nsocket_path = {:?}\nrequest_timeout_ms = 10000\n",
+                nri_socket(&state)
+            ));
+        }
         fs::write(&config, text)?;
         let mut c = Crius {
             bin: bin.to_path_buf(),

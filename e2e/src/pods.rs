@@ -183,6 +183,17 @@ pub async fn list_pods(c: &Crius) -> Vec<PodSandbox> {
         .items
 }
 
+/// The containers crius lists.
+pub async fn list_containers(c: &Crius) -> Vec<Container> {
+    c.runtime()
+        .await
+        .list_containers(ListContainersRequest::default())
+        .await
+        .expect("list containers")
+        .into_inner()
+        .containers
+}
+
 pub async fn run_pod(c: &Crius, config: &PodSandboxConfig) -> String {
     run_pod_on(c, config, "").await
 }

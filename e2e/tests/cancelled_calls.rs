@@ -45,16 +45,6 @@ async fn cut_create(c: &Crius, pod: &str, pc: &PodSandboxConfig, config: Contain
     let _ = tokio::time::timeout(CUT, client.create_container(req)).await;
 }
 
-async fn containers_listed(c: &Crius) -> Vec<crius_proto::cri::Container> {
-    c.runtime()
-        .await
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-}
-
 /// Polls `check` for up to a minute.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -132,14 +122,14 @@ async fn calls_cut_short_by_the_client_run_to_their_end_and_leave_nothing() {
     let config = pods::busybox("cut", &["sleep", "1000"]);
     cut_create(&e.c, &first, &configs[0], config.clone()).await;
     eventually("the cut CreateContainer's container", || async {
-        let listed = containers_listed(&e.c).await;
+        let listed = e2e::pods::list_containers(&e.c).await;
         match listed.as_slice() {
             [c] if c.state == ContainerState::ContainerCreated as i32 => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
-    let made = containers_listed(&e.c).await[0].id.clone();
+    let made = e2e::pods::list_containers(&e.c).await[0].id.clone();
     let again = pods::create(&e.c, &first, &configs[0], config).await;
     assert_eq!(again, made);
 
@@ -263,7 +253,7 @@ async fn crius_killed_mid_create_container_leaves_it_whole_or_gone() {
             .ok()
             .map(|r| r.into_inner().container_id);
         e.c.restart().unwrap();
-        let listed = containers_listed(&e.c).await;
+        let listed = e2e::pods::list_containers(&e.c).await;
         match listed.as_slice() {
             [] => assert!(made.is_none(), "{delay} ms: a container answered is gone"),
             [c] => assert_eq!(
@@ -285,7 +275,7 @@ async fn crius_killed_mid_create_container_leaves_it_whole_or_gone() {
             })
             .await
             .unwrap();
-        assert_eq!(containers_listed(&e.c).await, Vec::new());
+        assert_eq!(e2e::pods::list_containers(&e.c).await, Vec::new());
         let layers = std::fs::read_dir(e.c.root.join("containers"))
             .unwrap()
             .count();

@@ -271,14 +271,7 @@ async fn bad_image_volumes_are_refused_and_leave_nothing() {
         .map(|d| d.path())
         .collect();
     assert!(left.is_empty(), "bundles left: {left:?}");
-    let listed =
-        e.c.runtime()
-            .await
-            .list_containers(ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+    let listed = e2e::pods::list_containers(&e.c).await;
     assert!(listed.is_empty(), "{listed:?}");
 
     stop_remove_pod(&e.c, &pod).await;

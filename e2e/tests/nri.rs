@@ -8,10 +8,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use crius_proto::cri::*;
 use e2e::guest::vm_toml;
 use e2e::pods::{
-    Env, busybox, create, pod_config, run_pod_on, sh, start, status, stop_remove_pod, try_create,
+    Env, busybox, create, list_containers, pod_config, run_pod_on, sh, start, status,
+    stop_remove_pod, try_create,
 };
 use nri::api;
 use prost::Message;
@@ -115,14 +115,7 @@ async fn a_plugin_s_changes_reach_the_container(handler: &str, extra: &str) {
         refused.message(),
         "plugin 10-e2e adjusts rlimits, which crius does not apply"
     );
-    let listed =
-        e.c.runtime()
-            .await
-            .list_containers(ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+    let listed = list_containers(&e.c).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     stop_remove_pod(&e.c, &pod).await;
     assert_eq!(

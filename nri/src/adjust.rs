@@ -125,19 +125,14 @@ impl Merger {
 
     /// Adds one plugin's adjustment.
     pub fn add(&mut self, plugin: &str, adj: ContainerAdjustment) -> Result<(), AdjustError> {
-        let unsupported = |field| AdjustError::Unsupported {
-            plugin: plugin.into(),
-            field,
-        };
-        if set(&adj.hooks) {
-            return Err(unsupported("OCI hooks"));
-        }
-        if !adj.rlimits.is_empty() {
-            return Err(unsupported("rlimits"));
-        }
-        if !adj.cdi_devices.is_empty() {
-            return Err(unsupported("CDI devices"));
-        }
+        refuse(
+            plugin,
+            [
+                (set(&adj.hooks), "OCI hooks"),
+                (!adj.rlimits.is_empty(), "rlimits"),
+                (!adj.cdi_devices.is_empty(), "CDI devices"),
+            ],
+        )?;
         let mut annotations: Vec<_> = adj.annotations.into_iter().collect();
         annotations.sort();
         for (key, value) in annotations {
@@ -189,26 +184,21 @@ impl Merger {
         let Some(linux) = adj.linux else {
             return Ok(());
         };
-        if !linux.devices.is_empty() {
-            return Err(unsupported("devices"));
-        }
-        if !linux.cgroups_path.is_empty() {
-            return Err(unsupported("the cgroups path"));
-        }
-        for (is, field) in [
-            (set(&linux.io_priority), "the I/O priority"),
-            (set(&linux.seccomp_policy), "the seccomp policy"),
-            (!linux.namespaces.is_empty(), "namespaces"),
-            (!linux.sysctl.is_empty(), "sysctls"),
-            (!linux.net_devices.is_empty(), "network devices"),
-            (set(&linux.scheduler), "the scheduler"),
-            (set(&linux.rdt), "RDT"),
-            (set(&linux.memory_policy), "the memory policy"),
-        ] {
-            if is {
-                return Err(unsupported(field));
-            }
-        }
+        refuse(
+            plugin,
+            [
+                (!linux.devices.is_empty(), "devices"),
+                (!linux.cgroups_path.is_empty(), "the cgroups path"),
+                (set(&linux.io_priority), "the I/O priority"),
+                (set(&linux.seccomp_policy), "the seccomp policy"),
+                (!linux.namespaces.is_empty(), "namespaces"),
+                (!linux.sysctl.is_empty(), "sysctls"),
+                (!linux.net_devices.is_empty(), "network devices"),
+                (set(&linux.scheduler), "the scheduler"),
+                (set(&linux.rdt), "RDT"),
+                (set(&linux.memory_policy), "the memory policy"),
+            ],
+        )?;
         if let Some(oom) = linux.oom_score_adj {
             self.claim(plugin, "oom score adjustment".into())?;
             self.adjustment.resources.oom_score_adj = Some(oom.value);
@@ -220,33 +210,27 @@ impl Merger {
     }
 
     fn resources(&mut self, plugin: &str, r: LinuxResources) -> Result<(), AdjustError> {
-        let unsupported = |field| AdjustError::Unsupported {
-            plugin: plugin.into(),
-            field,
-        };
-        for (is, field) in [
-            (set(&r.blockio_class), "the block I/O class"),
-            (set(&r.rdt_class), "the RDT class"),
-            (!r.devices.is_empty(), "device cgroup rules"),
-            (set(&r.pids), "the pids limit"),
-        ] {
-            if is {
-                return Err(unsupported(field));
-            }
-        }
+        refuse(
+            plugin,
+            [
+                (set(&r.blockio_class), "the block I/O class"),
+                (set(&r.rdt_class), "the RDT class"),
+                (!r.devices.is_empty(), "device cgroup rules"),
+                (set(&r.pids), "the pids limit"),
+            ],
+        )?;
         if let Some(m) = r.memory {
-            for (is, field) in [
-                (m.reservation.is_some(), "the memory reservation"),
-                (m.kernel.is_some(), "the kernel memory limit"),
-                (m.kernel_tcp.is_some(), "the kernel TCP memory limit"),
-                (m.swappiness.is_some(), "swappiness"),
-                (set(&m.disable_oom_killer), "the OOM killer switch"),
-                (set(&m.use_hierarchy), "memory use_hierarchy"),
-            ] {
-                if is {
-                    return Err(unsupported(field));
-                }
-            }
+            refuse(
+                plugin,
+                [
+                    (m.reservation.is_some(), "the memory reservation"),
+                    (m.kernel.is_some(), "the kernel memory limit"),
+                    (m.kernel_tcp.is_some(), "the kernel TCP memory limit"),
+                    (m.swappiness.is_some(), "swappiness"),
+                    (set(&m.disable_oom_killer), "the OOM killer switch"),
+                    (set(&m.use_hierarchy), "memory use_hierarchy"),
+                ],
+            )?;
             if let Some(v) = m.limit {
                 self.claim(plugin, "memory limit".into())?;
                 self.adjustment.resources.memory_limit = Some(v.value);
@@ -257,9 +241,13 @@ impl Merger {
             }
         }
         if let Some(c) = r.cpu {
-            if c.realtime_runtime.is_some() || c.realtime_period.is_some() {
-                return Err(unsupported("real-time CPU limits"));
-            }
+            refuse(
+                plugin,
+                [(
+                    c.realtime_runtime.is_some() || c.realtime_period.is_some(),
+                    "real-time CPU limits",
+                )],
+            )?;
             let res = &mut self.adjustment.resources;
             let mut claims = Vec::new();
             if let Some(v) = c.shares {
@@ -299,6 +287,20 @@ impl Merger {
             self.adjustment.resources.unified.push((key, value));
         }
         Ok(())
+    }
+}
+
+/// Fails with the first of `fields` the plugin set (`true`), by name.
+fn refuse<const N: usize>(
+    plugin: &str,
+    fields: [(bool, &'static str); N],
+) -> Result<(), AdjustError> {
+    match fields.into_iter().find(|(is, _)| *is) {
+        Some((_, field)) => Err(AdjustError::Unsupported {
+            plugin: plugin.into(),
+            field,
+        }),
+        None => Ok(()),
     }
 }
 

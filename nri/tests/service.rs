@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,21 @@ fn settings() -> Settings {
     }
 }
 
+/// An NRI service on a socket of its own (under `sub` of a temporary
+/// directory) whose host has `pods`.
+fn serve(
+    settings: Settings,
+    sub: &str,
+    pods: Vec<PodSandbox>,
+) -> (tempfile::TempDir, PathBuf, Arc<Nri>) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join(sub);
+    let nri = Nri::new(settings);
+    nri.listen(&socket, Arc::new(State(Mutex::new((pods, Vec::new())))))
+        .unwrap();
+    (dir, socket, nri)
+}
+
 fn pod(id: &str) -> PodSandbox {
     PodSandbox {
         id: id.into(),
@@ -52,11 +68,7 @@ fn pod(id: &str) -> PodSandbox {
 
 #[tokio::test]
 async fn plugins_get_events_in_index_order_and_a_refusal_stops_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nri/nri.sock");
-    let nri = Nri::new(settings());
-    let host = Arc::new(State(Mutex::new((vec![pod("old")], Vec::new()))));
-    nri.listen(&socket, host).unwrap();
+    let (_dir, socket, nri) = serve(settings(), "nri/nri.sock", vec![pod("old")]);
     let mode = std::fs::metadata(&socket).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -145,11 +157,7 @@ async fn plugins_get_events_in_index_order_and_a_refusal_stops_them() {
 
 #[tokio::test]
 async fn a_plugin_that_does_not_answer_is_closed_and_passed_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nri.sock");
-    let nri = Nri::new(settings());
-    nri.listen(&socket, Arc::new(State(Mutex::default())))
-        .unwrap();
+    let (_dir, socket, nri) = serve(settings(), "nri.sock", Vec::new());
     let calls = plugin(
         &socket,
         "mute",
@@ -170,14 +178,11 @@ async fn a_plugin_that_does_not_answer_is_closed_and_passed_over() {
 
 #[tokio::test]
 async fn a_plugin_that_never_registers_is_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nri.sock");
-    let nri = Nri::new(Settings {
+    let settings = Settings {
         registration_timeout: Duration::from_millis(100),
         ..settings()
-    });
-    nri.listen(&socket, Arc::new(State(Mutex::default())))
-        .unwrap();
+    };
+    let (_dir, socket, _nri) = serve(settings, "nri.sock", Vec::new());
     let mut s = UnixStream::connect(&socket).await.unwrap();
     let mut buf = [0; 16];
     // crius closes the connection once the registration time is over.
@@ -192,11 +197,7 @@ async fn a_plugin_that_never_registers_is_dropped() {
 async fn concurrent_events_reach_a_plugin_in_stream_order() {
     // ttrpc servers refuse a stream ID below one already seen: calls made
     // at once must be written in the order their IDs were taken.
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nri.sock");
-    let nri = Nri::new(settings());
-    nri.listen(&socket, Arc::new(State(Mutex::default())))
-        .unwrap();
+    let (_dir, socket, nri) = serve(settings(), "nri.sock", Vec::new());
     let calls = plugin(
         &socket,
         "busy",

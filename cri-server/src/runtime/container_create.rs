@@ -1,6 +1,7 @@
 //! CreateContainer: validate, record the container (phase Creating, not
 //! listed) before any work, let NRI plugins adjust it and the pod's sandbox
-//! prepare and create it, then mark it Created. A retry with the same pod and metadata gets the same container.
+//! prepare and create it, then mark it Created. A retry with the same pod
+//! and metadata gets the same container.
 
 use crius_proto::cri::{ContainerEventType, CreateContainerRequest, CreateContainerResponse};
 

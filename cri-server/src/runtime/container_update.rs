@@ -47,14 +47,14 @@ impl Runtime {
             .update_container(&nri_pod(&pod), &nri_container(&c), &nri_resources(&linux))
             .await?;
         controller.update_resources(&pod, &c, &linux).await?;
-        self.store.update_container(&c.id, |r| {
+        let updated = self.store.update_container(&c.id, |r| {
             r.config
                 .linux
                 .get_or_insert_with(LinuxContainerConfig::default)
                 .resources = Some(linux);
             true
         })?;
-        if let Some(updated) = self.store.container(&c.id) {
+        if let Some(updated) = updated {
             scope
                 .post_update_container(&nri_pod(&pod), &nri_container(&updated))
                 .await;

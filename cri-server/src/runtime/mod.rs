@@ -171,7 +171,7 @@ impl Runtime {
                         // hold up the next exit.
                         let rt = self.clone();
                         tokio::spawn(async move {
-                            rt.nri_container_stopped_unlocked(&container_id).await
+                            rt.nri_container_stopped_taking_lock(&container_id).await
                         });
                     }
                 }),

@@ -288,7 +288,7 @@ impl Runtime {
     }
 
     /// The same, taking the container's lock.
-    pub(super) async fn nri_container_stopped_unlocked(&self, id: &str) {
+    pub(super) async fn nri_container_stopped_taking_lock(&self, id: &str) {
         let lock = self.store.lock(id);
         let _held = lock.lock().await;
         self.nri_container_stopped(id).await;

@@ -36,7 +36,7 @@ impl Runtime {
         // NRI plugins hear of the containers stopping, then of the pod,
         // once, while it is still there to look at.
         for c in &containers {
-            self.nri_container_stopped_unlocked(&c.id).await;
+            self.nri_container_stopped_taking_lock(&c.id).await;
         }
         if pod.state != PodState::Creating && self.nri_pod_stop_first(&pod.id) {
             self.nri
